@@ -1,0 +1,45 @@
+"""Developer sessions: ``nox -s lint typecheck tests``; ``nox -s bench -- --quick``; ``nox -s chaos``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite, warnings as errors (configured in pyproject.toml)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff: lint and import order."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install("-e", ".[test]", "mypy>=1.10")
+    session.run("mypy", "--strict", "dreambooth_async")
+
+
+@nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """The long fault-injection and kill/restart runs (marker ``slow``)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-m", "slow", "--timeout=1800", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Every benchmark, each against an emulator in a process of its own. ``-- --quick`` for a short run."""
+    session.install("-e", ".[test]", "httpx>=0.27")
+    session.run("python", "-m", "benchmarks", *session.posargs)
