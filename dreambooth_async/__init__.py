@@ -1,0 +1,95 @@
+"""dreambooth_async: an asyncio-first client for the Dreambooth image-generation API.
+
+::
+
+    import dreambooth_async as dba
+
+    async with dba.DreamboothClient(api_key=...) as client:
+        result = await client.generate(dba.Text2Img(model_id="midjourney", prompt="a cat"))
+        paths = await result.save("out/")
+
+``dreambooth_async.emulator`` is a local, stateful emulator of the service (needs the
+``emulator`` extra for Pillow).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from ._batch import BatchItem
+from ._client import DEFAULT_BASE_URL, DreamboothClient
+from ._download import safe_file_name
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    ClientClosedError,
+    DownloadError,
+    DreamboothError,
+    GenerationFailed,
+    JobTimeout,
+    RateLimitError,
+    RequestValidationError,
+    ServerError,
+    TransportError,
+)
+from ._models import (
+    ApiVersion,
+    GenerationRequest,
+    GenerationResult,
+    Img2Img,
+    Inpaint,
+    ModelInfo,
+    Processing,
+    Scheduler,
+    SystemLoad,
+    Text2Img,
+)
+from ._poller import Job, PollPolicy
+from ._transport import RetryPolicy, Timeouts
+
+if TYPE_CHECKING:
+    from . import emulator as emulator
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "APIError",
+    "ApiVersion",
+    "AuthenticationError",
+    "BatchItem",
+    "ClientClosedError",
+    "DownloadError",
+    "DreamboothClient",
+    "DreamboothError",
+    "GenerationFailed",
+    "GenerationRequest",
+    "GenerationResult",
+    "Img2Img",
+    "Inpaint",
+    "Job",
+    "JobTimeout",
+    "ModelInfo",
+    "PollPolicy",
+    "Processing",
+    "RateLimitError",
+    "RequestValidationError",
+    "RetryPolicy",
+    "Scheduler",
+    "ServerError",
+    "SystemLoad",
+    "Text2Img",
+    "Timeouts",
+    "TransportError",
+    "__version__",
+    "safe_file_name",
+]
+
+
+def __getattr__(name: str) -> ModuleType:
+    # The emulator pulls in Pillow: import it only when asked for.
+    if name in ("emulator", "sync"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,421 @@
+"""DreamboothClient: the session layer, one method per endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.parse
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import attrs
+
+from ._errors import ClientClosedError, DreamboothError, RequestValidationError
+from ._models import (
+    API_VERSIONS,
+    ApiVersion,
+    GenerationRequest,
+    GenerationResult,
+    Img2Img,
+    Inpaint,
+    ModelInfo,
+    Processing,
+    SystemLoad,
+    Text2Img,
+    is_http_url,
+)
+from ._poller import Job, Poller, PollPolicy
+from ._transport import RetryPolicy, Timeouts, Transport, logger
+from ._wire import inbound, parse_json, parse_response, to_wire
+
+if TYPE_CHECKING:
+    from ._batch import BatchItem
+    from ._webhooks import WebhookReceiver
+
+__all__ = ["DEFAULT_BASE_URL", "DreamboothClient"]
+
+DEFAULT_BASE_URL = "https://stablediffusionapi.com"
+API_KEY_ENV = "DREAMBOOTH_API_KEY"
+
+# Paths per API version (PROTOCOL.md, "Endpoints").
+_PATHS: Mapping[ApiVersion, Mapping[str, str]] = {
+    "v3": {
+        "text2img": "/api/v3/dreambooth",
+        "img2img": "/api/v3/dreambooth/img2img",
+        "inpaint": "/api/v3/dreambooth/inpaint",
+        "fetch": "/api/v3/dreambooth/fetch/{id}",
+    },
+    "v4": {
+        "text2img": "/api/v4/dreambooth",
+        "img2img": "/api/v4/dreambooth/img2img",
+        "inpaint": "/api/v4/dreambooth/inpaint",
+        "fetch": "/api/v4/dreambooth/fetch",
+    },
+    "v6": {
+        "text2img": "/api/v6/images/text2img",
+        "img2img": "/api/v6/images/img2img",
+        "inpaint": "/api/v6/images/inpaint",
+        "fetch": "/api/v6/images/fetch",
+    },
+}
+_SYSTEM_LOAD = "/api/v3/system_load"
+_MODEL_LIST = "/api/v4/dreambooth/model_list"
+_MODEL_RELOAD = "/api/v4/dreambooth/model_reload"
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urllib.parse.urlsplit(a), urllib.parse.urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
+class DreamboothClient:
+    """An asyncio client for the Dreambooth API.
+
+    Use it as ``async with DreamboothClient(...) as client:``; the block owns the HTTP session
+    and the background poller, and nothing is left running after it.
+
+    :param api_key: the account's key; None reads ``DREAMBOOTH_API_KEY``. Never logged or shown.
+    :param base_url: the service (or an emulator) root, e.g. ``https://stablediffusionapi.com``.
+    :param api_version: ``"v3"``, ``"v4"`` or ``"v6"``: which paths and wire names to use.
+    :param timeout: seconds for one HTTP exchange, or a :class:`Timeouts`.
+    :param max_retries: retries of a failed call (see :class:`RetryPolicy` for which are safe).
+    :param retry: the whole retry policy (overrides ``max_retries``).
+    :param poll: how pending jobs are polled (:class:`PollPolicy`).
+    :param max_concurrency: the most requests in flight, and the ceiling of the batch scheduler.
+    :param webhooks: a :class:`WebhookReceiver` that lets the service's webhook calls resolve
+        jobs before the poller would (polling remains the fallback).
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        api_version: ApiVersion = "v3",
+        timeout: float | Timeouts = 60.0,
+        max_retries: int = 4,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        max_concurrency: int = 64,
+        webhooks: WebhookReceiver | None = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        if not key:
+            raise RequestValidationError(
+                "api_key", None, f"a non-empty string (pass api_key= or set {API_KEY_ENV})"
+            )
+        if api_version not in API_VERSIONS:
+            raise RequestValidationError("api_version", api_version, "one of 'v3', 'v4', 'v6'")
+        if not is_http_url(base_url):
+            raise RequestValidationError("base_url", base_url, "an absolute http(s) URL")
+        if max_concurrency < 1:
+            raise RequestValidationError("max_concurrency", max_concurrency, "at least 1")
+        self.base_url = base_url.rstrip("/")
+        self.api_version: ApiVersion = api_version
+        self.max_concurrency = max_concurrency
+        timeouts = timeout if isinstance(timeout, Timeouts) else Timeouts(request=float(timeout))
+        self.poll_policy = poll or PollPolicy()
+        self._transport = Transport(
+            key,
+            retry=retry or RetryPolicy(max_retries=max_retries),
+            timeouts=timeouts,
+            connection_limit=max_concurrency + self.poll_policy.fetch_concurrency,
+            on_retry=self._on_retry,
+        )
+        self._poller = Poller(self._fetch_for_poller, self.poll_policy)
+        self._poller_task: asyncio.Task[None] | None = None
+        self._webhooks = webhooks
+        self._state = "new"
+        self._retry_listeners: list[Callable[[int, Exception, float], None]] = []
+        _warn_if_plain_http(self.base_url)
+
+    def __repr__(self) -> str:
+        # Deliberately without the key.
+        return (
+            f"<DreamboothClient base_url={self.base_url!r} api_version={self.api_version!r} "
+            f"state={self._state!r}>"
+        )
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Open the session and start the poller (``async with`` does this for you)."""
+        if self._state == "open":
+            return
+        if self._state == "closed":
+            raise ClientClosedError("this client was closed; create a new DreamboothClient")
+        await self._transport.open()
+        if self._webhooks is not None:
+            await self._webhooks.start(self._poller)
+        self._poller_task = asyncio.create_task(self._poller.run(), name="dreambooth-poller")
+        self._state = "open"
+
+    async def aclose(self) -> None:
+        """Stop the poller (pending jobs get :class:`ClientClosedError`) and close the session."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self._poller.close()
+        if self._poller_task is not None:
+            self._poller_task.cancel()
+            try:
+                await self._poller_task
+            except asyncio.CancelledError:
+                # Our own cancellation of the poller; re-raise if *we* are being cancelled.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        if self._webhooks is not None:
+            await self._webhooks.stop()
+        await self._transport.close()
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            verb = "was closed" if self._state == "closed" else "is not started"
+            raise ClientClosedError(
+                f"the client {verb}: use it inside `async with DreamboothClient(...) as client:`"
+            )
+
+    # --- observability ------------------------------------------------------------------------
+
+    def on_retry(self, callback: Callable[[int, Exception, float], None]) -> None:
+        """Call ``callback(attempt, error, delay)`` before every retry of any call."""
+        self._retry_listeners.append(callback)
+
+    def _on_retry(self, attempt: int, error: Exception, delay: float) -> None:
+        for listener in self._retry_listeners:
+            listener(attempt, error, delay)
+
+    @property
+    def poller(self) -> Poller:
+        """The background poller (its ``fetch_calls`` and ``pending`` counts are handy)."""
+        return self._poller
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    async def submit(
+        self,
+        request: GenerationRequest,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Job:
+        """Send ``request``; return its :class:`Job` once the service accepted it.
+
+        The job may already be finished (the service answers at once when it can). ``timeout``
+        bounds the job (default: the poll policy's ``job_timeout``). ``retry`` overrides the
+        retry policy for this call.
+        """
+        self._check_open()
+        if not isinstance(request, Text2Img | Img2Img | Inpaint):
+            raise RequestValidationError(
+                "request", request, "a Text2Img, Img2Img or Inpaint instance"
+            )
+        body = to_wire(request, self.api_version)
+        token = None
+        if self._webhooks is not None and request.webhook is None:
+            token, body["webhook"] = self._webhooks.new_url()
+            if request.track_id is None:
+                body["track_id"] = token
+        url = self._url(_PATHS[self.api_version][request.kind])
+        try:
+            answer = await self._transport.call(
+                url, body, idempotent=False, parse=parse_response, retry=retry
+            )
+        except BaseException:
+            if token is not None and self._webhooks is not None:
+                self._webhooks.forget(token)
+            raise
+        if isinstance(answer, GenerationResult):
+            if token is not None and self._webhooks is not None:
+                self._webhooks.forget(token)
+            return self._poller.resolved(self._own(answer), request)
+        job = self._poller.track(
+            answer, request=request, timeout=timeout, webhook=token is not None
+        )
+        if token is not None and self._webhooks is not None:
+            self._webhooks.bind(token, job.id)
+        logger.debug("job %s queued, eta %s", job.id, job.eta)
+        return job
+
+    async def generate(
+        self, request: GenerationRequest, *, timeout: float | None = None
+    ) -> GenerationResult:
+        """Submit ``request`` and wait through "processing" for its result.
+
+        ``timeout`` bounds the wait for the job; on expiry :class:`JobTimeout` carries the job id.
+        """
+        job = await self.submit(request, timeout=timeout)
+        return await job.wait()
+
+    async def text2img(self, **fields: Any) -> GenerationResult:
+        """``generate(Text2Img(**fields))``."""
+        return await self.generate(Text2Img(**fields))
+
+    async def img2img(self, **fields: Any) -> GenerationResult:
+        """``generate(Img2Img(**fields))``."""
+        return await self.generate(Img2Img(**fields))
+
+    async def inpaint(self, **fields: Any) -> GenerationResult:
+        """``generate(Inpaint(**fields))``."""
+        return await self.generate(Inpaint(**fields))
+
+    # --- fetching -----------------------------------------------------------------------------
+
+    def _fetch_target(self, job_id: str, fetch_url: str | None) -> tuple[str, dict[str, Any]]:
+        # Follow the server's fetch_result URL (it may name another version's path), but only
+        # on the same origin: the key travels in the body, so it must not go anywhere else.
+        if fetch_url and is_http_url(fetch_url) and _same_origin(fetch_url, self.base_url):
+            url = fetch_url
+        else:
+            if fetch_url:
+                logger.warning("not following fetch_result on another origin: %s", fetch_url)
+            url = self._url(_PATHS[self.api_version]["fetch"].format(id=job_id))
+        path = urllib.parse.urlsplit(url).path.rstrip("/")
+        body: dict[str, Any] = {} if path.endswith("/" + job_id) else {"request_id": job_id}
+        return url, body
+
+    async def _fetch_for_poller(
+        self, job_id: str, fetch_url: str | None
+    ) -> GenerationResult | Processing:
+        url, body = self._fetch_target(job_id, fetch_url)
+        answer = await self._transport.call(url, body, idempotent=True, parse=parse_response)
+        return self._own(answer) if isinstance(answer, GenerationResult) else answer
+
+    async def fetch(
+        self, job: str | int | Job, *, fetch_url: str | None = None
+    ) -> GenerationResult | Processing:
+        """One fetch call for a queued job, no waiting: its result, or its processing status."""
+        self._check_open()
+        job_id = job.id if isinstance(job, Job) else str(job).strip()
+        if not job_id:
+            raise RequestValidationError("job_id", job, "a non-empty job id")
+        return await self._fetch_for_poller(job_id, fetch_url)
+
+    async def wait_for(
+        self,
+        job_id: str | int,
+        *,
+        timeout: float | None = None,
+        fetch_url: str | None = None,
+    ) -> GenerationResult:
+        """Attach to a job submitted earlier (by this or another process) and wait for it."""
+        return await self.attach(job_id, timeout=timeout, fetch_url=fetch_url).wait()
+
+    def attach(
+        self, job_id: str | int, *, timeout: float | None = None, fetch_url: str | None = None
+    ) -> Job:
+        """A :class:`Job` handle for a job submitted earlier; polling starts at once."""
+        self._check_open()
+        text = str(job_id).strip()
+        if not text:
+            raise RequestValidationError("job_id", job_id, "a non-empty job id")
+        job = self._poller.track(Processing(id=text, fetch_result=fetch_url), timeout=timeout)
+        self._poller.nudge(text)
+        return job
+
+    def _own(self, result: GenerationResult) -> GenerationResult:
+        return attrs.evolve(result, client=self)
+
+    # --- other endpoints ----------------------------------------------------------------------
+
+    async def system_load(self) -> SystemLoad:
+        """The service's queue length and wait (``/api/v3/system_load``)."""
+        self._check_open()
+        body = await self._transport.call(
+            self._url(_SYSTEM_LOAD), {}, idempotent=True, parse=parse_json
+        )
+        return inbound.structure(body, SystemLoad)
+
+    async def model_list(self) -> list[ModelInfo]:
+        """The models the account can use (``/api/v4/dreambooth/model_list``)."""
+        self._check_open()
+        body = await self._transport.call(
+            self._url(_MODEL_LIST), {}, idempotent=True, parse=parse_json
+        )
+        if isinstance(body, Mapping):  # some deployments wrap the list
+            body = body.get("data") or body.get("models") or []
+        if not isinstance(body, list):
+            raise DreamboothError("model_list did not answer with a list")
+        return [inbound.structure(item, ModelInfo) for item in body if isinstance(item, Mapping)]
+
+    async def model_reload(self, model_id: str) -> Mapping[str, Any]:
+        """Ask the service to load ``model_id`` again (it takes about two minutes)."""
+        self._check_open()
+        if not isinstance(model_id, str) or not model_id.strip():
+            raise RequestValidationError("model_id", model_id, "a non-empty string")
+        body = await self._transport.call(
+            self._url(_MODEL_RELOAD), {"model_id": model_id}, idempotent=False, parse=parse_json
+        )
+        return body if isinstance(body, Mapping) else {"raw": body}
+
+    # --- downloads and batches ----------------------------------------------------------------
+
+    async def download(
+        self, result: GenerationResult, directory: str | os.PathLike[str], **options: Any
+    ) -> list[Path]:
+        """Download every output image of ``result`` into ``directory``; return the paths.
+
+        Streams to disk, retries a 404 on a just-finished output for ``not_found_grace``
+        seconds, checks the content type and ``max_bytes``, and names files safely.
+        """
+        self._check_open()
+        from ._download import download_result
+
+        return await download_result(result, directory, client=self, **options)
+
+    def map(
+        self,
+        requests: Iterable[GenerationRequest] | AsyncIterable[GenerationRequest],
+        *,
+        concurrency: int | None = None,
+        **options: Any,
+    ) -> AsyncIterator[BatchItem]:
+        """Run many requests; yield a :class:`BatchItem` for each as it completes.
+
+        ``concurrency=None`` adapts to the account's queue slots; see :func:`run_batch`.
+        """
+        from ._batch import map_requests
+
+        return map_requests(self, requests, concurrency=concurrency, **options)
+
+    async def gather(
+        self,
+        requests: Iterable[GenerationRequest] | AsyncIterable[GenerationRequest],
+        *,
+        concurrency: int | None = None,
+        **options: Any,
+    ) -> list[BatchItem]:
+        """Run many requests and return their :class:`BatchItem` in input order."""
+        items = [item async for item in self.map(requests, concurrency=concurrency, **options)]
+        return sorted(items, key=lambda item: item.index)
+
+
+def _warn_if_plain_http(base_url: str) -> None:
+    parts = urllib.parse.urlsplit(base_url)
+    host = parts.hostname or ""
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    if parts.scheme == "http" and not loopback:
+        import warnings
+
+        warnings.warn(
+            f"base_url {base_url!r} is plain http: the API key would travel unencrypted",
+            stacklevel=3,
+        )

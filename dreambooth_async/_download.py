@@ -1,0 +1,150 @@
+"""Downloading output images: streamed to disk, checked, and never outside the target folder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from ._errors import DownloadError
+from ._transport import logger
+
+if TYPE_CHECKING:
+    from ._client import DreamboothClient
+    from ._models import GenerationResult
+
+__all__ = ["DEFAULT_MAX_BYTES", "download_result", "safe_file_name"]
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+_EXTENSIONS = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/jpg": ".jpg",
+    "image/webp": ".webp",
+}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_file_name(url: str, fallback: str) -> str:
+    """A file name from the last segment of ``url``'s path, reduced to ``[A-Za-z0-9._-]``.
+
+    Whatever the URL says (``..``, slashes, drive letters, control characters), the result is a
+    single plain name; ``fallback`` is used when nothing usable is left.
+    """
+    segment = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+    name = _UNSAFE.sub("_", segment).strip("._")[:120]
+    return name or fallback
+
+
+@contextlib.asynccontextmanager
+async def _session_for(client: DreamboothClient | None) -> AsyncIterator[aiohttp.ClientSession]:
+    if client is not None and client._state == "open":
+        yield client._transport.session
+        return
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+        yield session
+
+
+async def _download_one(
+    session: aiohttp.ClientSession,
+    url: str,
+    directory: Path,
+    fallback_name: str,
+    *,
+    not_found_grace: float,
+    max_bytes: int,
+) -> Path:
+    deadline = time.monotonic() + not_found_grace
+    delay = min(0.25, not_found_grace / 8) or 0.01
+    while True:
+        async with session.get(url) as response:
+            if response.status == 404 and time.monotonic() < deadline:
+                # A just-finished output can take a moment to appear on the CDN.
+                pass
+            elif response.status != 200:
+                raise DownloadError(f"GET {url} answered HTTP {response.status}", url=url)
+            else:
+                return await _write(response, url, directory, fallback_name, max_bytes)
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 5.0)
+
+
+async def _write(
+    response: aiohttp.ClientResponse, url: str, directory: Path, fallback_name: str, max_bytes: int
+) -> Path:
+    content_type = response.content_type.lower()
+    if not content_type.startswith("image/"):
+        raise DownloadError(f"GET {url}: content type {content_type!r} is not an image", url=url)
+    if response.content_length is not None and response.content_length > max_bytes:
+        raise DownloadError(
+            f"GET {url}: {response.content_length} bytes exceeds max_bytes={max_bytes}", url=url
+        )
+    name = safe_file_name(url, fallback_name)
+    extension = _EXTENSIONS.get(content_type)
+    if extension and not name.lower().endswith(
+        (extension, ".jpeg" if extension == ".jpg" else extension)
+    ):
+        name += extension
+    target = (directory / name).resolve()
+    if target.parent != directory:
+        raise DownloadError(f"refusing to write outside {directory}: {name!r}", url=url)
+    partial = directory / f".{name}.{uuid.uuid4().hex[:8]}.part"
+    written = 0
+    try:
+        with partial.open("wb") as handle:
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise DownloadError(
+                        f"GET {url}: more than max_bytes={max_bytes} bytes", url=url
+                    )
+                handle.write(chunk)
+        os.replace(partial, target)  # atomic: a reader never sees half a file
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return target
+
+
+async def download_result(
+    result: GenerationResult,
+    directory: str | os.PathLike[str],
+    *,
+    client: DreamboothClient | None = None,
+    not_found_grace: float = 30.0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> list[Path]:
+    """Download every URL of ``result.output`` into ``directory`` (created if missing).
+
+    A 404 is retried for ``not_found_grace`` seconds; a body that is not an image or is larger
+    than ``max_bytes`` raises :class:`DownloadError` and leaves nothing behind.
+    """
+    folder = Path(directory).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    async with _session_for(client) as session:
+        for index, url in enumerate(result.output):
+            fallback = f"{result.id or 'image'}-{index}"
+            try:
+                path = await _download_one(
+                    session,
+                    url,
+                    folder,
+                    fallback,
+                    not_found_grace=not_found_grace,
+                    max_bytes=max_bytes,
+                )
+            except aiohttp.ClientError as exc:
+                raise DownloadError(f"GET {url} failed: {exc}", url=url) from None
+            logger.debug("saved %s to %s", url, path)
+            paths.append(path)
+    return paths

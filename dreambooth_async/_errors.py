@@ -1,0 +1,273 @@
+"""The exception tree, and the one place that decides which of them a response body means.
+
+The service reports most errors inside HTTP 200 (``"status": "error"`` or ``"failed"``), newer
+deployments also use 4xx/5xx codes, and proxies in front of it answer with HTML or nothing.
+:func:`error_from_response` sees all of these the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "ClientClosedError",
+    "DownloadError",
+    "DreamboothError",
+    "GenerationFailed",
+    "JobTimeout",
+    "RateLimitError",
+    "RequestValidationError",
+    "ServerError",
+    "TransportError",
+    "error_from_response",
+]
+
+
+class DreamboothError(Exception):
+    """Base of every error this library raises."""
+
+
+class RequestValidationError(DreamboothError, ValueError):
+    """A request field is out of its documented limits. Raised before any network call."""
+
+    def __init__(self, field: str, value: object, limit: str) -> None:
+        self.field = field
+        self.value = value
+        self.limit = limit
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"{field}={shown} is invalid: must be {limit}")
+
+
+class APIError(DreamboothError):
+    """The service answered with an error.
+
+    ``message`` is its text; ``details`` the per-field errors when it sent an object
+    (``{"prompt": ["The prompt field is required."]}``); ``http_status`` the HTTP code;
+    ``body`` the decoded JSON body, if any. ``may_have_landed`` is True when the answer cannot
+    rule out that a submission was accepted (a 502 from a proxy, say).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: Mapping[str, list[str]] | None = None,
+        http_status: int | None = None,
+        body: Mapping[str, Any] | None = None,
+        tip: str | None = None,
+        may_have_landed: bool = False,
+    ) -> None:
+        self.message = message
+        self.details = dict(details) if details else {}
+        self.http_status = http_status
+        self.body = body
+        self.tip = tip
+        self.may_have_landed = may_have_landed
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        text = self.message
+        if self.details:
+            fields = "; ".join(f"{k}: {' '.join(v)}" for k, v in self.details.items())
+            text = f"{text} ({fields})"
+        if self.http_status is not None and self.http_status != 200:
+            text = f"{text} [HTTP {self.http_status}]"
+        return text
+
+
+class AuthenticationError(APIError):
+    """The API key was refused (``Invalid Api Key``, HTTP 401/403)."""
+
+
+class RateLimitError(APIError):
+    """The account's queue is full, or the spam filter saw the same request again.
+
+    ``retry_after`` is in seconds when the service said how long to wait; ``queue_full`` tells
+    the queue-slot limit (``Maximum N queued requests``) from other rate limits.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, queue_full: bool = False, **kw: Any
+    ) -> None:
+        self.retry_after = retry_after
+        self.queue_full = queue_full
+        super().__init__(message, **kw)
+
+
+class ServerError(APIError):
+    """A 5xx answer, or a body that is not the service's JSON (an HTML error page, nothing)."""
+
+
+class GenerationFailed(APIError):
+    """The service ran the job and it failed (``"status": "failed"``). ``job_id`` names it."""
+
+    def __init__(self, message: str, *, job_id: str | None = None, **kw: Any) -> None:
+        self.job_id = job_id
+        super().__init__(message, **kw)
+
+
+class JobTimeout(DreamboothError, TimeoutError):
+    """Waiting for a job ran out of time. It may still finish: ``wait_for(job_id)`` attaches."""
+
+    def __init__(self, job_id: str, timeout: float | None) -> None:
+        self.job_id = job_id
+        self.timeout = timeout
+        after = f" after {timeout:g}s" if timeout is not None else ""
+        super().__init__(
+            f"job {job_id} did not finish{after}; it may still complete: "
+            f"client.wait_for({job_id!r}) attaches to it again"
+        )
+
+
+class TransportError(DreamboothError):
+    """The exchange with the service broke (connection refused or dropped, timeout).
+
+    ``may_have_landed`` is True when the request body had been sent: a submission in that
+    state may have been accepted (and billed), so it is not retried automatically.
+    """
+
+    def __init__(self, message: str, *, may_have_landed: bool, url: str | None = None) -> None:
+        self.may_have_landed = may_have_landed
+        self.url = url
+        if may_have_landed:
+            message += " (the request was sent: the service may have accepted it)"
+        super().__init__(message)
+
+
+class DownloadError(DreamboothError):
+    """An output image could not be downloaded: not found in time, too large, not an image."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        self.url = url
+        super().__init__(message)
+
+
+class ClientClosedError(DreamboothError, RuntimeError):
+    """The client was used outside ``async with`` (before it started or after it closed)."""
+
+
+# --- the mapping ------------------------------------------------------------------------------
+
+_WAIT_SECONDS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:seconds|secs|sec|s)\b", re.IGNORECASE)
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number >= 0 and number == number and number != float("inf") else None
+
+
+def _retry_after(headers: Mapping[str, str], body: Mapping[str, Any] | None) -> float | None:
+    header = _number(headers.get("Retry-After"))
+    if header is not None:
+        return header
+    if body is None:
+        return None
+    from_body = _number(body.get("retry_after"))
+    if from_body is not None:
+        return from_body
+    for key in ("tips", "tip", "message", "messege"):
+        text = body.get(key)
+        if isinstance(text, str) and (match := _WAIT_SECONDS.search(text)):
+            return float(match.group(1))
+    return None
+
+
+def _split_message(raw: Any) -> tuple[str, dict[str, list[str]]]:
+    """``message`` is a string or an object of per-field error lists."""
+    if isinstance(raw, Mapping):
+        details = {
+            str(k): [str(x) for x in v] if isinstance(v, list) else [str(v)] for k, v in raw.items()
+        }
+        return "The request was refused: " + ", ".join(details) + " invalid", details
+    return (_text(raw) or "unknown error"), {}
+
+
+def _describe_non_json(http_status: int, body: bytes) -> str:
+    if not body.strip():
+        return f"empty response body (HTTP {http_status})"
+    match = _TITLE.search(body[:4096])
+    if match:
+        title = match.group(1).decode("utf-8", "replace").strip()
+        return f"non-JSON response (HTTP {http_status}): {title[:120]}"
+    snippet = body[:120].decode("utf-8", "replace").strip().replace("\n", " ")
+    return f"non-JSON response (HTTP {http_status}): {snippet}"
+
+
+def error_from_response(
+    http_status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    parsed: Any,
+) -> DreamboothError | None:
+    """The exception an answer means, or None when it is a success or processing body.
+
+    ``parsed`` is the decoded JSON (or ``None`` when the body is not JSON). Submissions that a
+    429, a 503 or a queue-full body turned away provably did not land; a 5xx of another kind
+    cannot say, and is marked ``may_have_landed``.
+    """
+    body_map = parsed if isinstance(parsed, Mapping) else None
+    status = str(body_map.get("status", "")).lower() if body_map is not None else ""
+    ok_http = 200 <= http_status < 300
+
+    if body_map is None:
+        if ok_http and isinstance(parsed, list):
+            return None  # model_list answers with a bare array
+        text = _describe_non_json(http_status, body)
+        if http_status == 429:
+            return RateLimitError(
+                text, retry_after=_retry_after(headers, None), http_status=http_status
+            )
+        if http_status in (401, 403):
+            return AuthenticationError(text, http_status=http_status)
+        if http_status >= 500 or ok_http:
+            return ServerError(text, http_status=http_status, may_have_landed=http_status != 503)
+        return APIError(text, http_status=http_status)
+
+    if ok_http and status in ("success", "processing", "ok"):
+        return None  # "ok" is system_load's word for success
+
+    message, details = _split_message(
+        body_map.get("message") if body_map.get("message") is not None else body_map.get("messege")
+    )
+    tip = _text(body_map.get("tip")) or _text(body_map.get("tips"))
+    common: dict[str, Any] = {
+        "details": details,
+        "http_status": http_status,
+        "body": body_map,
+        "tip": tip,
+    }
+    lowered = message.lower()
+
+    if http_status in (401, 403) or "api key" in lowered:
+        return AuthenticationError(message, **common)
+    if http_status == 429 or "rate limit" in lowered or "queued requests" in lowered:
+        return RateLimitError(
+            message,
+            retry_after=_retry_after(headers, body_map),
+            queue_full="queue" in lowered,
+            **common,
+        )
+    if status == "failed":
+        job_id = _text(body_map.get("id"))
+        return GenerationFailed(message, job_id=job_id, **common)
+    if http_status >= 500:
+        return ServerError(message, may_have_landed=http_status != 503, **common)
+    if ok_http and status not in ("error", ""):
+        return APIError(f"unexpected status {status!r}: {message}", **common)
+    return APIError(message, **common)

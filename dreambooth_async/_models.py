@@ -1,0 +1,325 @@
+"""Typed requests and results.
+
+Requests are frozen attrs classes validated on construction, so a bad value is reported by
+field name before anything touches the network. They hold Python types; the wire form (numbers
+as strings, ``"yes"``/``"no"`` flags, per-version field names) is the converter's job
+(``_wire.py``).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
+
+import attrs
+
+from ._errors import RequestValidationError
+
+if TYPE_CHECKING:
+    from ._client import DreamboothClient
+
+ApiVersion: TypeAlias = Literal["v3", "v4", "v6"]
+API_VERSIONS: tuple[ApiVersion, ...] = ("v3", "v4", "v6")
+
+#: An image given to img2img / inpaint: an http(s) URL, a local file path, or the raw bytes.
+ImageInput: TypeAlias = "str | os.PathLike[str] | bytes"
+
+
+class Scheduler(enum.StrEnum):
+    """The 18 scheduler names the service accepts (``scheduler`` field)."""
+
+    DDPMScheduler = "DDPMScheduler"
+    DDIMScheduler = "DDIMScheduler"
+    PNDMScheduler = "PNDMScheduler"
+    LMSDiscreteScheduler = "LMSDiscreteScheduler"
+    EulerDiscreteScheduler = "EulerDiscreteScheduler"
+    EulerAncestralDiscreteScheduler = "EulerAncestralDiscreteScheduler"
+    DPMSolverMultistepScheduler = "DPMSolverMultistepScheduler"
+    HeunDiscreteScheduler = "HeunDiscreteScheduler"
+    KDPM2DiscreteScheduler = "KDPM2DiscreteScheduler"
+    DPMSolverSinglestepScheduler = "DPMSolverSinglestepScheduler"
+    KDPM2AncestralDiscreteScheduler = "KDPM2AncestralDiscreteScheduler"
+    UniPCMultistepScheduler = "UniPCMultistepScheduler"
+    DDIMInverseScheduler = "DDIMInverseScheduler"
+    DEISMultistepScheduler = "DEISMultistepScheduler"
+    IPNDMScheduler = "IPNDMScheduler"
+    KarrasVeScheduler = "KarrasVeScheduler"
+    ScoreSdeVeScheduler = "ScoreSdeVeScheduler"
+    LCMScheduler = "LCMScheduler"
+
+
+# --- validators -------------------------------------------------------------------------------
+# Each one raises RequestValidationError naming the field, the value and the limit.
+
+
+def _int_range(lo: int, hi: int) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RequestValidationError(attr.name, value, f"an integer from {lo} to {hi}")
+        if not lo <= value <= hi:
+            raise RequestValidationError(attr.name, value, f"from {lo} to {hi}")
+
+    return check
+
+
+def _float_range(lo: float, hi: float) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RequestValidationError(attr.name, value, f"a number from {lo} to {hi}")
+        if not lo <= value <= hi:  # also rejects NaN
+            raise RequestValidationError(attr.name, value, f"from {lo} to {hi}")
+
+    return check
+
+
+def _non_empty_text(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise RequestValidationError(attr.name, value, "a non-empty string")
+
+
+def _optional_text(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise RequestValidationError(attr.name, value, "a string or None")
+
+
+def _flag(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise RequestValidationError(attr.name, value, "True, False or None")
+
+
+def _seed(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 2**32:
+        raise RequestValidationError(attr.name, value, "an integer from 0 to 4294967295, or None")
+
+
+def is_http_url(value: str) -> bool:
+    """True for an absolute http(s) URL with a host."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in value
+
+
+def _url(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not (isinstance(value, str) and is_http_url(value)):
+        raise RequestValidationError(attr.name, value, "an absolute http(s) URL")
+
+
+def _to_scheduler(value: object) -> object:
+    if isinstance(value, str) and not isinstance(value, Scheduler):
+        try:
+            return Scheduler(value)
+        except ValueError:
+            raise RequestValidationError(
+                "scheduler",
+                value,
+                f"one of the {len(Scheduler)} names in dreambooth_async.Scheduler",
+            ) from None
+    return value
+
+
+def _scheduler(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, Scheduler):
+        raise RequestValidationError(attr.name, value, "a Scheduler or one of its names")
+
+
+def _image(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bytes | bytearray):
+        if not value:
+            raise RequestValidationError(attr.name, b"", "non-empty image bytes")
+        return
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        if not is_http_url(value):
+            raise RequestValidationError(attr.name, value, "a well-formed http(s) URL")
+        return
+    if isinstance(value, str | os.PathLike):
+        path = Path(value)
+        if not path.is_file():
+            raise RequestValidationError(
+                attr.name, value, "an http(s) URL, bytes, or the path of an existing file"
+            )
+        return
+    raise RequestValidationError(attr.name, value, "an http(s) URL, a local path or bytes")
+
+
+def _extra(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise RequestValidationError(attr.name, value, "a mapping of wire field names to values")
+    if "key" in value:
+        raise RequestValidationError(attr.name, "{'key': ...}", "no 'key': the client sends it")
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return dict(value or {})
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _Generation:
+    """Fields shared by every generation endpoint. Not instantiated directly."""
+
+    model_id: str = attrs.field(validator=_non_empty_text)
+    prompt: str = attrs.field(validator=_non_empty_text)
+    negative_prompt: str | None = attrs.field(default=None, validator=_optional_text)
+    width: int = attrs.field(default=512, validator=_int_range(1, 1024))
+    height: int = attrs.field(default=512, validator=_int_range(1, 1024))
+    samples: int = attrs.field(default=1, validator=_int_range(1, 4))
+    steps: int = attrs.field(default=30, validator=_int_range(1, 50))
+    safety_checker: bool | None = attrs.field(default=None, validator=_flag)
+    enhance_prompt: bool | None = attrs.field(default=None, validator=_flag)
+    guidance_scale: float | None = attrs.field(default=None, validator=_float_range(1, 20))
+    scheduler: Scheduler | None = attrs.field(
+        default=None, converter=_to_scheduler, validator=_scheduler
+    )
+    seed: int | None = attrs.field(default=None, validator=_seed)
+    webhook: str | None = attrs.field(default=None, validator=_url)
+    track_id: str | int | None = attrs.field(default=None)
+    # Documented optional fields, sent only when set.
+    multi_lingual: bool | None = attrs.field(default=None, validator=_flag)
+    panorama: bool | None = attrs.field(default=None, validator=_flag)
+    self_attention: bool | None = attrs.field(default=None, validator=_flag)
+    upscale: bool | None = attrs.field(default=None, validator=_flag)
+    embeddings_model: str | None = attrs.field(default=None, validator=_optional_text)
+    lora_model: str | None = attrs.field(default=None, validator=_optional_text)
+    lora_strength: str | None = attrs.field(default=None, validator=_optional_text)
+    clip_skip: int | None = attrs.field(default=None, validator=_int_range(1, 8))
+    tomesd: bool | None = attrs.field(default=None, validator=_flag)
+    use_karras_sigmas: bool | None = attrs.field(default=None, validator=_flag)
+    algorithm_type: str | None = attrs.field(default=None, validator=_optional_text)
+    vae: str | None = attrs.field(default=None, validator=_optional_text)
+    safety_checker_type: str | None = attrs.field(default=None, validator=_optional_text)
+    highres_fix: bool | None = attrs.field(default=None, validator=_flag)
+    temp: bool | None = attrs.field(default=None, validator=_flag)
+    #: Wire fields this class does not model, passed through as given.
+    extra: Mapping[str, Any] = attrs.field(
+        factory=dict, converter=_frozen_mapping, validator=_extra, repr=False
+    )
+
+    #: Which endpoint family serves this request (``"text2img"``, ``"img2img"``, ``"inpaint"``).
+    kind: ClassVar[str] = "text2img"
+
+
+@attrs.frozen(kw_only=True)
+class Text2Img(_Generation):
+    """A text-to-image request.
+
+    Validated on construction: ``width``/``height`` 1..1024, ``samples`` 1..4, ``steps`` 1..50,
+    ``guidance_scale`` 1..20, ``seed`` a non-negative 32-bit integer or None (random), and the
+    rest as in the service's documentation. Violations raise :class:`RequestValidationError`.
+    """
+
+    kind: ClassVar[str] = "text2img"
+
+
+@attrs.frozen(kw_only=True)
+class Img2Img(_Generation):
+    """An image-to-image request: ``init_image`` (URL, path or bytes) reworked by ``strength``."""
+
+    init_image: str | os.PathLike[str] | bytes = attrs.field(validator=_image, repr=False)
+    strength: float = attrs.field(default=0.7, validator=_float_range(0.0, 1.0))
+    kind: ClassVar[str] = "img2img"
+
+
+@attrs.frozen(kw_only=True)
+class Inpaint(_Generation):
+    """An inpainting request: the white area of ``mask_image`` is repainted in ``init_image``."""
+
+    init_image: str | os.PathLike[str] | bytes = attrs.field(validator=_image, repr=False)
+    mask_image: str | os.PathLike[str] | bytes = attrs.field(validator=_image, repr=False)
+    strength: float = attrs.field(default=0.7, validator=_float_range(0.0, 1.0))
+    kind: ClassVar[str] = "inpaint"
+
+
+#: Any generation request.
+GenerationRequest: TypeAlias = Text2Img | Img2Img | Inpaint
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class GenerationResult:
+    """A finished generation: the output image URLs and what the service said about them.
+
+    ``raw`` keeps the whole response body, unknown fields included. ``id`` is always a string
+    (the service sends it as an int or a string).
+    """
+
+    id: str | None
+    status: str
+    output: tuple[str, ...]
+    generation_time: float | None = None
+    meta: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    proxy_links: tuple[str, ...] = attrs.field(default=(), repr=False)
+    nsfw_content_detected: bool | None = attrs.field(default=None, repr=False)
+    raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    # The client that produced this result, so save() can reuse its session.
+    _client: DreamboothClient | None = attrs.field(
+        default=None, repr=False, eq=False, alias="client"
+    )
+
+    @property
+    def seed(self) -> int | None:
+        """The seed that ran (``meta.seed``), useful when the request asked for a random one."""
+        value = self.meta.get("seed")
+        try:
+            return int(value) if value is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    async def save(self, directory: str | os.PathLike[str], **options: Any) -> list[Path]:
+        """Download every output image into ``directory`` and return the paths written.
+
+        Uses the client that produced the result (its session, timeouts and retries); see
+        :meth:`DreamboothClient.download` for the options.
+        """
+        from ._download import download_result
+
+        return await download_result(self, directory, client=self._client, **options)
+
+
+@attrs.frozen(kw_only=True)
+class Processing:
+    """The service's "processing" answer: the job is queued; fetch it later by ``id``."""
+
+    id: str
+    eta: float | None = None
+    fetch_result: str | None = None
+    future_links: tuple[str, ...] = ()
+    message: str | None = None
+    meta: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    status: str = "processing"
+
+
+@attrs.frozen(kw_only=True)
+class SystemLoad:
+    """``/api/v3/system_load``: how many requests the service has queued and for how long."""
+
+    queue_num: int
+    queue_time: float
+    status: str
+    raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class ModelInfo:
+    """One entry of ``model_list``."""
+
+    model_id: str
+    status: str | None = None
+    model_name: str | None = None
+    raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False)

@@ -1,0 +1,208 @@
+"""The HTTP layer: one aiohttp session, timeouts, the retry policy, and key redaction.
+
+The retry policy lives in :class:`RetryPolicy` and nowhere else. Its rule for submissions is
+the one that keeps users from paying twice: a POST that generates images is retried only when
+it provably did not land (the connection was refused, or the service answered 429, 503 or
+"queue full"); a timeout or a dropped connection after the body went out is reported instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import aiohttp
+import attrs
+
+from ._errors import APIError, RateLimitError, ServerError, TransportError
+
+__all__ = ["RetryPolicy", "Timeouts", "Transport", "logger"]
+
+logger = logging.getLogger("dreambooth_async")
+
+T = TypeVar("T")
+
+#: Called before each retry with (attempt number, the error, the delay in seconds).
+RetryHook = Callable[[int, Exception, float], None]
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """When and how long to wait before trying a call again.
+
+    Delays are "full jitter" exponential backoff: uniform in ``[0, min(cap, base * 2**n)]``,
+    or the service's ``Retry-After`` (capped at ``max_retry_after``) when it gave one.
+    """
+
+    max_retries: int = attrs.field(default=4, validator=attrs.validators.ge(0))
+    backoff_base: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    backoff_cap: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    max_retry_after: float = attrs.field(default=120.0, validator=attrs.validators.ge(0))
+    #: Retry "queue full" / spam-filter answers. The batch scheduler turns this off and adapts.
+    retry_rate_limited: bool = True
+
+    def should_retry(self, error: Exception, *, idempotent: bool) -> bool:
+        """True when retrying ``error`` cannot make the service run a submission twice."""
+        if isinstance(error, RateLimitError):
+            return self.retry_rate_limited
+        if isinstance(error, TransportError | ServerError):
+            return idempotent or not error.may_have_landed
+        return False
+
+    def delay(self, attempt: int, error: Exception) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            # A little jitter still, so that many waiters do not come back in the same instant.
+            return min(float(retry_after), self.max_retry_after) * random.uniform(1.0, 1.1)
+        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+
+
+@attrs.frozen(kw_only=True)
+class Timeouts:
+    """Seconds. ``connect``: to open a connection; ``request``: one HTTP exchange;
+    ``total``: one call including its retries (None: no bound beyond the retries')."""
+
+    connect: float = 10.0
+    request: float = 60.0
+    total: float | None = 300.0
+
+
+class _Redactor:
+    """Replaces the API key in any text meant for logs or error messages."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+
+    def __call__(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def payload(self, body: Mapping[str, Any]) -> str:
+        shown = {k: ("***" if k == "key" else _short(v)) for k, v in body.items()}
+        return self(json.dumps(shown, default=str))
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > 200:
+        return value[:60] + f"...<{len(value)} chars>"
+    return value
+
+
+class Transport:
+    """An aiohttp session plus the retry loop. Owned by one client."""
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        retry: RetryPolicy,
+        timeouts: Timeouts,
+        connection_limit: int,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        self._key = api_key
+        self.retry = retry
+        self.timeouts = timeouts
+        self._limit = connection_limit
+        self._on_retry = on_retry
+        self.redact = _Redactor(api_key)
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"<Transport retry={self.retry!r}>"
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            raise RuntimeError("transport is not open")
+        return self._session
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=self.timeouts.request, connect=self.timeouts.connect
+            ),
+            json_serialize=json.dumps,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        idempotent: bool,
+        parse: Callable[[int, Mapping[str, str], bytes], T],
+        retry: RetryPolicy | None = None,
+    ) -> T:
+        """POST ``body`` plus the key to ``url`` and ``parse`` the answer, retrying per policy."""
+        policy = retry or self.retry
+        payload = {"key": self._key, **body}
+        deadline = None if self.timeouts.total is None else time.monotonic() + self.timeouts.total
+        attempt = 0
+        while True:
+            try:
+                status, headers, raw = await self._post_once(url, payload)
+                return parse(status, headers, raw)
+            except (TransportError, APIError) as error:
+                if attempt >= policy.max_retries or not policy.should_retry(
+                    error, idempotent=idempotent
+                ):
+                    raise
+                delay = policy.delay(attempt, error)
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    raise
+                attempt += 1
+                logger.info(
+                    "retrying %s in %.2fs (attempt %d of %d): %s",
+                    url,
+                    delay,
+                    attempt,
+                    policy.max_retries,
+                    self.redact(str(error)),
+                )
+                if self._on_retry is not None:
+                    self._on_retry(attempt, error, delay)
+                await asyncio.sleep(delay)
+
+    async def _post_once(
+        self, url: str, payload: Mapping[str, Any]
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("POST %s %s", url, self.redact.payload(payload))
+        try:
+            async with self.session.post(url, json=payload) as response:
+                raw = await response.read()
+                headers = response.headers
+                status = response.status
+        except aiohttp.InvalidURL as exc:
+            raise TransportError(f"invalid URL {url!r}: {exc}", may_have_landed=False) from None
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # No connection was made, so nothing was sent.
+            raise TransportError(
+                f"cannot connect to {url}: {self.redact(str(exc))}", may_have_landed=False, url=url
+            ) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            kind = "timed out" if isinstance(exc, TimeoutError) else "connection failed"
+            detail = self.redact(str(exc)) or type(exc).__name__
+            raise TransportError(
+                f"{kind} during POST {url}: {detail}", may_have_landed=True, url=url
+            ) from None
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "HTTP %d from %s: %s",
+                status,
+                url,
+                self.redact(raw[:500].decode("utf-8", "replace")),
+            )
+        return status, headers, raw
