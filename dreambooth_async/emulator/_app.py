@@ -1,0 +1,215 @@
+"""HTTP: the service's routes, request-level faults, and the ``/_emulator/`` admin routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler as WebHandler
+
+from . import _bodies as bodies
+from ._config import EmulatorConfig
+from ._params import Kind, Version
+from ._service import Reply, Service
+
+SERVICE = web.AppKey("dreambooth_emulator_service", Service)
+
+_NOT_JSON = object()
+
+Handler = Callable[[Service, web.Request, Any], Awaitable[Reply]]
+
+
+def retry_after_header(seconds: float) -> str:
+    """Whole seconds when whole, else decimals: under a time scale waits are fractions of a
+    second, and rounding them up to 1 would make every test wait for nothing. A client should
+    parse the header as a float."""
+    if seconds >= 1 or seconds == 0:
+        return str(math.ceil(seconds - 1e-9))
+    return f"{max(seconds, 0.001):.3f}"
+
+
+async def _read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return _NOT_JSON
+
+
+def _abort(request: web.Request) -> web.Response:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    # Never written: the connection is gone. aiohttp needs a return value all the same.
+    return web.Response(status=500)
+
+
+def _respond(service: Service, reply: Reply) -> web.Response:
+    status = 200
+    headers: dict[str, str] = {}
+    if service.config.http_errors and reply.error_status is not None:
+        status = reply.error_status
+        if status == 429 and reply.retry_after is not None:
+            headers["Retry-After"] = retry_after_header(reply.retry_after)
+    return web.json_response(reply.body, status=status, headers=headers)
+
+
+def _api(handler: Handler, *, counted: str | None = None, faulty: bool = False) -> WebHandler:
+    """Wrap a service call: count it, inject request-level faults, render the reply.
+
+    ``faulty`` marks the submissions and fetches, the only calls request-level faults hit.
+    """
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        service = request.app[SERVICE]
+        stats = service.stats
+        if counted == "submission":
+            stats.submissions_received += 1
+        elif counted == "fetch":
+            stats.fetches += 1
+        fault = service.faults.draw_request() if faulty else None
+        if fault is not None:
+            stats.faults[fault] += 1
+        if fault == "5xx":
+            status = service.faults.last_5xx_status
+            return web.Response(
+                status=status, text=bodies.html_error(status), content_type="text/html"
+            )
+        if fault == "drop_before":
+            return _abort(request)
+        if fault == "429":
+            wait = service.config.scaled(service.config.faults.retry_after_429)
+            return web.json_response(
+                bodies.too_many_requests(wait),
+                status=429,
+                headers={"Retry-After": retry_after_header(wait)},
+            )
+        body = await _read_json(request)
+        if body is _NOT_JSON:
+            reply = Reply(bodies.INVALID_JSON, 400)
+            if counted == "submission":
+                stats.rejected_invalid += 1
+        else:
+            reply = await handler(service, request, body)
+        if fault == "drop_after":
+            return _abort(request)
+        if fault == "slow":
+            await asyncio.sleep(service.config.scaled(service.config.faults.slow_delay))
+        return _respond(service, reply)
+
+    return handle
+
+
+def _origin(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+def _own_port(request: web.Request) -> int | None:
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    return int(sockname[1]) if isinstance(sockname, tuple) and len(sockname) >= 2 else None
+
+
+def _submission(kind: Kind, version: Version) -> WebHandler:
+    async def call(service: Service, request: web.Request, body: Any) -> Reply:
+        return await service.submit(
+            body, kind=kind, version=version, origin=_origin(request), own_port=_own_port(request)
+        )
+
+    return _api(call, counted="submission", faulty=True)
+
+
+def _fetch(version: Version) -> WebHandler:
+    async def call(service: Service, request: web.Request, body: Any) -> Reply:
+        return service.fetch(body, version=version, path_id=request.match_info.get("id"))
+
+    return _api(call, counted="fetch", faulty=True)
+
+
+def _plain(method: Callable[[Service, Any], Reply]) -> WebHandler:
+    async def call(service: Service, request: web.Request, body: Any) -> Reply:
+        return method(service, body)
+
+    return _api(call)
+
+
+async def _generation(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    data = await request.app[SERVICE].output_file(name)
+    if data is None:
+        raise web.HTTPNotFound(text="Not Found")
+    content_type = "image/png" if name.endswith(".png") else "image/jpeg"
+    return web.Response(body=data, content_type=content_type)
+
+
+async def _sample(request: web.Request) -> web.StreamResponse:
+    data = request.app[SERVICE].images.sample(request.match_info["name"])
+    if data is None:
+        raise web.HTTPNotFound(text="Not Found")
+    return web.Response(body=data, content_type="image/png")
+
+
+async def _admin_stats(request: web.Request) -> web.StreamResponse:
+    return web.json_response(request.app[SERVICE].stats.to_json())
+
+
+async def _admin_job(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    try:
+        job = service.jobs.get(int(request.match_info["id"]))
+    except ValueError:
+        job = None
+    if job is None:
+        raise web.HTTPNotFound(text="no such job")
+    return web.json_response(job.to_json())
+
+
+async def _start(app: web.Application) -> None:
+    await app[SERVICE].start()
+
+
+async def _close(app: web.Application) -> None:
+    await app[SERVICE].aclose()
+
+
+def build_app(
+    config: EmulatorConfig | None = None, *, service: Service | None = None
+) -> web.Application:
+    """The emulator as an aiohttp application, for ``web.run_app``, an ``AppRunner`` or
+    aiohttp's test client. Pass ``service`` to keep a handle on its state (``Emulator`` does)."""
+    if service is None:
+        service = Service(config or EmulatorConfig())
+    elif config is not None and config is not service.config:
+        raise ValueError("pass either config or service, not both")
+    app = web.Application(client_max_size=service.config.max_body_bytes)
+    app[SERVICE] = service
+    app.on_startup.append(_start)
+    app.on_cleanup.append(_close)
+    add = app.router.add_post
+    families: tuple[tuple[Version, str], ...] = (
+        ("v3", "/api/v3/dreambooth"),
+        ("v4", "/api/v4/dreambooth"),
+    )
+    for version, prefix in families:
+        add(prefix, _submission("text2img", version))
+        add(f"{prefix}/img2img", _submission("img2img", version))
+        add(f"{prefix}/inpaint", _submission("inpaint", version))
+        add(f"{prefix}/fetch/{{id}}", _fetch(version))
+    add("/api/v4/dreambooth/fetch", _fetch("v4"))
+    add("/api/v4/dreambooth/model_reload", _plain(Service.model_reload))
+    add("/api/v4/dreambooth/model_list", _plain(Service.model_list))
+    add("/api/v3/system_load", _plain(Service.system_load))
+    add("/api/v6/images/text2img", _submission("text2img", "v6"))
+    add("/api/v6/images/img2img", _submission("img2img", "v6"))
+    add("/api/v6/images/inpaint", _submission("inpaint", "v6"))
+    add("/api/v6/images/fetch", _fetch("v6"))
+    add("/api/v6/images/fetch/{id}", _fetch("v6"))
+    app.router.add_get("/generations/{name}", _generation)
+    app.router.add_get("/samples/{name}", _sample)
+    app.router.add_get("/_emulator/stats", _admin_stats)
+    app.router.add_get("/_emulator/jobs/{id}", _admin_job)
+    return app

@@ -1,0 +1,181 @@
+"""The JSON bodies the service answers with, key for key (see PROTOCOL.md and the seed pages)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._jobs import Job
+from ._params import Version
+
+INVALID_KEY: dict[str, Any] = {
+    "status": "error",
+    "message": "Invalid Api Key",
+    "tip": "1. Make sure you are passing Api Key in the key field of the JSON body, "
+    "2. Make sure the key is the one shown in your dashboard (for the emulator: its --key)",
+}
+MODEL_NOT_FOUND: dict[str, Any] = {"status": "error", "message": "Model id not found"}
+REQUEST_NOT_FOUND: dict[str, Any] = {"status": "error", "message": "Request not found"}
+INVALID_JSON: dict[str, Any] = {"status": "error", "message": "Invalid JSON body"}
+
+PROCESSING_TIP = "for faster speed, keep resolution upto 512x512"
+FETCH_LATER = "Try to fetch request after given estimated time"
+FAILED_MESSAGE = "Failed, Try Again"
+
+# What enhance_prompt (on by default) does to the prompt and an empty negative prompt, in the
+# spirit of the seed page's example answer.
+ENHANCE_SUFFIX = (
+    " DSLR photography, sharp focus, Unreal Engine 5, Octane Render, ((cinematic lighting)), "
+    "f/1.4, ISO 200, 1/160s, 8K, RAW, unedited, symmetrical balance, in-frame"
+)
+DEFAULT_NEGATIVE = (
+    " ((out of frame)), ((extra fingers)), mutated hands, ((poorly drawn hands)), "
+    "((poorly drawn face)), (((mutation))), (((deformed))), blurry, ((bad anatomy)), "
+    "((bad proportions)), ((extra limbs)), cloned face, glitchy"
+)
+
+
+def seconds_text(seconds: float) -> str:
+    """A duration as the service writes it in prose: ``30``, or ``0.3`` under a time scale."""
+    rounded = round(seconds, 3)
+    return str(int(rounded)) if rounded.is_integer() else f"{rounded:g}"
+
+
+def field_errors(errors: dict[str, list[str]]) -> dict[str, Any]:
+    return {"status": "error", "message": errors}
+
+
+def queue_full(limit: int, retry_after: float) -> dict[str, Any]:
+    return {
+        "status": "error",
+        "message": f"Rate limit exceeded. Maximum {limit} queued requests allowed.",
+        "retry_after": round(retry_after, 6),
+    }
+
+
+def spam(wait: float) -> dict[str, Any]:
+    return {
+        "status": "error",
+        "message": "Rate limit exceeded",
+        "tips": "You sent the same request again too soon, please wait for "
+        f"{seconds_text(wait)} seconds before sending it again",
+    }
+
+
+def too_many_requests(retry_after: float) -> dict[str, Any]:
+    return {
+        "status": "error",
+        "message": "Too many requests, rate limit exceeded",
+        "retry_after": round(retry_after, 6),
+    }
+
+
+def html_error(status: int) -> str:
+    reason = {502: "Bad Gateway", 503: "Service Temporarily Unavailable"}.get(status, "Error")
+    return (
+        f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    )
+
+
+def fetch_url(job: Job) -> str:
+    # The legacy service hands out a v3 fetch URL whichever version was called.
+    if job.params.version == "v6":
+        return f"{job.origin}/api/v6/images/fetch/{job.id}"
+    return f"{job.origin}/api/v3/dreambooth/fetch/{job.id}"
+
+
+def meta(job: Job) -> dict[str, Any]:
+    p = job.params
+    prompt = p.prompt + ENHANCE_SUFFIX if p.enhance_prompt else p.prompt
+    negative = p.negative_prompt
+    if negative is None:
+        negative = DEFAULT_NEGATIVE if p.enhance_prompt else ""
+    body: dict[str, Any] = {
+        "H": p.height,
+        "W": p.width,
+        "file_prefix": job.file_prefix,
+        "full_url": "no",
+        "guidance_scale": p.guidance_scale,
+    }
+    if p.kind != "text2img":
+        body["init_image"] = p.init_image
+    if p.kind == "inpaint":
+        body["mask_image"] = p.mask_image
+    body.update(
+        {
+            "model_id": p.model_id,
+            "n_samples": p.samples,
+            "negative_prompt": negative,
+            "outdir": "out",
+            "prompt": prompt,
+            "safetychecker": p.safety_checker,
+            "scheduler": p.scheduler,
+            "seed": job.seed,
+            "steps": p.steps,
+            "upscale": p.upscale,
+        }
+    )
+    return body
+
+
+def success(job: Job, *, version: Version, fetched: bool = False) -> dict[str, Any]:
+    """The success answer. A fetch on the v3 path answers only ``status``, ``id``, ``output``."""
+    output = job.output_urls()
+    if fetched and version == "v3":
+        return {"status": "success", "id": job.id, "output": output}
+    body: dict[str, Any] = {
+        "status": "success",
+        "generationTime": job.run_seconds,
+        "id": job.id,
+        "output": output,
+    }
+    if version == "v6":
+        body.update(
+            {
+                "proxy_links": list(output),
+                "nsfw_content_detected": False,
+                "webhook_status": "",
+                "tip": "",
+            }
+        )
+    body["meta"] = meta(job)
+    return body
+
+
+def processing(job: Job, *, version: Version, eta: float) -> dict[str, Any]:
+    return {
+        "status": "processing",
+        "tip": PROCESSING_TIP,
+        "eta": round(eta, 6),
+        # The legacy endpoints misspell it; v6 spells it right.
+        ("message" if version == "v6" else "messege"): FETCH_LATER,
+        "webhook_status": "",
+        "fetch_result": fetch_url(job),
+        "id": job.id,
+        "output": [],
+        "meta": meta(job),
+        "future_links": job.output_urls(),
+    }
+
+
+def failed(job: Job) -> dict[str, Any]:
+    return {"status": "failed", "id": job.id, "message": FAILED_MESSAGE, "output": ""}
+
+
+def webhook_payload(job: Job) -> dict[str, Any]:
+    if job.failed:
+        return {
+            "status": "failed",
+            "id": job.id,
+            "message": FAILED_MESSAGE,
+            "track_id": job.track_id,
+        }
+    return {
+        "status": "success",
+        "id": job.id,
+        "output": job.output_urls(),
+        "generationTime": job.run_seconds,
+        "track_id": job.track_id,
+        "meta": meta(job),
+    }

@@ -1,0 +1,154 @@
+"""Settings of the emulator: the service it pretends to be, its cost model and its faults.
+
+Every duration here is in *service seconds*: the time the real service would take. The emulator
+multiplies them by ``EmulatorConfig.time_scale`` to get real seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import attrs
+
+DEFAULT_KEY = "emulator-key"
+
+DEFAULT_MODELS: tuple[str, ...] = (
+    "midjourney",
+    "sd-1.5",
+    "redshift-diffusion",
+    "anything-v3",
+    "realistic-vision-v13",
+)
+
+
+def _names(value: Iterable[str]) -> tuple[str, ...]:
+    # A lone string would otherwise become a tuple of its letters.
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+_non_negative = attrs.validators.ge(0.0)
+_probability = attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0))
+
+
+@attrs.frozen(kw_only=True)
+class CostModel:
+    """How long a job takes on one worker, in service seconds.
+
+    ``base + per_step * steps + per_sample * samples + per_megapixel * megapixels * samples``,
+    then multiplied by ``max(0.05, 1 + N(0, noise))``: ``noise`` is a relative standard deviation.
+    """
+
+    base: float = attrs.field(default=2.0, validator=_non_negative)
+    per_step: float = attrs.field(default=0.1, validator=_non_negative)
+    per_sample: float = attrs.field(default=1.0, validator=_non_negative)
+    per_megapixel: float = attrs.field(default=4.0, validator=_non_negative)
+    noise: float = attrs.field(default=0.1, validator=_non_negative)
+
+    def mean_duration(self, *, steps: int, samples: int, width: int, height: int) -> float:
+        megapixels = width * height / 1_000_000
+        return (
+            self.base
+            + self.per_step * steps
+            + self.per_sample * samples
+            + self.per_megapixel * megapixels * samples
+        )
+
+
+@attrs.frozen(kw_only=True)
+class FaultConfig:
+    """Injected faults. Each ``rate_*`` is a probability, drawn from RNGs seeded with ``seed``.
+
+    Request-level faults hit submissions and fetches only (never ``system_load``, ``model_list``,
+    ``model_reload``, output files, samples or the admin endpoints); at most one per request:
+
+    - ``rate_5xx``: HTTP 502 or 503 with an HTML body; the request is not processed.
+    - ``rate_drop_before``: the connection is closed before the body is read; not processed.
+    - ``rate_429``: HTTP 429 with ``Retry-After`` and a rate-limit JSON body; not processed.
+    - ``rate_drop_after``: the request is processed (a valid submission is accepted: it holds a
+      queue slot and runs), then the connection is closed without an answer.
+    - ``rate_slow``: the request is processed at once, the answer leaves ``slow_delay`` later.
+
+    Job-level faults are drawn once per accepted job:
+
+    - ``rate_failed``: the job ends ``failed`` (fetch and webhook say so).
+    - ``rate_stuck``: the job runs ``stuck_extra`` longer than its ETA promised; fetch keeps
+      answering processing. It holds its worker and its queue slot for that time.
+    - ``rate_output_404``: the job's output files answer 404 for ``output_404_for`` after it
+      succeeded.
+    """
+
+    seed: int = 0
+    rate_5xx: float = attrs.field(default=0.0, validator=_probability)
+    rate_drop_before: float = attrs.field(default=0.0, validator=_probability)
+    rate_drop_after: float = attrs.field(default=0.0, validator=_probability)
+    rate_slow: float = attrs.field(default=0.0, validator=_probability)
+    slow_delay: float = attrs.field(default=5.0, validator=_non_negative)
+    rate_429: float = attrs.field(default=0.0, validator=_probability)
+    retry_after_429: float = attrs.field(default=2.0, validator=_non_negative)
+    rate_failed: float = attrs.field(default=0.0, validator=_probability)
+    rate_stuck: float = attrs.field(default=0.0, validator=_probability)
+    stuck_extra: float = attrs.field(default=60.0, validator=_non_negative)
+    rate_output_404: float = attrs.field(default=0.0, validator=_probability)
+    output_404_for: float = attrs.field(default=10.0, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        # The request-level kinds are slices of one uniform draw (see _faults.py), so their
+        # probabilities cannot add up to more than 1.
+        total = (
+            self.rate_5xx
+            + self.rate_drop_before
+            + self.rate_429
+            + self.rate_drop_after
+            + self.rate_slow
+        )
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"request-level fault rates add up to {total:.3f} > 1")
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class EmulatorConfig:
+    """How the emulated service behaves. All fields have defaults; see the package docstring."""
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    keys: tuple[str, ...] = attrs.field(default=(DEFAULT_KEY,), converter=_names)
+    queue_limit: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    workers: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    time_scale: float = attrs.field(default=1.0, validator=_positive)
+    cost: CostModel = attrs.field(factory=CostModel)
+    sync_window: float = attrs.field(default=1.0, validator=_non_negative)
+    eta_bias: float = attrs.field(default=0.0, validator=attrs.validators.gt(-1.0))
+    eta_noise: float = attrs.field(default=0.0, validator=_non_negative)
+    models: tuple[str, ...] = attrs.field(default=DEFAULT_MODELS, converter=_names)
+    cold_models: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    cold_start: float = attrs.field(default=120.0, validator=_non_negative)
+    http_errors: bool = False
+    spam_filter: bool = True
+    spam_window: float = attrs.field(default=30.0, validator=_non_negative)
+    image_format: Literal["png", "jpg"] = attrs.field(
+        default="png", validator=attrs.validators.in_(("png", "jpg"))
+    )
+    webhook_drop_rate: float = attrs.field(default=0.0, validator=_probability)
+    webhook_duplicate_rate: float = attrs.field(default=0.0, validator=_probability)
+    webhook_delay: float = attrs.field(default=0.0, validator=_non_negative)
+    faults: FaultConfig = attrs.field(factory=FaultConfig)
+    seed: int = 0
+    # Large enough for a 1024x1024 PNG sent as base64 several times over.
+    max_body_bytes: int = attrs.field(default=32 * 1024 * 1024, validator=attrs.validators.ge(1024))
+
+    def __attrs_post_init__(self) -> None:
+        if not self.keys:
+            raise ValueError("keys must name at least one API key")
+        unknown = set(self.cold_models) - set(self.models)
+        if unknown:
+            raise ValueError(f"cold_models not in models: {sorted(unknown)}")
+
+    def scaled(self, service_seconds: float) -> float:
+        """Real seconds for a duration given in service seconds."""
+        return service_seconds * self.time_scale
