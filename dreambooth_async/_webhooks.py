@@ -13,9 +13,11 @@ The service signs nothing, and it may deliver a webhook twice or never. So:
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -73,9 +75,16 @@ class WebhookReceiver:
         self._jobs_token: dict[str, str] = {}
         self._finished: collections.deque[str] = collections.deque(maxlen=10_000)
         self._finished_set: set[str] = set()
+        self._changed = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<WebhookReceiver url={self.public_url!r} pending={len(self._jobs)}>"
+
+    async def wait_until(self, predicate: Callable[[WebhookStats], bool]) -> None:
+        """Wait until ``predicate(self.stats)`` holds (checked after every delivery)."""
+        while not predicate(self.stats):
+            self._changed.clear()
+            await self._changed.wait()
 
     def routes(self) -> list[web.RouteDef]:
         """The route to add to an aiohttp application that already serves elsewhere."""
@@ -149,6 +158,12 @@ class WebhookReceiver:
     # --- the endpoint -------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            return await self._receive(request)
+        finally:
+            self._changed.set()
+
+    async def _receive(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
         if token in self._finished_set:
             self.stats.duplicates += 1
