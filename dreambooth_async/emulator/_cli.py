@@ -63,6 +63,7 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     )
     add("--eta-bias", type=float, default=d.eta_bias)
     add("--eta-noise", type=float, default=d.eta_noise)
+    add("--eta-noise-kind", choices=("normal", "uniform"), default=d.eta_noise_kind)
     add("--models", type=_names, default=DEFAULT_MODELS, help="comma-separated model ids")
     add("--cold-models", type=_names, default=(), help="comma-separated models that start cold")
     add("--cold-start", type=float, default=d.cold_start, help="model load time")
@@ -114,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         sync_window=args.sync_window,
         eta_bias=args.eta_bias,
         eta_noise=args.eta_noise,
+        eta_noise_kind=args.eta_noise_kind,
         models=args.models,
         cold_models=args.cold_models,
         cold_start=args.cold_start,

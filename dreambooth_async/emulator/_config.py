@@ -125,6 +125,11 @@ class EmulatorConfig:
     sync_window: float = attrs.field(default=1.0, validator=_non_negative)
     eta_bias: float = attrs.field(default=0.0, validator=attrs.validators.gt(-1.0))
     eta_noise: float = attrs.field(default=0.0, validator=_non_negative)
+    #: "normal": eta_noise is a relative standard deviation; "uniform": the ETA is off by up to
+    #: eta_noise either way, evenly spread ("off by up to 20% at random").
+    eta_noise_kind: Literal["normal", "uniform"] = attrs.field(
+        default="normal", validator=attrs.validators.in_(("normal", "uniform"))
+    )
     models: tuple[str, ...] = attrs.field(default=DEFAULT_MODELS, converter=_names)
     cold_models: tuple[str, ...] = attrs.field(default=(), converter=_names)
     cold_start: float = attrs.field(default=120.0, validator=_non_negative)

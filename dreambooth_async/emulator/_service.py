@@ -54,8 +54,10 @@ class _Rejected(Exception):
         self.reply = reply
 
 
-def _invalid(field: str, message: str) -> _Rejected:
-    return _Rejected(Reply(bodies.field_errors({field: [message]}), 400))
+class _BadImage(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Service:
@@ -111,7 +113,12 @@ class Service:
     def eta(self, job: Job, now: float) -> float:
         cfg = self.config
         remaining = max(0.0, job.expected_finish - now)
-        noise = 1.0 + self._eta_rng.gauss(0.0, cfg.eta_noise) if cfg.eta_noise else 1.0
+        if not cfg.eta_noise:
+            noise = 1.0
+        elif cfg.eta_noise_kind == "uniform":
+            noise = 1.0 + self._eta_rng.uniform(-cfg.eta_noise, cfg.eta_noise)
+        else:
+            noise = 1.0 + self._eta_rng.gauss(0.0, cfg.eta_noise)
         return max(0.0, remaining * (1.0 + cfg.eta_bias) * noise)
 
     # -- submissions -------------------------------------------------------------------------
@@ -126,8 +133,7 @@ class Service:
                 raise _Rejected(Reply(bodies.field_errors(params), 400))
             if not self.farm.knows(params.model_id):
                 raise _Rejected(Reply(bodies.MODEL_NOT_FOUND, 400))
-            init = await self._load_input(params, "init_image", params.init_image, own_port)
-            mask = await self._load_input(params, "mask_image", params.mask_image, own_port)
+            init, mask = await self._load_inputs(params, own_port)
         except _Rejected as rejected:
             self.stats.rejected_invalid += 1
             return rejected.reply
@@ -231,28 +237,38 @@ class Service:
 
     # -- input images ------------------------------------------------------------------------
 
-    async def _load_input(
-        self, params: GenerationParams, field: str, value: str | None, own_port: int | None
-    ) -> str | None:
-        """Digest of the stored picture, or None when the endpoint takes none."""
-        if value is None:
-            return None
-        label = field.replace("_", " ")
+    async def _load_inputs(
+        self, params: GenerationParams, own_port: int | None
+    ) -> tuple[str | None, str | None]:
+        """Digests of the stored init and mask pictures (None where the endpoint takes none)."""
+        errors: dict[str, list[str]] = {}
+        digests: list[str | None] = []
+        for field, value in (("init_image", params.init_image), ("mask_image", params.mask_image)):
+            digest = None
+            if value is not None:
+                try:
+                    digest = await self._load_input(params, value, own_port)
+                except _BadImage as bad:
+                    errors[field] = [f"The {field.replace('_', ' ')} {bad.reason}."]
+            digests.append(digest)
+        if errors:
+            raise _Rejected(Reply(bodies.field_errors(errors), 400))
+        return digests[0], digests[1]
+
+    async def _load_input(self, params: GenerationParams, value: str, own_port: int | None) -> str:
         if params.base64 and not value.lstrip().lower().startswith(("http://", "https://")):
             data = _decode_base64(value)
             if data is None:
-                raise _invalid(field, f"The {label} must be base64 image data.")
+                raise _BadImage("must be base64 image data")
         else:
             if not is_loopback_url(value):
-                raise _invalid(
-                    field, f"The {label} must be a URL; the emulator only fetches loopback URLs."
-                )
+                raise _BadImage("must be a URL; the emulator only fetches loopback URLs")
             data = await self._download(value, own_port)
             if data is None:
-                raise _invalid(field, f"The {label} could not be downloaded.")
+                raise _BadImage("could not be downloaded")
         problem = check_input_image(data)
         if problem is not None:
-            raise _invalid(field, f"The {label} {problem}.")
+            raise _BadImage(problem)
         return self.images.put_blob(data)
 
     async def _download(self, url: str, own_port: int | None) -> bytes | None:

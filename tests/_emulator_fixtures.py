@@ -1,0 +1,152 @@
+"""Helpers for the emulator's tests: real HTTP to a real emulator, nothing mocked."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from PIL import Image
+
+from dreambooth_async.emulator import DEFAULT_KEY
+
+KEY = DEFAULT_KEY
+
+# The seed page's example (dreambooth-inpaint-endpoint.txt), as printed there.
+SEED_REQUEST: dict[str, Any] = {
+    "key": "",
+    "model_id": "your_model_id",
+    "prompt": "a cat sitting on a bench",
+    "negative_prompt": None,
+    "init_image": "https://raw.githubusercontent.com/CompVis/stable-diffusion/main/data/"
+    "inpainting_examples/overture-creations-5sI6fQgYIuo.png",
+    "mask_image": "https://raw.githubusercontent.com/CompVis/stable-diffusion/main/data/"
+    "inpainting_examples/overture-creations-5sI6fQgYIuo_mask.png",
+    "width": "512",
+    "height": "512",
+    "samples": "1",
+    "steps": "30",
+    "safety_checker": "no",
+    "enhance_prompt": "yes",
+    "guidance_scale": 7.5,
+    "strength": 0.7,
+    "scheduler": "UniPCMultistepScheduler",
+    "seed": None,
+    "webhook": None,
+    "track_id": None,
+}
+
+SEED_RESPONSE: dict[str, Any] = {
+    "status": "success",
+    "generationTime": 11.958809614181519,
+    "id": 12382960,
+    "output": [
+        "https://pub-8b49af329fae499aa563997f5d4068a4.r2.dev/generations/"
+        "b792ad2b-4488-435d-9264-7d2f4dcb8433-0.png"
+    ],
+    "meta": {
+        "H": 512,
+        "W": 512,
+        "file_prefix": "b792ad2b-4488-435d-9264-7d2f4dcb8433",
+        "full_url": "no",
+        "guidance_scale": 7.5,
+        "init_image": SEED_REQUEST["init_image"],
+        "mask_image": SEED_REQUEST["mask_image"],
+        "model_id": "redshift-diffusion",
+        "n_samples": 1,
+        "negative_prompt": " ((out of frame)), ((extra fingers)), mutated hands, ...",
+        "outdir": "out",
+        "prompt": "redshift style a cat sitting on a bench DSLR photography, ...",
+        "safetychecker": "no",
+        "scheduler": "UniPCMultistepScheduler",
+        "seed": 4156422202,
+        "steps": 50,
+        "upscale": "no",
+    },
+}
+
+PROCESSING_KEYS = {
+    "status",
+    "tip",
+    "eta",
+    "messege",
+    "webhook_status",
+    "fetch_result",
+    "id",
+    "output",
+    "meta",
+    "future_links",
+}
+
+
+def text2img(prompt: str = "a cat on a bench", **fields: Any) -> dict[str, Any]:
+    """A valid text2img body, numbers as strings the way the docs send them."""
+    body: dict[str, Any] = {
+        "key": KEY,
+        "model_id": "midjourney",
+        "prompt": prompt,
+        "width": "512",
+        "height": "512",
+        "samples": "1",
+        "num_inference_steps": "30",
+        "seed": 7,
+    }
+    body.update(fields)
+    return body
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any, dict[str, str]]:
+    """Status, decoded JSON body and headers of one POST."""
+    async with http.post(url, json=body) as resp:
+        payload = await resp.json(content_type=None)
+        return resp.status, payload, dict(resp.headers)
+
+
+async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
+    async with http.get(url) as resp:
+        return resp.status, await resp.read()
+
+
+def picture(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+async def wait_for(event: asyncio.Event) -> None:
+    # The timeout only turns a hang into a failure; the wait itself ends on the event.
+    await asyncio.wait_for(event.wait(), timeout=10)
+
+
+@asynccontextmanager
+async def webhook_receiver(
+    done: Callable[[list[dict[str, Any]]], bool],
+) -> AsyncIterator[tuple[str, list[dict[str, Any]], asyncio.Event]]:
+    """A small server on 127.0.0.1 collecting webhook calls.
+
+    Yields (url, received payloads, an asyncio.Event set once ``done(received)`` is true).
+    """
+    received: list[dict[str, Any]] = []
+    event = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        if done(received):
+            event.set()
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook", received, event
+    finally:
+        await runner.cleanup()
