@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
-from ._errors import ClientClosedError, DreamboothError, RequestValidationError
+from ._errors import APIError, ClientClosedError, RequestValidationError
 from ._models import (
     API_VERSIONS,
     ApiVersion,
@@ -65,9 +65,18 @@ _MODEL_LIST = "/api/v4/dreambooth/model_list"
 _MODEL_RELOAD = "/api/v4/dreambooth/model_reload"
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    # "https://host" and "https://host:443" are the same origin.
+    return scheme, parts.hostname, parts.port or _DEFAULT_PORTS.get(scheme)
+
+
 def _same_origin(a: str, b: str) -> bool:
-    pa, pb = urllib.parse.urlsplit(a), urllib.parse.urlsplit(b)
-    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+    return _origin(a) == _origin(b)
 
 
 class DreamboothClient:
@@ -102,6 +111,8 @@ class DreamboothClient:
         webhooks: WebhookReceiver | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        # Stray whitespace (a trailing newline from a secrets file) is never part of a key.
+        key = key.strip() if isinstance(key, str) else None
         if not key:
             raise RequestValidationError(
                 "api_key", None, f"a non-empty string (pass api_key= or set {API_KEY_ENV})"
@@ -160,7 +171,12 @@ class DreamboothClient:
             raise ClientClosedError("this client was closed; create a new DreamboothClient")
         await self._transport.open()
         if self._webhooks is not None:
-            await self._webhooks.start(self._poller)
+            try:
+                await self._webhooks.start(self._poller)
+            except BaseException:
+                # __aexit__ does not run when __aenter__ fails: close what we opened.
+                await self._transport.close()
+                raise
         self._poller_task = asyncio.create_task(self._poller.run(), name="dreambooth-poller")
         self._state = "open"
 
@@ -287,8 +303,12 @@ class DreamboothClient:
         else:
             if fetch_url:
                 logger.warning("not following fetch_result on another origin: %s", fetch_url)
-            url = self._url(_PATHS[self.api_version]["fetch"].format(id=job_id))
-        path = urllib.parse.urlsplit(url).path.rstrip("/")
+            # Quoted: the id comes from the service or the caller, not from this library.
+            quoted = urllib.parse.quote(job_id, safe="")
+            url = self._url(_PATHS[self.api_version]["fetch"].format(id=quoted))
+        path = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rstrip("/"))
+        # An id in the path (v3, and fetch_result URLs) is the whole request; otherwise the
+        # body names it (v4, v6).
         body: dict[str, Any] = {} if path.endswith("/" + job_id) else {"request_id": job_id}
         return url, body
 
@@ -302,10 +322,18 @@ class DreamboothClient:
     async def fetch(
         self, job: str | int | Job, *, fetch_url: str | None = None
     ) -> GenerationResult | Processing:
-        """One fetch call for a queued job, no waiting: its result, or its processing status."""
+        """One fetch call for a queued job, no waiting: its result, or its processing status.
+
+        Follows the ``fetch_result`` URL the service gave (``fetch_url``, or the job's own)
+        when it is on the client's origin.
+        """
         self._check_open()
-        job_id = job.id if isinstance(job, Job) else str(job).strip()
-        if not job_id:
+        if isinstance(job, Job):
+            job_id = job.id
+            fetch_url = fetch_url or job._state.fetch_url
+        else:
+            job_id = str(job).strip()
+        if not job_id or isinstance(job, bool):
             raise RequestValidationError("job_id", job, "a non-empty job id")
         return await self._fetch_for_poller(job_id, fetch_url)
 
@@ -342,6 +370,8 @@ class DreamboothClient:
         body = await self._transport.call(
             self._url(_SYSTEM_LOAD), {}, idempotent=True, parse=parse_json
         )
+        if not isinstance(body, Mapping):
+            raise APIError("system_load did not answer with a JSON object", body=None)
         return inbound.structure(body, SystemLoad)
 
     async def model_list(self) -> list[ModelInfo]:
@@ -353,7 +383,7 @@ class DreamboothClient:
         if isinstance(body, Mapping):  # some deployments wrap the list
             body = body.get("data") or body.get("models") or []
         if not isinstance(body, list):
-            raise DreamboothError("model_list did not answer with a list")
+            raise APIError("model_list did not answer with a list")
         return [inbound.structure(item, ModelInfo) for item in body if isinstance(item, Mapping)]
 
     async def model_reload(self, model_id: str) -> Mapping[str, Any]:

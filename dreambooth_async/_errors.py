@@ -7,6 +7,8 @@ deployments also use 4xx/5xx codes, and proxies in front of it answer with HTML 
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -172,8 +174,33 @@ def _number(value: Any) -> float | None:
     return number if number >= 0 and number == number and number != float("inf") else None
 
 
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    # aiohttp's headers are case-insensitive, a plain dict (tests, callers) is not.
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
+    return value
+
+
+def _retry_after_header(value: str | None) -> float | None:
+    """``Retry-After`` is seconds or an HTTP date (RFC 9110)."""
+    if value is None:
+        return None
+    seconds = _number(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
+
+
 def _retry_after(headers: Mapping[str, str], body: Mapping[str, Any] | None) -> float | None:
-    header = _number(headers.get("Retry-After"))
+    header = _retry_after_header(_header(headers, "Retry-After"))
     if header is not None:
         return header
     if body is None:

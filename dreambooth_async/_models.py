@@ -9,6 +9,7 @@ as strings, ``"yes"``/``"no"`` flags, per-version field names) is the converter'
 from __future__ import annotations
 
 import enum
+import json
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -56,9 +57,9 @@ class Scheduler(enum.StrEnum):
 # Each one raises RequestValidationError naming the field, the value and the limit.
 
 
-def _int_range(lo: int, hi: int) -> Any:
+def _int_range(lo: int, hi: int, *, optional: bool = False) -> Any:
     def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-        if value is None:
+        if value is None and optional:
             return
         if isinstance(value, bool) or not isinstance(value, int):
             raise RequestValidationError(attr.name, value, f"an integer from {lo} to {hi}")
@@ -68,9 +69,9 @@ def _int_range(lo: int, hi: int) -> Any:
     return check
 
 
-def _float_range(lo: float, hi: float) -> Any:
+def _float_range(lo: float, hi: float, *, optional: bool = False) -> Any:
     def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-        if value is None:
+        if value is None and optional:
             return
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RequestValidationError(attr.name, value, f"a number from {lo} to {hi}")
@@ -103,12 +104,16 @@ def _seed(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
 
 
 def is_http_url(value: str) -> bool:
-    """True for an absolute http(s) URL with a host."""
+    """True for an absolute http(s) URL with a host (and a valid port, if it names one)."""
+    # urlsplit silently drops tabs and newlines, so look for whitespace and controls first.
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        return False
     try:
         parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in value
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _url(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
@@ -153,15 +158,43 @@ def _image(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
     raise RequestValidationError(attr.name, value, "an http(s) URL, a local path or bytes")
 
 
-def _extra(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+def _track_id(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+        raise RequestValidationError(attr.name, value, "a string, an integer or None")
+
+
+# Wire names `extra` may not set: the key is the client's, and the modelled fields would
+# bypass their validation (extra={"width": 5000}) if extra could overwrite them.
+_RESERVED_WIRE_NAMES = frozenset({"key", "num_inference_steps", "base64"})
+
+
+def _extra(inst: Any, attr: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise RequestValidationError(attr.name, value, "a mapping of wire field names to values")
     if "key" in value:
         raise RequestValidationError(attr.name, "{'key': ...}", "no 'key': the client sends it")
+    modelled = {a.name for a in attrs.fields(type(inst))} | _RESERVED_WIRE_NAMES
+    clashes = sorted(modelled.intersection(value) - {"extra"})
+    if clashes:
+        raise RequestValidationError(
+            attr.name,
+            {name: value[name] for name in clashes},
+            f"only fields this class does not model (set {', '.join(clashes)} as fields)",
+        )
+    try:
+        json.dumps(dict(value))
+    except (TypeError, ValueError):
+        raise RequestValidationError(attr.name, value, "JSON-serialisable values") from None
 
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return dict(value or {})
+    # A copy, so that changing the caller's dict later does not change a frozen request.
+    return dict(value) if isinstance(value, Mapping) else value if value is not None else {}
+
+
+def _image_bytes(value: object) -> object:
+    # bytearray is mutable and unhashable: keep an immutable copy.
+    return bytes(value) if isinstance(value, bytearray) else value
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -180,13 +213,15 @@ class _Generation:
     steps: int = attrs.field(default=30, validator=_int_range(1, 50))
     safety_checker: bool | None = attrs.field(default=None, validator=_flag)
     enhance_prompt: bool | None = attrs.field(default=None, validator=_flag)
-    guidance_scale: float | None = attrs.field(default=None, validator=_float_range(1, 20))
+    guidance_scale: float | None = attrs.field(
+        default=None, validator=_float_range(1, 20, optional=True)
+    )
     scheduler: Scheduler | None = attrs.field(
         default=None, converter=_to_scheduler, validator=_scheduler
     )
     seed: int | None = attrs.field(default=None, validator=_seed)
     webhook: str | None = attrs.field(default=None, validator=_url)
-    track_id: str | int | None = attrs.field(default=None)
+    track_id: str | int | None = attrs.field(default=None, validator=_track_id)
     # Documented optional fields, sent only when set.
     multi_lingual: bool | None = attrs.field(default=None, validator=_flag)
     panorama: bool | None = attrs.field(default=None, validator=_flag)
@@ -195,7 +230,7 @@ class _Generation:
     embeddings_model: str | None = attrs.field(default=None, validator=_optional_text)
     lora_model: str | None = attrs.field(default=None, validator=_optional_text)
     lora_strength: str | None = attrs.field(default=None, validator=_optional_text)
-    clip_skip: int | None = attrs.field(default=None, validator=_int_range(1, 8))
+    clip_skip: int | None = attrs.field(default=None, validator=_int_range(1, 8, optional=True))
     tomesd: bool | None = attrs.field(default=None, validator=_flag)
     use_karras_sigmas: bool | None = attrs.field(default=None, validator=_flag)
     algorithm_type: str | None = attrs.field(default=None, validator=_optional_text)
@@ -204,8 +239,10 @@ class _Generation:
     highres_fix: bool | None = attrs.field(default=None, validator=_flag)
     temp: bool | None = attrs.field(default=None, validator=_flag)
     #: Wire fields this class does not model, passed through as given.
+    # Out of the hash (a dict is not hashable) but not out of equality: equal requests still
+    # hash alike, so requests can be set members and dict keys.
     extra: Mapping[str, Any] = attrs.field(
-        factory=dict, converter=_frozen_mapping, validator=_extra, repr=False
+        factory=dict, converter=_frozen_mapping, validator=_extra, repr=False, hash=False
     )
 
     #: Which endpoint family serves this request (``"text2img"``, ``"img2img"``, ``"inpaint"``).
@@ -228,7 +265,9 @@ class Text2Img(_Generation):
 class Img2Img(_Generation):
     """An image-to-image request: ``init_image`` (URL, path or bytes) reworked by ``strength``."""
 
-    init_image: str | os.PathLike[str] | bytes = attrs.field(validator=_image, repr=False)
+    init_image: str | os.PathLike[str] | bytes = attrs.field(
+        converter=_image_bytes, validator=_image, repr=False
+    )
     strength: float = attrs.field(default=0.7, validator=_float_range(0.0, 1.0))
     kind: ClassVar[str] = "img2img"
 
@@ -237,8 +276,12 @@ class Img2Img(_Generation):
 class Inpaint(_Generation):
     """An inpainting request: the white area of ``mask_image`` is repainted in ``init_image``."""
 
-    init_image: str | os.PathLike[str] | bytes = attrs.field(validator=_image, repr=False)
-    mask_image: str | os.PathLike[str] | bytes = attrs.field(validator=_image, repr=False)
+    init_image: str | os.PathLike[str] | bytes = attrs.field(
+        converter=_image_bytes, validator=_image, repr=False
+    )
+    mask_image: str | os.PathLike[str] | bytes = attrs.field(
+        converter=_image_bytes, validator=_image, repr=False
+    )
     strength: float = attrs.field(default=0.7, validator=_float_range(0.0, 1.0))
     kind: ClassVar[str] = "inpaint"
 

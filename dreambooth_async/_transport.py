@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import aiohttp
 import attrs
 
-from ._errors import APIError, RateLimitError, ServerError, TransportError
+from ._errors import APIError, ClientClosedError, RateLimitError, ServerError, TransportError
 
 __all__ = ["RetryPolicy", "Timeouts", "Transport", "logger"]
 
@@ -82,6 +82,11 @@ class _Redactor:
     def __call__(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
 
+    def body(self, raw: bytes) -> bytes:
+        """A response body with any echo of the key masked, before anything reads it: so no
+        result, error message or log line built from it can carry the key."""
+        return raw.replace(self._secret.encode(), b"***") if self._secret else raw
+
     def payload(self, body: Mapping[str, Any]) -> str:
         shown = {k: ("***" if k == "key" else _short(v)) for k, v in body.items()}
         return self(json.dumps(shown, default=str))
@@ -119,7 +124,7 @@ class Transport:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            raise RuntimeError("transport is not open")
+            raise ClientClosedError("the HTTP session is not open (client not started or closed)")
         return self._session
 
     async def open(self) -> None:
@@ -182,7 +187,7 @@ class Transport:
             logger.debug("POST %s %s", url, self.redact.payload(payload))
         try:
             async with self.session.post(url, json=payload) as response:
-                raw = await response.read()
+                raw = self.redact.body(await response.read())
                 headers = response.headers
                 status = response.status
         except aiohttp.InvalidURL as exc:

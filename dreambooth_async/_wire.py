@@ -17,8 +17,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import attrs
 import cattrs
-from cattrs.gen import make_dict_unstructure_fn, override
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from ._errors import APIError, RequestValidationError, error_from_response
 from ._models import (
@@ -29,11 +30,12 @@ from ._models import (
     Inpaint,
     ModelInfo,
     Processing,
+    Scheduler,
     SystemLoad,
     Text2Img,
 )
 
-__all__ = ["converter_for", "decode_json", "parse_response", "to_wire"]
+__all__ = ["converter_for", "decode_json", "from_wire", "parse_response", "to_wire"]
 
 # Fields the documentation sends as strings ("512"); the rest keep their JSON type.
 _STRING_FIELDS = ("width", "height", "samples", "steps", "clip_skip")
@@ -55,6 +57,8 @@ def converter_for(version: ApiVersion) -> cattrs.Converter:
     """The converter for one API version (they differ only in field names)."""
     conv = cattrs.Converter()
     conv.register_unstructure_hook(bool, lambda flag: "yes" if flag else "no")
+    # A StrEnum would serialise anyway, but the wire dict should hold plain JSON types only.
+    conv.register_unstructure_hook(Scheduler, lambda scheduler: scheduler.value)
     for cls in (Text2Img, Img2Img, Inpaint):
         overrides: dict[str, Any] = {
             name: override(unstruct_hook=_as_wire_string) for name in _STRING_FIELDS
@@ -70,37 +74,144 @@ def converter_for(version: ApiVersion) -> cattrs.Converter:
     return conv
 
 
-def _encode_image(field: str, value: Any, version: ApiVersion) -> tuple[str, bool]:
-    """(wire value, is_base64) for an image input."""
-    if isinstance(value, str) and value.startswith(("http://", "https://")):
-        return value, False
+def _is_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+def _shown(value: Any) -> Any:
+    return f"<{len(value)} bytes>" if isinstance(value, bytes | bytearray) else value
+
+
+def _encode_image(field: str, value: Any, version: ApiVersion) -> str:
+    """The wire value of a local image (bytes or a path): base64, where ``version`` takes it."""
     if version == "v3":
         raise RequestValidationError(
             field,
-            value if not isinstance(value, bytes) else f"<{len(value)} bytes>",
+            _shown(value),
             "an http(s) URL with api_version='v3' (v4 and v6 also accept local files and bytes)",
         )
-    data = (
-        bytes(value)
-        if isinstance(value, bytes | bytearray)
-        else Path(os.fspath(value)).read_bytes()
-    )
-    return base64.b64encode(data).decode("ascii"), True
+    if isinstance(value, bytes | bytearray):
+        data = bytes(value)
+    else:
+        try:
+            data = Path(os.fspath(value)).read_bytes()
+        except OSError as exc:
+            # Checked at construction, but the file may have gone since.
+            raise RequestValidationError(
+                field, value, f"a readable file ({exc.strerror or exc})"
+            ) from None
+    return base64.b64encode(data).decode("ascii")
 
 
 def to_wire(request: GenerationRequest, version: ApiVersion) -> dict[str, Any]:
-    """The JSON body for ``request`` (without the key), in ``version``'s wire form."""
+    """The JSON body for ``request`` (without the key), in ``version``'s wire form.
+
+    Raises :class:`RequestValidationError` for what only the version can rule out: local
+    images on v3, and a URL mixed with local data in one request (``"base64": "yes"`` applies
+    to every image of the body, so the service would read the URL as base64).
+    """
     body: dict[str, Any] = converter_for(version).unstructure(request)
     body = {k: v for k, v in body.items() if v is not None or k in _NULLABLE_FIELDS}
-    uses_base64 = False
-    for image_field in ("init_image", "mask_image"):
-        if (value := getattr(request, image_field, None)) is not None:
-            body[image_field], encoded = _encode_image(image_field, value, version)
-            uses_base64 = uses_base64 or encoded
-    if uses_base64:
+    images = {
+        name: value
+        for name in ("init_image", "mask_image")
+        if (value := getattr(request, name, None)) is not None
+    }
+    local = [name for name, value in images.items() if not _is_url(value)]
+    if local and len(local) < len(images):
+        raise RequestValidationError(
+            local[0],
+            _shown(images[local[0]]),
+            "the same kind as the other image: both http(s) URLs or both local data",
+        )
+    for name, value in images.items():
+        body[name] = value if _is_url(value) else _encode_image(name, value, version)
+    if local:
         body["base64"] = "yes"
     body.update(request.extra)
     return body
+
+
+# --- wire to requests -------------------------------------------------------------------------
+
+_REQUEST_CLASSES: Mapping[str, type[GenerationRequest]] = {
+    "text2img": Text2Img,
+    "img2img": Img2Img,
+    "inpaint": Inpaint,
+}
+
+
+def _wire_int(value: Any, _: type) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"not an integer: {value!r}")
+    return int(value)
+
+
+def _wire_flag(value: Any, _: type) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("yes", "no", "true", "false"):
+        return value.lower() in ("yes", "true")
+    raise ValueError(f"not a yes/no flag: {value!r}")
+
+
+def _passthrough(value: Any, _: type) -> Any:
+    return value
+
+
+@cache
+def _reader_for(version: ApiVersion) -> cattrs.Converter:
+    """The inverse of :func:`converter_for`: a wire body back to the request class."""
+    conv = cattrs.Converter()
+    conv.register_structure_hook(bool, _wire_flag)
+    conv.register_structure_hook(int, _wire_int)
+    for cls in (Text2Img, Img2Img, Inpaint):
+        overrides: dict[str, Any] = {
+            name: override(struct_hook=_wire_int) for name in _STRING_FIELDS
+        }
+        overrides["steps"] = override(rename=_steps_name(cls.kind, version), struct_hook=_wire_int)
+        overrides["clip_skip"] = override(
+            struct_hook=lambda value, _: None if value is None else _wire_int(value, int)
+        )
+        for name in ("track_id", "init_image", "mask_image", "extra"):
+            overrides[name] = override(struct_hook=_passthrough)
+        conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, **overrides))
+    return conv
+
+
+def from_wire(body: Mapping[str, Any], kind: str, version: ApiVersion) -> GenerationRequest:
+    """Read a wire body (as :func:`to_wire` writes it) back into a request.
+
+    Base64 images come back as bytes; fields the request class does not model go to
+    ``extra``. Raises :class:`RequestValidationError` when a value is out of its limits, and
+    ``ValueError`` when the body is not in the wire form at all.
+    """
+    cls = _REQUEST_CLASSES[kind]
+    data = {k: v for k, v in body.items() if k not in ("key", "base64")}
+    if str(body.get("base64", "no")).lower() == "yes":
+        for name in ("init_image", "mask_image"):
+            if isinstance(data.get(name), str) and not _is_url(data[name]):
+                data[name] = base64.b64decode(data[name], validate=True)
+    wire_names = {
+        a.name if a.name != "steps" else _steps_name(kind, version) for a in attrs.fields(cls)
+    }
+    data["extra"] = {k: v for k, v in data.items() if k not in wire_names}
+    for name in data["extra"]:
+        del data[name]
+    try:
+        return _reader_for(version).structure(data, cls)
+    except cattrs.BaseValidationError as exc:
+        # Validators raise inside the generated function; surface the first of our own.
+        for leaf in _leaves(exc):
+            if isinstance(leaf, RequestValidationError):
+                raise leaf from None
+        raise ValueError(f"not a {kind} wire body: {exc}") from None
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for sub in error.exceptions for leaf in _leaves(sub)]
+    return [error]
 
 
 # --- inbound ----------------------------------------------------------------------------------
@@ -117,7 +228,10 @@ def decode_json(body: bytes) -> Any:
 
 
 def _job_id(value: Any) -> str | None:
-    if value is None or isinstance(value, bool):
+    # An int or a string in practice; anything else is not an id worth polling.
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -152,7 +266,9 @@ def _flag(value: Any) -> bool | None:
     if isinstance(value, str) and value.lower() in ("yes", "true", "no", "false"):
         return value.lower() in ("yes", "true")
     if isinstance(value, list) and value:
-        return any(_flag(v) for v in value)
+        # v6 sends one flag per image; one level only, so a hostile nesting cannot recurse.
+        flags = [f for v in value if not isinstance(v, list) and (f := _flag(v)) is not None]
+        return any(flags) if flags else None
     return None
 
 
@@ -177,7 +293,12 @@ def _structure_processing(body: Mapping[str, Any], _: type) -> Processing:
     job_id = _job_id(body.get("id"))
     if job_id is None:
         # A processing answer we cannot poll: reporting it beats polling an empty id.
-        raise APIError("the service answered 'processing' without a job id", body=dict(body))
+        # It did accept the job, so say so: resubmitting would pay twice.
+        raise APIError(
+            "the service answered 'processing' without a job id",
+            body=dict(body),
+            may_have_landed=True,
+        )
     eta = _float(body.get("eta"))
     fetch_url = body.get("fetch_result")
     return Processing(
