@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -122,21 +124,27 @@ async def wait_for(event: asyncio.Event) -> None:
     await asyncio.wait_for(event.wait(), timeout=10)
 
 
+@dataclass
+class Receiver:
+    url: str
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    arrived_at: list[float] = field(default_factory=list)  # time.monotonic() of each call
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 @asynccontextmanager
 async def webhook_receiver(
-    done: Callable[[list[dict[str, Any]]], bool],
-) -> AsyncIterator[tuple[str, list[dict[str, Any]], asyncio.Event]]:
-    """A small server on 127.0.0.1 collecting webhook calls.
-
-    Yields (url, received payloads, an asyncio.Event set once ``done(received)`` is true).
-    """
-    received: list[dict[str, Any]] = []
-    event = asyncio.Event()
+    is_done: Callable[[list[dict[str, Any]]], bool],
+) -> AsyncIterator[Receiver]:
+    """A small server on 127.0.0.1 collecting webhook calls; ``done`` is set once
+    ``is_done(calls)`` is true."""
+    receiver = Receiver(url="")
 
     async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        if done(received):
-            event.set()
+        receiver.calls.append(await request.json())
+        receiver.arrived_at.append(time.monotonic())
+        if is_done(receiver.calls):
+            receiver.done.set()
         return web.json_response({"ok": True})
 
     app = web.Application()
@@ -145,8 +153,8 @@ async def webhook_receiver(
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
+    receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
     try:
-        yield f"http://127.0.0.1:{port}/hook", received, event
+        yield receiver
     finally:
         await runner.cleanup()

@@ -252,32 +252,35 @@ async def test_img2img_blends_the_init_image_by_strength() -> None:
 
 
 async def test_webhooks_arrive_with_their_track_id() -> None:
-    def all_three(received: list[dict[str, object]]) -> bool:
-        return len(received) >= 3
+    def all_three(calls: list[dict[str, object]]) -> bool:
+        return len(calls) >= 3
 
-    config = EmulatorConfig(time_scale=FAST, sync_window=0)
+    config = EmulatorConfig(time_scale=FAST, sync_window=0, webhook_delay=5.0)
     async with (
-        webhook_receiver(all_three) as (hook, received, arrived),
+        webhook_receiver(all_three) as receiver,
         Emulator(config) as emu,
         aiohttp.ClientSession() as http,
     ):
         ids = {}
         for track_id in ("t-1", 2, "t-3"):
-            body = text2img(f"hooked {track_id}", webhook=hook, track_id=track_id)
+            body = text2img(f"hooked {track_id}", webhook=receiver.url, track_id=track_id)
             _, answer, _ = await post(http, f"{emu.base_url}/api/v3/dreambooth", body)
             ids[answer["id"]] = track_id
-        await wait_for(arrived)
-        assert {call["id"]: call["track_id"] for call in received} == ids
-        for call in received:
+        await wait_for(receiver.done)
+        assert {call["id"]: call["track_id"] for call in receiver.calls} == ids
+        for call, arrived_at in zip(receiver.calls, receiver.arrived_at, strict=True):
             assert call["status"] == "success"
             assert call.keys() == {"status", "id", "output", "generationTime", "track_id", "meta"}
-            assert emu.finished_at(call["id"]) is not None
+            finished_at = emu.finished_at(call["id"])
+            assert finished_at is not None
+            # Sent once the job finished plus the configured delay (5 service seconds).
+            assert arrived_at >= finished_at + 5.0 * FAST
         assert emu.stats.webhooks_sent == 3
 
 
 async def test_webhooks_twice_when_duplicated_and_failed_payloads() -> None:
-    def four(received: list[dict[str, object]]) -> bool:
-        return len(received) >= 4
+    def four(calls: list[dict[str, object]]) -> bool:
+        return len(calls) >= 4
 
     config = EmulatorConfig(
         time_scale=FAST,
@@ -286,17 +289,17 @@ async def test_webhooks_twice_when_duplicated_and_failed_payloads() -> None:
         faults=FaultConfig(rate_failed=1.0),
     )
     async with (
-        webhook_receiver(four) as (hook, received, arrived),
+        webhook_receiver(four) as receiver,
         Emulator(config) as emu,
         aiohttp.ClientSession() as http,
     ):
         for track_id in ("a", "b"):
-            body = text2img(f"dup {track_id}", webhook=hook, track_id=track_id)
+            body = text2img(f"dup {track_id}", webhook=receiver.url, track_id=track_id)
             await post(http, f"{emu.base_url}/api/v3/dreambooth", body)
-        await wait_for(arrived)
+        await wait_for(receiver.done)
         await emu.wait_webhooks()
-        assert sorted(call["track_id"] for call in received) == ["a", "a", "b", "b"]
-        for call in received:
+        assert sorted(call["track_id"] for call in receiver.calls) == ["a", "a", "b", "b"]
+        for call in receiver.calls:
             assert call == {
                 "status": "failed",
                 "id": call["id"],
@@ -312,15 +315,15 @@ async def test_webhook_drops_follow_the_seeded_rate() -> None:
         time_scale=0.001, sync_window=0, webhook_drop_rate=0.5, spam_filter=False, queue_limit=100
     )
     async with (
-        webhook_receiver(lambda received: False) as (hook, received, _),
+        webhook_receiver(lambda calls: False) as receiver,
         Emulator(config) as emu,
         aiohttp.ClientSession() as http,
     ):
         for n in range(40):
-            body = text2img(f"drop {n}", webhook=hook, track_id=n)
+            body = text2img(f"drop {n}", webhook=receiver.url, track_id=n)
             await post(http, f"{emu.base_url}/api/v3/dreambooth", body)
         await emu.wait_webhooks()
-        assert emu.stats.webhooks_dropped + len(received) == 40
+        assert emu.stats.webhooks_dropped + len(receiver.calls) == 40
         assert 10 <= emu.stats.webhooks_dropped <= 30
 
 

@@ -73,7 +73,8 @@ class FaultConfig:
 
     - ``rate_failed``: the job ends ``failed`` (fetch and webhook say so).
     - ``rate_stuck``: the job runs ``stuck_extra`` longer than its ETA promised; fetch keeps
-      answering processing. It holds its worker and its queue slot for that time.
+      answering processing, its ``eta`` counting down to 0 and staying there. It holds its
+      worker and its queue slot for that time.
     - ``rate_output_404``: the job's output files answer 404 for ``output_404_for`` after it
       succeeded.
     """

@@ -155,7 +155,7 @@ class Service:
         if cfg.spam_filter:
             self._spam_seen[fingerprint] = now
             self._spam_order.append((now, fingerprint))
-        return await self._answer_submission(job)
+        return await self._answer_submission(job, now)
 
     def _spam_wait(self, fingerprint: str, now: float) -> float:
         window = self.config.scaled(self.config.spam_window)
@@ -225,14 +225,16 @@ class Service:
             self.webhooks.schedule(job, bodies.webhook_payload)
         return job
 
-    async def _answer_submission(self, job: Job) -> Reply:
+    async def _answer_submission(self, job: Job, accepted_at: float) -> Reply:
         version = job.params.version
-        remaining = job.scheduled_finish - self.clock()
-        if remaining > self.config.scaled(self.config.sync_window):
-            return Reply(bodies.processing(job, version=version, eta=self.eta(job, self.clock())))
+        # Decided from the acceptance time, not a fresh clock reading, so that the choice does
+        # not depend on how long this process was preempted in between.
+        if job.scheduled_finish - accepted_at > self.config.scaled(self.config.sync_window):
+            return Reply(bodies.processing(job, version=version, eta=self.eta(job, accepted_at)))
         # Short jobs are answered when done, on the same request, as the service does.
+        remaining = job.scheduled_finish - self.clock()
         if remaining > 0:
-            await asyncio.sleep(remaining)
+            await asyncio.sleep(remaining + 1e-6)
         return Reply(bodies.failed(job) if job.failed else bodies.success(job, version=version))
 
     # -- input images ------------------------------------------------------------------------
