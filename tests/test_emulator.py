@@ -169,6 +169,27 @@ async def test_processing_then_fetch_then_success() -> None:
         assert state["finished_at"] == pytest.approx(finished_at)
 
 
+@pytest.mark.parametrize("kind", ["normal", "uniform"])
+async def test_eta_bias_and_noise(kind: str) -> None:
+    config = EmulatorConfig(
+        time_scale=1.0, sync_window=0, eta_bias=0.3, eta_noise=0.05, eta_noise_kind=kind
+    )
+    async with Emulator(config) as emu, aiohttp.ClientSession() as http:
+        _, answer, _ = await post(http, f"{emu.base_url}/api/v3/dreambooth", text2img())
+        job = emu.jobs[answer["id"]]
+        ratios = []
+        for _ in range(30):
+            before = time.monotonic()
+            _, fetched, _ = await post(http, answer["fetch_result"], {"key": KEY})
+            ratios.append(fetched["eta"] / (job.expected_finish - before))
+    # Biased 30% high; spread by the noise (uniform: never beyond +-5%, give or take the
+    # milliseconds between reading the clock here and there).
+    assert 1.2 < sum(ratios) / len(ratios) < 1.4
+    assert len({round(r, 6) for r in ratios}) > 1
+    if kind == "uniform":
+        assert all(1.3 * 0.95 - 0.01 <= r <= 1.3 * 1.05 + 0.01 for r in ratios)
+
+
 async def test_future_links_404_until_done_then_serve_the_files() -> None:
     config = EmulatorConfig(time_scale=FAST, sync_window=0)
     async with Emulator(config) as emu, aiohttp.ClientSession() as http:

@@ -54,7 +54,7 @@ _N = TypeVar("_N", int, float)
 
 @attrs.frozen(kw_only=True)
 class GenerationParams:
-    """A validated generation request, in Python types. ``body`` is the JSON object as sent."""
+    """A validated generation request, in Python types."""
 
     kind: Kind
     version: Version
@@ -77,7 +77,6 @@ class GenerationParams:
     base64: bool
     webhook: str | None
     track_id: Any
-    body: Mapping[str, Any] = attrs.field(eq=False, repr=False)
 
 
 def _label(field: str) -> str:
@@ -263,7 +262,6 @@ def parse_generation(
         base64=base64_flag,
         webhook=webhook,
         track_id=body.get("track_id"),
-        body=body,
     )
 
 
