@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import urllib.parse
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -31,7 +31,7 @@ from ._transport import RetryPolicy, Timeouts, Transport, logger
 from ._wire import inbound, parse_json, parse_response, to_wire
 
 if TYPE_CHECKING:
-    from ._batch import BatchItem
+    from ._batch import BatchInput, BatchItem, BatchRun
     from ._webhooks import WebhookReceiver
 
 __all__ = ["DEFAULT_BASE_URL", "DreamboothClient"]
@@ -317,7 +317,12 @@ class DreamboothClient:
     ) -> GenerationResult | Processing:
         url, body = self._fetch_target(job_id, fetch_url)
         answer = await self._transport.call(url, body, idempotent=True, parse=parse_response)
-        return self._own(answer) if isinstance(answer, GenerationResult) else answer
+        if not isinstance(answer, GenerationResult):
+            return answer
+        if answer.id is None:
+            # The v3 fetch answer may leave the id out; it is the one that was asked for.
+            answer = attrs.evolve(answer, id=job_id)
+        return self._own(answer)
 
     async def fetch(
         self, job: str | int | Job, *, fetch_url: str | None = None
@@ -413,28 +418,30 @@ class DreamboothClient:
 
     def map(
         self,
-        requests: Iterable[GenerationRequest] | AsyncIterable[GenerationRequest],
-        *,
+        requests: Iterable[BatchInput] | AsyncIterable[BatchInput],
         concurrency: int | None = None,
         **options: Any,
-    ) -> AsyncIterator[BatchItem]:
+    ) -> BatchRun:
         """Run many requests; yield a :class:`BatchItem` for each as it completes.
 
-        ``concurrency=None`` adapts to the account's queue slots; see :func:`run_batch`.
+        ``concurrency=None`` adapts to the account's queue slots; ``requests`` is read lazily.
+        Use ``async with client.map(...) as items: async for item in items: ...`` for
+        guaranteed cleanup. Options (``fail_fast``, ``manifest``, ``on_event``,
+        ``download_to``, ``rate_limit``, ...) are those of :func:`map_requests`.
         """
         from ._batch import map_requests
 
-        return map_requests(self, requests, concurrency=concurrency, **options)
+        return map_requests(self, requests, concurrency, **options)
 
     async def gather(
         self,
-        requests: Iterable[GenerationRequest] | AsyncIterable[GenerationRequest],
-        *,
+        requests: Iterable[BatchInput] | AsyncIterable[BatchInput],
         concurrency: int | None = None,
         **options: Any,
     ) -> list[BatchItem]:
         """Run many requests and return their :class:`BatchItem` in input order."""
-        items = [item async for item in self.map(requests, concurrency=concurrency, **options)]
+        async with self.map(requests, concurrency, **options) as run:
+            items = [item async for item in run]
         return sorted(items, key=lambda item: item.index)
 
 

@@ -103,7 +103,14 @@ class RateLimitError(APIError):
 
 
 class ServerError(APIError):
-    """A 5xx answer, or a body that is not the service's JSON (an HTML error page, nothing)."""
+    """A 5xx answer, or a body that is not the service's JSON (an HTML error page, nothing).
+
+    ``retry_after`` is the wait a 503 asked for (``Retry-After``), if any.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)
 
 
 class GenerationFailed(APIError):
@@ -263,7 +270,12 @@ def error_from_response(
         if http_status in (401, 403):
             return AuthenticationError(text, http_status=http_status)
         if http_status >= 500 or ok_http:
-            return ServerError(text, http_status=http_status, may_have_landed=http_status != 503)
+            return ServerError(
+                text,
+                http_status=http_status,
+                may_have_landed=http_status != 503,
+                retry_after=_retry_after(headers, None),
+            )
         return APIError(text, http_status=http_status)
 
     if ok_http and status in ("success", "processing", "ok"):
@@ -294,7 +306,12 @@ def error_from_response(
         job_id = _text(body_map.get("id"))
         return GenerationFailed(message, job_id=job_id, **common)
     if http_status >= 500:
-        return ServerError(message, may_have_landed=http_status != 503, **common)
+        return ServerError(
+            message,
+            may_have_landed=http_status != 503,
+            retry_after=_retry_after(headers, body_map),
+            **common,
+        )
     if ok_http and status not in ("error", ""):
         return APIError(f"unexpected status {status!r}: {message}", **common)
     return APIError(message, **common)

@@ -116,6 +116,12 @@ def is_http_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
+def looks_like_url(value: object) -> bool:
+    """True for a string that claims to be an http(s) URL (scheme in any case): such a value
+    is checked and sent as a URL, never read as a local path."""
+    return isinstance(value, str) and value[:8].lower().startswith(("http://", "https://"))
+
+
 def _url(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not (isinstance(value, str) and is_http_url(value)):
         raise RequestValidationError(attr.name, value, "an absolute http(s) URL")
@@ -144,7 +150,8 @@ def _image(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
         if not value:
             raise RequestValidationError(attr.name, b"", "non-empty image bytes")
         return
-    if isinstance(value, str) and value.startswith(("http://", "https://")):
+    if looks_like_url(value):
+        assert isinstance(value, str)
         if not is_http_url(value):
             raise RequestValidationError(attr.name, value, "a well-formed http(s) URL")
         return

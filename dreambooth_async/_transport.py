@@ -68,9 +68,15 @@ class Timeouts:
     """Seconds. ``connect``: to open a connection; ``request``: one HTTP exchange;
     ``total``: one call including its retries (None: no bound beyond the retries')."""
 
-    connect: float = 10.0
-    request: float = 60.0
-    total: float | None = 300.0
+    # Zero would mean "no timeout" to aiohttp: refuse it rather than wait forever.
+    connect: float = attrs.field(default=10.0, validator=attrs.validators.gt(0.0))
+    request: float = attrs.field(default=60.0, validator=attrs.validators.gt(0.0))
+    total: float | None = attrs.field(default=300.0)
+
+    @total.validator
+    def _check_total(self, _attr: attrs.Attribute[float | None], value: float | None) -> None:
+        if value is not None and not value > 0:
+            raise ValueError(f"total must be None or > 0, not {value!r}")
 
 
 class _Redactor:
@@ -186,7 +192,9 @@ class Transport:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("POST %s %s", url, self.redact.payload(payload))
         try:
-            async with self.session.post(url, json=payload) as response:
+            # Redirects are not followed: the key is in the body, and a 307/308 would carry
+            # it to wherever the Location header points.
+            async with self.session.post(url, json=payload, allow_redirects=False) as response:
                 raw = self.redact.body(await response.read())
                 headers = response.headers
                 status = response.status
@@ -209,5 +217,12 @@ class Transport:
                 status,
                 url,
                 self.redact(raw[:500].decode("utf-8", "replace")),
+            )
+        if 300 <= status < 400:
+            location = self.redact(headers.get("Location", "nowhere"))
+            raise APIError(
+                f"POST {url} was redirected to {location}; not followed (the API key travels "
+                f"in the body): use the final address as base_url",
+                http_status=status,
             )
         return status, headers, raw

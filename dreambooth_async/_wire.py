@@ -33,6 +33,7 @@ from ._models import (
     Scheduler,
     SystemLoad,
     Text2Img,
+    looks_like_url,
 )
 
 __all__ = ["converter_for", "decode_json", "from_wire", "parse_response", "to_wire"]
@@ -75,7 +76,7 @@ def converter_for(version: ApiVersion) -> cattrs.Converter:
 
 
 def _is_url(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(("http://", "https://"))
+    return looks_like_url(value)
 
 
 def _shown(value: Any) -> Any:

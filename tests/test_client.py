@@ -155,6 +155,23 @@ async def test_fetch_result_on_another_origin_never_gets_the_key(
     assert any("another origin" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_redirects_are_not_followed(status: int) -> None:
+    async with ReplayServer() as server, ReplayServer() as elsewhere:
+        target = f"{elsewhere.url}/api/v3/dreambooth"
+        elsewhere.always("/api/v3/dreambooth", success(1))
+        server.script(
+            "/api/v3/dreambooth", Reply.raw(b"", status=status, headers={"Location": target})
+        )
+        async with client_for(server) as client:
+            with pytest.raises(dba.APIError, match="redirected") as caught:
+                await client.submit(REQUESTS["text2img"])
+        assert elsewhere.count() == 0  # a 307/308 would have re-sent the body, key included
+        assert server.count() == 1
+    assert caught.value.http_status == status
+    assert target in str(caught.value)
+
+
 async def test_fetch_result_downgraded_to_http_is_not_followed() -> None:
     assert not _same_origin("http://api.example", "https://api.example")
     assert _same_origin("https://api.example", "https://API.example:443/x")

@@ -148,7 +148,9 @@ async def test_v6_success_fields() -> None:
             {"status": "success", "id": 13481504.0, "output": ["https://x.example/a.png"]},
             "13481504",
         ),
-        ({"status": "success", "id": "", "output": ["https://x.example/a.png"]}, None),
+        # No id in the answer: it is the id that was fetched.
+        ({"status": "success", "id": "", "output": ["https://x.example/a.png"]}, "13481504"),
+        ({"status": "success", "output": ["https://x.example/a.png"]}, "13481504"),
     ],
 )
 async def test_v3_fetch_success_shapes(body: dict[str, Any], expected_id: str | None) -> None:
@@ -300,6 +302,11 @@ async def test_503_is_a_server_error_that_did_not_land() -> None:
     error, _ = await submit_once(Reply.json(body, status=503))
     assert type(error) is dba.ServerError
     assert error.may_have_landed is False
+    assert error.retry_after is None
+    headers = {"Retry-After": "4"}
+    error, _ = await submit_once(Reply.raw(b"busy", status=503, headers=headers))
+    assert type(error) is dba.ServerError
+    assert error.retry_after == 4
 
 
 @pytest.mark.parametrize("status", [200, 500])

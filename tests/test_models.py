@@ -331,7 +331,7 @@ def test_requests_are_frozen_hashable_and_keep_their_own_extra() -> None:
 def test_image_inputs(tmp_path: Path) -> None:
     path = tmp_path / "in.png"
     path.write_bytes(b"png")
-    for value in (URL, "http://127.0.0.1:8000/a.png", b"png", path, str(path)):
+    for value in (URL, "HTTPS://EXAMPLE.COM/A.PNG", "http://127.0.0.1:8000/a.png", b"png", path):
         dba.Img2Img(model_id="m", prompt="p", init_image=value)
     request = dba.Img2Img(model_id="m", prompt="p", init_image=b"\x00" * 10_000)
     assert "init_image" not in repr(request)  # image data never floods a repr or a log

@@ -137,6 +137,18 @@ async def test_retry_after_is_honoured_and_capped() -> None:
     assert retries.calls[1][1].retry_after == 30
 
 
+async def test_503_retry_after_is_honoured() -> None:
+    async with ReplayServer() as server:
+        busy = Reply.json(OVERLOADED, status=503, headers={"Retry-After": "0.02"})
+        server.script(SUBMIT, busy, Reply.json(SUCCESS))
+        async with client_for(server.url) as client:
+            retries = RetryLog()
+            client.on_retry(retries)
+            await client.submit(REQUEST)
+        assert server.count(SUBMIT) == 2
+    assert 0.02 <= retries.calls[0][2] <= 0.022
+
+
 async def test_retries_give_up_after_max_retries() -> None:
     async with ReplayServer() as server:
         server.always(SUBMIT, Reply.json(OVERLOADED, status=503))
@@ -310,3 +322,7 @@ def test_policy_rejects_nonsense() -> None:
         dba.RetryPolicy(max_retries=-1)
     with pytest.raises(ValueError):
         dba.RetryPolicy(backoff_base=0)
+    for bad in ({"request": 0}, {"connect": -1}, {"total": 0}):
+        with pytest.raises(ValueError):
+            dba.Timeouts(**bad)
+    assert dba.Timeouts(total=None).total is None
