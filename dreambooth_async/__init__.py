@@ -18,7 +18,7 @@ import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from ._batch import BatchItem
+from ._batch import AmbiguousSubmission, BatchItem, BatchRun, request_key
 from ._client import DEFAULT_BASE_URL, DreamboothClient
 from ._download import safe_file_name
 from ._errors import (
@@ -34,6 +34,8 @@ from ._errors import (
     ServerError,
     TransportError,
 )
+from ._events import BatchEvent
+from ._manifest import ItemState, Manifest, ManifestError, read_manifest
 from ._models import (
     ApiVersion,
     GenerationRequest,
@@ -57,9 +59,12 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_BASE_URL",
     "APIError",
+    "AmbiguousSubmission",
     "ApiVersion",
     "AuthenticationError",
+    "BatchEvent",
     "BatchItem",
+    "BatchRun",
     "ClientClosedError",
     "DownloadError",
     "DreamboothClient",
@@ -69,8 +74,11 @@ __all__ = [
     "GenerationResult",
     "Img2Img",
     "Inpaint",
+    "ItemState",
     "Job",
     "JobTimeout",
+    "Manifest",
+    "ManifestError",
     "ModelInfo",
     "PollPolicy",
     "Processing",
@@ -84,6 +92,8 @@ __all__ = [
     "Timeouts",
     "TransportError",
     "__version__",
+    "read_manifest",
+    "request_key",
     "safe_file_name",
 ]
 

@@ -1,36 +1,1116 @@
-"""Batch fan-out (placeholder: the scheduler lands with the batch issue)."""
+"""Batch fan-out: many requests under the account's queue-slot limit, resumable from a manifest.
+
+The service limits how many jobs an account may have *queued or running* (5, 10 or 15, and the
+client is not told which). A job holds its slot from submission until it finishes, so the
+scheduler counts slots, not open HTTP requests: a slot is taken before the POST and given back
+when the job's result (or error) is in.
+
+Shape (structured concurrency without yielding from inside a task group):
+
+- :class:`BatchRun`, what ``client.map()`` returns, is both an async iterator and an async
+  context manager. On first use it starts one background task that owns an anyio task group;
+  finished items travel to the consumer through a memory object stream.
+- Leaving ``async with`` (or ``aclose()``, or the iterator being dropped after a ``break``)
+  cancels the group and waits for it. A submission already on the wire is allowed a grace
+  period to be answered and recorded, because cutting it off could leave a paid job that
+  nobody knows the id of.
+- A spawner reads the input lazily, one item ahead, and starts a task per item only when a
+  slot (and a task permit) is free: tasks alive and memory stay bounded by the concurrency,
+  not by the number of requests.
+
+Adaptive concurrency (``concurrency=None``): start at ``initial_concurrency``, grow by one for
+every acceptance that filled the window (slow start) until the first "queue full" answer. That
+answer bounds the limit from above by the number of *other* slots the batch holds at that moment
+(the service counted at least as many), so the window drops straight to it instead of halving.
+From then on it probes one slot higher after a run of acceptances at a full window, and the run
+it waits for doubles after every probe the service refuses: the limit is found in a few
+rejections and held with very few. A rejected submission provably did not land (the transport's
+rule), so it is sent again after the service's ``retry_after``, ahead of fresh items.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any
+import asyncio
+import contextlib
+import contextvars
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias
 
+import anyio
 import attrs
 
-from ._models import GenerationRequest, GenerationResult
+from ._errors import (
+    AuthenticationError,
+    ClientClosedError,
+    DreamboothError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+)
+from ._events import BatchEvent, EventHook, EventKind, emit
+from ._manifest import ItemState, Manifest
+from ._models import GenerationRequest, GenerationResult, Img2Img, Inpaint, Text2Img
+from ._poller import Job
 
 if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
     from ._client import DreamboothClient
 
-__all__ = ["BatchItem", "map_requests"]
+__all__ = [
+    "AmbiguousSubmission",
+    "BatchInput",
+    "BatchItem",
+    "BatchRun",
+    "SlotWindow",
+    "map_requests",
+    "request_key",
+]
+
+#: One input of a batch: a request, or a ``(key, request)`` pair that names its key.
+BatchInput: TypeAlias = GenerationRequest | tuple[str, GenerationRequest]
+
+#: How a batch item ended.
+ItemOutcome: TypeAlias = Literal["done", "failed", "ambiguous"]
+
+
+class AmbiguousSubmission(DreamboothError):
+    """A submission may or may not have been accepted (and billed): the connection broke after
+    the request was sent, a proxy answered 5xx, or a batch died between sending it and hearing
+    back. The item is reported rather than sent again, which could pay twice; pass
+    ``resubmit_ambiguous=True`` to send it anyway. ``cause`` is the error seen, when there was
+    one in this run."""
+
+    def __init__(self, key: str | None, detail: str, cause: BaseException | None = None) -> None:
+        self.key = key
+        self.cause = cause
+        super().__init__(detail)
 
 
 @attrs.frozen(kw_only=True)
 class BatchItem:
-    """One request of a batch and how it ended: ``result`` or ``error``, never both."""
+    """One request of a batch and how it ended: ``result`` when done, ``error`` otherwise.
+
+    ``key`` is the item's stable key (derived from the request unless given). ``job_id`` is the
+    service's id once it accepted the item. ``files`` are the images written when the batch
+    downloads (``download_to=``). ``resumed`` is True for an item a manifest showed done in an
+    earlier run: its ``result`` is rebuilt from the manifest (id, output URLs, seed).
+    ``ambiguous`` is True when the submission may or may not have landed (see
+    :class:`AmbiguousSubmission`).
+    """
 
     index: int
     request: GenerationRequest
     result: GenerationResult | None = None
     error: BaseException | None = None
     key: str | None = None
+    job_id: str | None = None
+    files: tuple[Path, ...] = ()
+    resumed: bool = False
+    ambiguous: bool = False
+
+    @property
+    def status(self) -> ItemOutcome:
+        """``"done"``, ``"failed"`` or ``"ambiguous"``."""
+        if self.result is not None and self.error is None:
+            return "done"
+        return "ambiguous" if self.ambiguous else "failed"
+
+    @property
+    def ok(self) -> bool:
+        """True when the item is done."""
+        return self.status == "done"
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+def _canonical_value(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return {"sha256": hashlib.sha256(value).hexdigest()}
+    if isinstance(value, os.PathLike):
+        return {"path": os.fspath(value)}
+    if isinstance(value, dict):
+        return {str(k): _canonical_value(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [_canonical_value(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def request_key(request: GenerationRequest) -> str:
+    """A stable key for ``request``: a hash of its kind and every field.
+
+    Independent of the API version, of the request's position in a batch and of the process,
+    so the same request gets the same key in a rerun. Images given as bytes count by content,
+    as paths by path.
+    """
+    fields = attrs.asdict(request, recurse=False)
+    canonical = {"kind": request.kind, **{k: _canonical_value(v) for k, v in fields.items()}}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=10).hexdigest()
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _file_stem(key: str) -> str:
+    """A file-name stem for ``key``; keys that needed cleaning get a hash so they stay unique."""
+    stem = _UNSAFE.sub("_", key).strip("._")[:80]
+    if stem != key or not stem:
+        stem = f"{stem[:60]}_{hashlib.blake2b(key.encode(), digest_size=5).hexdigest()}"
+    return stem
+
+
+# --- the slot window --------------------------------------------------------------------------
+
+
+class SlotWindow:
+    """How many queue slots the batch may hold, and who is waiting for one.
+
+    Fixed (``fixed=N``) or adaptive (see the module docstring). ``held`` counts slots taken:
+    jobs accepted and not finished, plus submissions on the wire. Waiters are served first in
+    first out, items sent back by the service ahead of fresh ones.
+    """
+
+    def __init__(self, *, fixed: int | None, initial: int, maximum: int) -> None:
+        self.adaptive = fixed is None
+        self.maximum = maximum if fixed is None else fixed
+        self.limit = fixed if fixed is not None else max(1, min(initial, maximum))
+        self.held = 0
+        self.submitting = 0
+        self.peak = self.limit
+        self.slow_start = self.adaptive
+        self._streak = 0
+        self._refused_probes = 0
+        self._probe_level: int | None = None
+        self._normal: deque[asyncio.Future[None]] = deque()
+        self._priority: deque[asyncio.Future[None]] = deque()
+
+    def __repr__(self) -> str:
+        mode = "adaptive" if self.adaptive else "fixed"
+        return f"<SlotWindow {mode} limit={self.limit} held={self.held}>"
+
+    async def acquire(self, *, priority: bool = False) -> None:
+        """Wait for a slot. ``priority``: ahead of every non-priority waiter."""
+        if self.held < self.limit and not self._priority and (priority or not self._normal):
+            self.held += 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._priority if priority else self._normal
+        queue.append(future)
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release()  # handed a slot just as we were cancelled: give it back
+            else:
+                future.cancel()
+                with contextlib.suppress(ValueError):
+                    queue.remove(future)
+            raise
+
+    def force(self) -> None:
+        """Take a slot past the limit: a job from an earlier run is already on the service."""
+        self.held += 1
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.held -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self.held < self.limit:
+            queue = self._priority or self._normal
+            if not queue:
+                return
+            future = queue.popleft()
+            if future.done():
+                continue
+            future.set_result(None)
+            self.held += 1  # handed over now, so that nobody can take it in between
+
+    def _set_limit(self, limit: int) -> None:
+        self.limit = max(1, min(self.maximum, limit))
+        self.peak = max(self.peak, self.limit)
+        self._wake()
+
+    def on_accepted(self) -> None:
+        """A submission was accepted (its slot is still counted in ``held``)."""
+        if not self.adaptive or self.held < self.limit:
+            return  # only an acceptance at a full window says anything about a bigger one
+        if self._probe_level is not None and self.held >= self._probe_level:
+            self._refused_probes = 0  # the probed slot was granted: the limit is higher
+            self._probe_level = None
+        if self.slow_start:
+            self._set_limit(self.limit + 1)
+            return
+        self._streak += 1
+        # Probe after a run of full-window acceptances; the run doubles per refused probe.
+        if self._streak >= max(4, 2 * self.limit) * 2 ** min(self._refused_probes, 4):
+            self._streak = 0
+            self._probe_level = self.limit + 1
+            self._set_limit(self.limit + 1)
+
+    def on_queue_full(self) -> None:
+        """The service said the queue is full (the rejected submission still holds its slot).
+
+        The service was counting at least as many jobs as the batch's *other* slots, so the
+        limit is at most that: drop the window there.
+        """
+        if not self.adaptive:
+            return
+        others = self.held - 1
+        if self._probe_level is not None:
+            self._refused_probes += 1
+            self._probe_level = None
+        self.slow_start = False
+        self._streak = 0
+        self._set_limit(min(self.limit, others))
+
+
+class _Pacer:
+    """An optional requests-per-second limit on submissions, plus pauses a 429 asks for."""
+
+    def __init__(self, rate: float | None) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError("rate_limit must be a positive number of requests per second")
+        self._interval = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+        self._paused_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    async def wait(self) -> None:
+        while True:
+            now = time.monotonic()
+            start = max(now, self._paused_until)
+            if self._interval:
+                start = max(start, self._next)
+                self._next = start + self._interval  # reserve the moment before sleeping
+            if start > now:
+                await anyio.sleep(start - now)
+            if time.monotonic() >= self._paused_until - 1e-6:
+                return
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+#: (engine, entry) of the item whose task is running: lets the client's retry hook tell which
+#: item a transport retry belongs to.
+_CURRENT: contextvars.ContextVar[tuple[_Engine, _Entry] | None] = contextvars.ContextVar(
+    "dreambooth_batch_item", default=None
+)
+
+# Strong references to running engine tasks: asyncio keeps only weak ones, and an abandoned
+# BatchRun must not let its task be collected half-way through cleaning up.
+_LIVE_TASKS: set[asyncio.Task[None]] = set()
+
+# Error types after which a job recorded in a manifest may still be fetched by id, rather than
+# submitted again.
+_REATTACH_AFTER = frozenset(
+    {
+        "JobTimeout",
+        "DownloadError",
+        "ClientClosedError",
+        "TransportError",
+        "ServerError",
+        "RateLimitError",
+        "OSError",
+        "CancelledError",
+    }
+)
+
+_Plan: TypeAlias = Literal["submit", "attach", "skip", "ambiguous", "failed"]
+
+
+@attrs.define(slots=True)
+class _Entry:
+    index: int
+    key: str
+    request: GenerationRequest
+    prior: ItemState | None
+    plan: _Plan
+
+
+class _Engine:
+    """Runs one batch inside its own task group; knows nothing of the consumer-side object."""
+
+    def __init__(
+        self,
+        client: DreamboothClient,
+        requests: Iterable[BatchInput] | AsyncIterable[BatchInput],
+        *,
+        concurrency: int | None,
+        max_concurrency: int,
+        initial_concurrency: int,
+        fail_fast: bool,
+        rate_limit: float | None,
+        manifest: str | os.PathLike[str] | None,
+        keys: Callable[[int, GenerationRequest], str] | None,
+        on_event: tuple[EventHook, ...],
+        download_to: str | os.PathLike[str] | None,
+        resubmit_ambiguous: bool,
+        retry_failed: bool,
+        job_timeout: float | None,
+        max_rate_limited: int,
+        buffer: int,
+        cancel_grace: float,
+        durable: bool,
+    ) -> None:
+        self.client = client
+        self._requests = requests
+        self.window = SlotWindow(
+            fixed=concurrency, initial=initial_concurrency, maximum=max_concurrency
+        )
+        self._fail_fast = fail_fast
+        self._pacer = _Pacer(rate_limit)
+        self._manifest_path = manifest
+        self.manifest: Manifest | None = None
+        self._keys = keys
+        self._hooks = on_event
+        self._download_to = Path(download_to).resolve() if download_to is not None else None
+        self._resubmit_ambiguous = resubmit_ambiguous
+        self._retry_failed = retry_failed
+        self._job_timeout = job_timeout
+        self._max_rate_limited = max_rate_limited
+        self._cancel_grace = cancel_grace
+        self._durable = durable
+        # Submissions handle "queue full" themselves; every other retry stays the client's.
+        self._retry = attrs.evolve(client._transport.retry, retry_rate_limited=False)
+        # Task permits bound the tasks alive (and so memory) whatever the input length.
+        permits = max(self.window.maximum, self.window.limit) + buffer
+        self._permits = anyio.Semaphore(permits)
+        self.send: MemoryObjectSendStream[BatchItem]
+        self.receive: MemoryObjectReceiveStream[BatchItem]
+        self.send, self.receive = anyio.create_memory_object_stream[BatchItem](buffer)
+        self._root = anyio.CancelScope()
+        self._submit_scopes: set[anyio.CancelScope] = set()
+        self._grace_handle: asyncio.TimerHandle | None = None
+        self._occurrences: dict[str, int] = {}
+        self._explicit_keys: set[str] = set()
+        self.error: BaseException | None = None
+        #: Counters for reports and benchmarks.
+        self.counts: dict[str, int] = {
+            "items": 0,
+            "submissions": 0,
+            "accepted": 0,
+            "rejected_queue_full": 0,
+            "rejected_other": 0,
+            "done": 0,
+            "failed": 0,
+            "ambiguous": 0,
+            "skipped": 0,
+            "attached": 0,
+        }
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stop the batch. Safe from any task, and from ``__del__`` (never raises)."""
+        try:
+            self._root.cancel()
+            if self._submit_scopes and self._grace_handle is None:
+                loop = asyncio.get_running_loop()
+                self._grace_handle = loop.call_later(self._cancel_grace, self._cut_submissions)
+        except RuntimeError:
+            pass  # no running loop: the loop is gone, and the task with it
+
+    def _cut_submissions(self) -> None:
+        for scope in list(self._submit_scopes):
+            scope.cancel()
+
+    async def run(self) -> None:
+        try:
+            self.client._check_open()
+            self.client.on_retry(self._on_retry)
+            if self._manifest_path is not None:
+                self.manifest = Manifest.open(
+                    self._manifest_path,
+                    redact=self.client._transport.redact,
+                    durable=self._durable,
+                )
+            with self._root:
+                async with anyio.create_task_group() as tg:
+                    await self._spawn(tg)
+        except Exception as exc:
+            if self.error is None:
+                self.error = _unwrap(exc)
+        finally:
+            if self._grace_handle is not None:
+                self._grace_handle.cancel()
+            self.send.close()
+            if self.manifest is not None:
+                self.manifest.close()
+            with contextlib.suppress(ValueError):
+                self.client._retry_listeners.remove(self._on_retry)
+
+    def _abort(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        self.cancel()
+
+    # --- events -------------------------------------------------------------------------------
+
+    def _emit(self, kind: EventKind, entry: _Entry, **fields: Any) -> None:
+        if self._hooks:
+            emit(
+                self._hooks,
+                BatchEvent(
+                    kind=kind,
+                    index=entry.index,
+                    key=entry.key,
+                    concurrency=self.window.limit,
+                    in_flight=self.window.held,
+                    **fields,
+                ),
+            )
+
+    def _on_retry(self, attempt: int, error: Exception, delay: float) -> None:
+        current = _CURRENT.get()
+        if current is not None and current[0] is self:
+            self._emit("retried", current[1], eta=delay, detail=f"attempt {attempt}: {error}")
+
+    # --- input --------------------------------------------------------------------------------
+
+    def _entry(self, index: int, raw: BatchInput) -> _Entry:
+        if isinstance(raw, tuple):
+            if len(raw) != 2 or not isinstance(raw[0], str) or not raw[0]:
+                raise TypeError(f"batch input {index}: expected (key, request), got {raw!r}")
+            key, request = raw
+            explicit = True
+        else:
+            request = raw
+            key = ""
+            explicit = False
+        if not isinstance(request, Text2Img | Img2Img | Inpaint):
+            raise TypeError(
+                f"batch input {index}: expected a Text2Img, Img2Img or Inpaint, got {request!r}"
+            )
+        if not explicit and self._keys is not None:
+            key = self._keys(index, request)
+            explicit = True
+        if not explicit:
+            key = request_key(request)
+            if self.manifest is not None:
+                # Identical requests (same prompt, seed None, say) are separate items: number
+                # the repeats so that each has a key of its own in the manifest.
+                seen = self._occurrences.get(key, 0) + 1
+                self._occurrences[key] = seen
+                if seen > 1:
+                    key = f"{key}.{seen}"
+        elif self.manifest is not None:
+            if key in self._explicit_keys:
+                raise ValueError(f"batch input {index}: duplicate key {key!r}")
+            self._explicit_keys.add(key)
+        prior = self.manifest.get(key) if self.manifest is not None else None
+        return _Entry(index, key, request, prior, self._plan(prior))
+
+    def _plan(self, prior: ItemState | None) -> _Plan:
+        if prior is None:
+            return "submit"
+        status = prior.status
+        if status == "done":
+            return "skip"
+        if status == "submitted":
+            return "attach"
+        if status in ("submitting", "ambiguous"):
+            return "submit" if self._resubmit_ambiguous else "ambiguous"
+        if status == "failed":
+            if prior.job_id is not None and prior.error in _REATTACH_AFTER:
+                return "attach"  # the job exists on the service; fetch it, do not pay again
+            return "submit" if self._retry_failed else "failed"
+        return "submit"  # pending, not_landed: never accepted
+
+    async def _spawn(self, tg: TaskGroup) -> None:
+        # The input is stepped by hand rather than through an async generator of our own, so
+        # that an early stop closes the user's async iterator here and now, not at GC time.
+        source = self._requests
+        async_iterator: AsyncIterator[BatchInput] | None = None
+        sync_iterator: Iterator[BatchInput] | None = None
+        if isinstance(source, AsyncIterable):
+            async_iterator = aiter(source)
+        else:
+            sync_iterator = iter(source)
+        index = 0
+        try:
+            while True:
+                await self._permits.acquire()
+                try:
+                    if async_iterator is not None:
+                        try:
+                            raw = await anext(async_iterator)
+                        except StopAsyncIteration:
+                            break
+                    else:
+                        assert sync_iterator is not None
+                        try:
+                            raw = next(sync_iterator)
+                        except StopIteration:
+                            break
+                    entry = self._entry(index, raw)
+                    self.counts["items"] += 1
+                    if entry.plan == "submit":
+                        if self.manifest is not None and entry.prior is None:
+                            self.manifest.pending(entry.key, index)
+                        await self.window.acquire()
+                    elif entry.plan == "attach":
+                        self.window.force()
+                except BaseException:
+                    self._permits.release()
+                    raise
+                tg.start_soon(self._work, entry, name=f"dreambooth-batch-item-{index}")
+                index += 1
+            self._permits.release()  # the one taken for the input that was not there
+        finally:
+            closer = getattr(async_iterator, "aclose", None)
+            if closer is not None:
+                with anyio.CancelScope(shield=True):
+                    await closer()
+
+    # --- one item -----------------------------------------------------------------------------
+
+    async def _work(self, entry: _Entry) -> None:
+        _CURRENT.set((self, entry))
+        try:
+            try:
+                item = await self._process(entry)
+            except Exception as error:
+                # Not an item's error (bad key, client closed, manifest unwritable): the batch
+                # cannot go on. The first such error wins; siblings are cancelled.
+                self._abort(error)
+                return
+            self.counts[item.status] += 1
+            if item.resumed and item.status == "done":
+                self.counts["skipped"] += 1
+            if self._fail_fast and item.status != "done":
+                assert item.error is not None
+                item.error.add_note(
+                    f"batch item {entry.index} (key {entry.key}) failed; fail_fast cancelled "
+                    "the rest of the batch"
+                )
+                self._abort(item.error)
+                return
+            try:
+                await self.send.send(item)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self.cancel()  # the consumer has gone: nobody wants the rest
+        finally:
+            self._permits.release()
+
+    async def _process(self, entry: _Entry) -> BatchItem:
+        plan = entry.plan
+        if plan == "skip":
+            return self._resumed(entry)
+        if plan == "ambiguous":
+            prior = entry.prior
+            assert prior is not None
+            detail = (
+                "an earlier run sent this submission and died before hearing back: it may or "
+                "may not have been accepted"
+                if prior.status == "submitting"
+                else (prior.message or "the submission may or may not have been accepted")
+            )
+            if prior.status == "submitting" and self.manifest is not None:
+                self.manifest.ambiguous(entry.key, None, detail=detail)
+            return self._ambiguous(entry, AmbiguousSubmission(entry.key, detail))
+        if plan == "failed":
+            prior = entry.prior
+            assert prior is not None
+            error = DreamboothError(
+                f"failed in an earlier run ({prior.error}: {prior.message}); "
+                "pass retry_failed=True to try again"
+            )
+            self._emit("failed", entry, job_id=prior.job_id, detail=str(error))
+            return BatchItem(
+                index=entry.index,
+                request=entry.request,
+                key=entry.key,
+                error=error,
+                job_id=prior.job_id,
+                resumed=True,
+            )
+        slot = _Slot(self.window)  # the spawner took it (or forced it, for "attach")
+        try:
+            if plan == "attach":
+                prior = entry.prior
+                assert prior is not None and prior.job_id is not None
+                job = self.client.attach(
+                    prior.job_id, timeout=self._job_timeout, fetch_url=prior.fetch_url
+                )
+                self.counts["attached"] += 1
+                self._emit("attached", entry, job_id=job.id)
+            else:
+                outcome = await self._submit(entry, slot)
+                if isinstance(outcome, BatchItem):
+                    return outcome
+                job = outcome
+            try:
+                result = await job.wait()
+            except (ClientClosedError, AuthenticationError):
+                raise
+            except DreamboothError as error:
+                slot.release()
+                return self._failed(entry, error, job_id=job.id)
+            slot.release()
+        finally:
+            slot.release()
+        return await self._finish(entry, job.id or result.id, result)
+
+    async def _submit(self, entry: _Entry, slot: _Slot) -> Job | BatchItem:
+        """Submit until accepted; a BatchItem when the item ends here instead."""
+        attempt = 0
+        turned_away = 0
+        while True:
+            await self._pacer.wait()
+            attempt += 1
+            if self.manifest is not None:
+                self.manifest.submitting(entry.key, attempt)
+            job, error = await self._submit_once(entry)
+            if job is not None:
+                return job
+            assert error is not None
+            if isinstance(error, RateLimitError):
+                turned_away += 1
+                if self.manifest is not None:
+                    self.manifest.not_landed(entry.key, _reason(error))
+                delay = self._rate_limited(error, turned_away)
+                if not error.queue_full and turned_away > self._max_rate_limited:
+                    slot.release()
+                    return self._failed(entry, error)
+                self._emit("rate_limited", entry, eta=delay, detail=str(error))
+                slot.release()
+                await anyio.sleep(delay)
+                await self.window.acquire(priority=True)
+                slot.take()
+                continue
+            if isinstance(error, AuthenticationError):
+                if self.manifest is not None:
+                    self.manifest.failed(entry.key, error)
+                raise error  # every item would fail the same way: stop the batch
+            if isinstance(error, AmbiguousSubmission | TransportError | ServerError) and (
+                isinstance(error, AmbiguousSubmission) or error.may_have_landed
+            ):
+                detail = str(error)
+                if self.manifest is not None:
+                    self.manifest.ambiguous(entry.key, error, detail=detail)
+                if self._resubmit_ambiguous:
+                    self._emit("retried", entry, detail=f"resubmitting after: {detail}")
+                    await anyio.sleep(_backoff(attempt))
+                    continue
+                slot.release()
+                wrapped = (
+                    error
+                    if isinstance(error, AmbiguousSubmission)
+                    else AmbiguousSubmission(entry.key, detail, error)
+                )
+                return self._ambiguous(entry, wrapped)
+            slot.release()
+            return self._failed(entry, error)
+
+    async def _submit_once(self, entry: _Entry) -> tuple[Job | None, DreamboothError | None]:
+        # Shielded: once the POST may be on the wire, a cancelled batch still waits (for up to
+        # cancel_grace) for the answer and records the job id, so a rerun can attach to it.
+        scope = anyio.CancelScope(shield=True)
+        self._submit_scopes.add(scope)
+        self.counts["submissions"] += 1
+        self.window.submitting += 1
+        job: Job | None = None
+        try:
+            with scope:
+                try:
+                    job = await self.client.submit(
+                        entry.request, retry=self._retry, timeout=self._job_timeout
+                    )
+                except DreamboothError as error:
+                    if isinstance(error, RateLimitError):
+                        if error.queue_full:
+                            self.counts["rejected_queue_full"] += 1
+                            self.window.on_queue_full()
+                        else:
+                            self.counts["rejected_other"] += 1
+                    return None, error
+                finally:
+                    self.window.submitting -= 1
+                self.counts["accepted"] += 1
+                self.window.on_accepted()
+                if self.manifest is not None:
+                    self.manifest.submitted(
+                        entry.key, job.id, fetch_url=job._state.fetch_url, eta=job.eta
+                    )
+        finally:
+            self._submit_scopes.discard(scope)
+        if job is None:
+            # The grace period ran out with the POST unanswered.
+            return None, AmbiguousSubmission(
+                entry.key, "the batch was cancelled while the submission was unanswered"
+            )
+        self._emit("submitted", entry, job_id=job.id)
+        if not job.done():
+            self._emit("queued", entry, job_id=job.id, eta=job.eta)
+        return job, None
+
+    def _rate_limited(self, error: RateLimitError, turned_away: int) -> float:
+        """Seconds to wait before sending a turned-away item again."""
+        cap = self._retry.max_retry_after
+        if error.retry_after is not None:
+            delay = min(error.retry_after, cap) * random.uniform(1.0, 1.1)
+        else:
+            delay = _backoff(turned_away)
+        if not error.queue_full and not _is_spam(error):
+            # A rate limit on requests, not slots: hold back every submission, not just this.
+            self._pacer.pause(delay)
+        return delay
+
+    async def _finish(
+        self, entry: _Entry, job_id: str | None, result: GenerationResult
+    ) -> BatchItem:
+        files: tuple[Path, ...] = ()
+        if self._download_to is not None:
+            try:
+                files = await self._download(entry, result)
+            except (DreamboothError, OSError) as error:
+                return self._failed(entry, error, job_id=job_id)
+        if self.manifest is not None:
+            self.manifest.done(
+                entry.key,
+                job_id=job_id,
+                files=[path.name for path in files],
+                output=list(result.output),
+                seed=result.seed if result.seed is not None else entry.request.seed,
+            )
+        self._emit("done", entry, job_id=job_id)
+        return BatchItem(
+            index=entry.index,
+            request=entry.request,
+            result=result,
+            key=entry.key,
+            job_id=job_id,
+            files=files,
+        )
+
+    async def _download(self, entry: _Entry, result: GenerationResult) -> tuple[Path, ...]:
+        # Into a staging folder first, then renamed to names derived from the key: a crash
+        # leaves nothing half-written under a final name, and a rerun writes the same names.
+        assert self._download_to is not None
+        folder = self._download_to
+        stem = _file_stem(entry.key)
+        staging = folder / ".partial" / stem
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            paths = await self.client.download(result, staging)
+            final: list[Path] = []
+            for number, path in enumerate(paths):
+                target = folder / f"{stem}-{number}{path.suffix.lower()}"
+                os.replace(path, target)
+                final.append(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return tuple(final)
+
+    # --- endings ------------------------------------------------------------------------------
+
+    def _resumed(self, entry: _Entry) -> BatchItem:
+        prior = entry.prior
+        assert prior is not None
+        meta = {"seed": prior.seed} if prior.seed is not None else {}
+        result = GenerationResult(
+            id=prior.job_id, status="success", output=prior.output, meta=meta, client=self.client
+        )
+        folder = self._download_to
+        files = tuple((folder / name) if folder else Path(name) for name in prior.files)
+        self._emit("skipped", entry, job_id=prior.job_id)
+        return BatchItem(
+            index=entry.index,
+            request=entry.request,
+            result=result,
+            key=entry.key,
+            job_id=prior.job_id,
+            files=files,
+            resumed=True,
+        )
+
+    def _failed(
+        self, entry: _Entry, error: BaseException, *, job_id: str | None = None
+    ) -> BatchItem:
+        if self.manifest is not None:
+            self.manifest.failed(entry.key, error, job_id=job_id)
+        self._emit("failed", entry, job_id=job_id, detail=f"{type(error).__name__}: {error}")
+        return BatchItem(
+            index=entry.index, request=entry.request, key=entry.key, error=error, job_id=job_id
+        )
+
+    def _ambiguous(self, entry: _Entry, error: AmbiguousSubmission) -> BatchItem:
+        self._emit("ambiguous", entry, detail=str(error))
+        return BatchItem(
+            index=entry.index,
+            request=entry.request,
+            key=entry.key,
+            error=error,
+            ambiguous=True,
+            resumed=entry.plan == "ambiguous",
+        )
+
+
+class _Slot:
+    """One item's hold on a window slot; release is idempotent."""
+
+    __slots__ = ("_held", "_window")
+
+    def __init__(self, window: SlotWindow) -> None:
+        self._window = window
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._window.release()
+
+    def take(self) -> None:
+        # Called right after window.acquire() returned: the slot is already counted.
+        self._held = True
+
+
+def _is_spam(error: RateLimitError) -> bool:
+    text = f"{error.message} {error.tip or ''}".lower()
+    return "same request" in text or error.message.strip().lower() == "rate limit exceeded"
+
+
+def _reason(error: RateLimitError) -> str:
+    if error.queue_full:
+        return "queue_full"
+    return "spam_filter" if _is_spam(error) else "rate_limited"
+
+
+def _backoff(attempt: int) -> float:
+    return random.uniform(0.5, 1.0) * min(10.0, 0.25 * 2.0 ** max(0, attempt - 1))
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+# --- the consumer side ------------------------------------------------------------------------
+
+
+class BatchRun(AsyncIterator[BatchItem]):
+    """What ``client.map()`` returns: an async iterator of :class:`BatchItem` as they complete,
+    and an async context manager that guarantees cleanup.
+
+    ::
+
+        async with client.map(requests) as items:
+            async for item in items:
+                ...
+
+    Leaving the block (or calling :meth:`aclose`) cancels whatever is still running and waits
+    until it has stopped. A bare ``async for`` works too; when the loop is left early, the run
+    is cancelled as soon as the iterator is dropped, and finishes stopping in the background.
+    The batch starts on first use, not when this object is created.
+    """
+
+    def __init__(self, engine: _Engine) -> None:
+        self._engine = engine
+        self._receive = engine.receive
+        self._task: asyncio.Task[None] | None = None
+        self._finished = False
+
+    def __repr__(self) -> str:
+        state = "finished" if self._finished else ("running" if self._task else "not started")
+        return f"<BatchRun {state} concurrency={self._engine.window.limit}>"
+
+    # --- introspection ------------------------------------------------------------------------
+
+    @property
+    def concurrency(self) -> int:
+        """The current slot limit (it moves while an adaptive batch learns the account's)."""
+        return self._engine.window.limit
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: items, submissions, accepted, rejected_queue_full, rejected_other, done,
+        failed, ambiguous, skipped, attached, and peak_concurrency / concurrency."""
+        return {
+            **self._engine.counts,
+            "concurrency": self._engine.window.limit,
+            "peak_concurrency": self._engine.window.peak,
+        }
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._task is None and not self._finished:
+            task = asyncio.get_running_loop().create_task(
+                self._engine.run(), name="dreambooth-batch"
+            )
+            _LIVE_TASKS.add(task)
+            task.add_done_callback(_LIVE_TASKS.discard)
+            task.add_done_callback(_retrieve)
+            self._task = task
+
+    async def __aenter__(self) -> Self:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel what is still running and wait until it has stopped."""
+        self._engine.cancel()
+        self._receive.close()
+        if self._task is None:
+            self._engine.send.close()
+        else:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({self._task})
+        self._finished = True
+
+    def __del__(self) -> None:
+        # Reached when a bare `async for` was left early and nothing else holds the run.
+        if not self._finished:
+            self._engine.cancel()
+            self._receive.close()
+            if self._task is None:
+                self._engine.send.close()
+
+    # --- iteration ----------------------------------------------------------------------------
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> BatchItem:
+        if self._finished:
+            raise StopAsyncIteration
+        self._start()
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            pass
+        # The engine closed the stream: it is ending; wait for it, then report how it ended.
+        assert self._task is not None
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait({self._task})
+        self._finished = True
+        self._receive.close()
+        error = self._engine.error
+        if error is not None:
+            raise error
+        raise StopAsyncIteration
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    # The engine stores its own errors; this only keeps asyncio from logging a native
+    # cancellation or an escaped BaseException as "never retrieved".
+    if not task.cancelled():
+        task.exception()
 
 
 def map_requests(
     client: DreamboothClient,
-    requests: Iterable[GenerationRequest] | AsyncIterable[GenerationRequest],
-    *,
+    requests: Iterable[BatchInput] | AsyncIterable[BatchInput],
     concurrency: int | None = None,
-    **options: Any,
-) -> AsyncIterator[BatchItem]:
-    raise NotImplementedError
+    *,
+    max_concurrency: int | None = None,
+    initial_concurrency: int = 2,
+    fail_fast: bool = False,
+    rate_limit: float | None = None,
+    manifest: str | os.PathLike[str] | None = None,
+    keys: Callable[[int, GenerationRequest], str] | None = None,
+    on_event: EventHook | Iterable[EventHook] | None = None,
+    download_to: str | os.PathLike[str] | None = None,
+    resubmit_ambiguous: bool = False,
+    retry_failed: bool = True,
+    job_timeout: float | None = None,
+    max_rate_limited: int = 20,
+    buffer: int = 16,
+    cancel_grace: float = 10.0,
+    durable: bool = True,
+) -> BatchRun:
+    """Run many generation requests under the account's queue-slot limit.
+
+    Returns a :class:`BatchRun`: iterate it for :class:`BatchItem` s as they complete (use it
+    as ``async with`` for guaranteed cleanup). The input is any iterable or async iterable of
+    requests, or of ``(key, request)`` pairs, and is read lazily, at most a few items ahead of
+    the slots.
+
+    :param concurrency: a fixed number of slots; ``None`` (the default) finds the account's
+        limit (see :class:`SlotWindow`), starting at ``initial_concurrency``.
+    :param max_concurrency: the adaptive ceiling (default: ``client.max_concurrency``).
+    :param fail_fast: on the first item that fails, cancel the rest and raise its error from
+        the iterator. By default an item's error stays in its item and the batch goes on.
+    :param rate_limit: at most this many submissions per second.
+    :param manifest: a JSONL file recording every item's state; a rerun with the same manifest
+        skips done items, attaches to accepted ones by id and submits only the rest.
+    :param keys: ``keys(index, request) -> str`` gives each item's key (default: a hash of
+        the request; repeats of an identical request are numbered ``<hash>.2``, ... when a
+        manifest is used).
+    :param on_event: a callable (or several) receiving a :class:`BatchEvent` per state change.
+    :param download_to: download each result's images into this folder, named
+        ``<key>-<n>.<ext>``, before the item counts as done.
+    :param resubmit_ambiguous: send again a submission that may have landed (risks paying
+        twice). By default such items end as ambiguous (:class:`AmbiguousSubmission`).
+    :param retry_failed: on resume, submit again items that failed in an earlier run (jobs that
+        exist on the service, say after a timeout, are attached to instead).
+    :param job_timeout: bound each job's wait (default: the client's poll policy).
+    :param max_rate_limited: how many times an item turned away by a rate limit that is not
+        "queue full" (spam filter, 429) is retried before it fails.
+    :param buffer: finished items held for a slow consumer; extra task permits.
+    :param cancel_grace: seconds a cancelled batch waits for submissions already sent.
+    :param durable: fsync the manifest where it matters (turn off only for throwaway runs).
+    """
+    if concurrency is not None and concurrency < 1:
+        raise ValueError("concurrency must be at least 1, or None to adapt")
+    ceiling = max_concurrency if max_concurrency is not None else client.max_concurrency
+    if ceiling < 1:
+        raise ValueError("max_concurrency must be at least 1")
+    if initial_concurrency < 1:
+        raise ValueError("initial_concurrency must be at least 1")
+    hooks: tuple[EventHook, ...]
+    if on_event is None:
+        hooks = ()
+    elif callable(on_event):
+        hooks = (on_event,)
+    else:
+        hooks = tuple(on_event)
+    engine = _Engine(
+        client,
+        requests,
+        concurrency=concurrency,
+        max_concurrency=ceiling,
+        initial_concurrency=initial_concurrency,
+        fail_fast=fail_fast,
+        rate_limit=rate_limit,
+        manifest=manifest,
+        keys=keys,
+        on_event=hooks,
+        download_to=download_to,
+        resubmit_ambiguous=resubmit_ambiguous,
+        retry_failed=retry_failed,
+        job_timeout=job_timeout,
+        max_rate_limited=max_rate_limited,
+        buffer=max(0, buffer),
+        cancel_grace=cancel_grace,
+        durable=durable,
+    )
+    return BatchRun(engine)

@@ -1,0 +1,341 @@
+"""An append-only JSONL record of a batch, so that a batch killed at any moment resumes without
+paying twice.
+
+One line per change of an item's state, keyed by the item's stable key. The lines that stand
+between the user and a double payment are flushed *and* fsynced before the action they guard:
+
+- ``submitting`` is durable before the POST goes out, so a crash during the POST leaves an item
+  that reads as "may have landed" (ambiguous) rather than "never sent";
+- ``submitted`` (with the job id) is durable right after the service accepted it, so a restart
+  attaches to the job by id instead of submitting it again;
+- ``done`` is written after the item's files are on disk, so a restart never skips an image it
+  does not have.
+
+``not_landed`` records a submission the service provably turned away (queue full, 429): the item
+is submitted again on restart. A crash can tear the last line (a write cut short); reading
+tolerates and removes that one fragment. The API key is never written: every line goes through
+the client's redactor before it reaches the file.
+
+Each write is a single ``os.write`` of a whole line on an ``O_APPEND`` descriptor, so lines from
+concurrent writers in one process never interleave. An exclusive ``flock`` keeps two processes
+from appending to the same manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
+
+import attrs
+
+from ._errors import DreamboothError
+
+try:  # POSIX only; elsewhere two processes on one manifest are the user's problem.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["ItemState", "ItemStatus", "Manifest", "ManifestError", "read_manifest"]
+
+FORMAT = "dreambooth-async-manifest"
+VERSION = 1
+
+#: The last recorded state of an item.
+ItemStatus: TypeAlias = Literal[
+    "pending", "submitting", "not_landed", "submitted", "done", "failed", "ambiguous"
+]
+_STATUSES = frozenset(
+    ("pending", "submitting", "not_landed", "submitted", "done", "failed", "ambiguous")
+)
+
+
+class ManifestError(DreamboothError):
+    """The manifest cannot be used: corrupt in the middle, not a manifest, or in use."""
+
+
+@attrs.frozen(kw_only=True)
+class ItemState:
+    """What a manifest says about one item: its last state and what earlier lines established.
+
+    ``job_id`` survives later lines (a ``failed`` after ``submitted`` keeps it), so a restart
+    can tell a job that exists on the service from one that never did.
+    """
+
+    key: str
+    status: ItemStatus
+    index: int | None = None
+    job_id: str | None = None
+    fetch_url: str | None = None
+    files: tuple[str, ...] = ()
+    output: tuple[str, ...] = ()
+    seed: int | None = None
+    error: str | None = None
+    message: str | None = None
+
+
+def _fold(previous: ItemState | None, record: Mapping[str, Any]) -> ItemState:
+    key = str(record["key"])
+    status = record["event"]
+    base = previous or ItemState(key=key, status=status)
+    changes: dict[str, Any] = {"status": status}
+    if status in ("pending", "submitting", "not_landed"):
+        # A new submission attempt: whatever an earlier attempt failed with is history.
+        changes.update(error=None, message=None)
+    if status == "submitting" and base.status in ("failed", "ambiguous", "not_landed"):
+        changes.update(job_id=None, fetch_url=None)
+    for name in ("index", "job_id", "fetch_url", "seed", "error", "message"):
+        if record.get(name) is not None:
+            changes[name] = record[name]
+    for name in ("files", "output"):
+        if isinstance(record.get(name), list):
+            changes[name] = tuple(str(x) for x in record[name])
+    return attrs.evolve(base, **changes)
+
+
+def _parse_line(raw: bytes, number: int, path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    if "manifest" in record:
+        if number != 1 or record.get("manifest") != FORMAT:
+            raise ManifestError(f"{path}: line {number}: unexpected header {record!r}")
+        if record.get("version") != VERSION:
+            raise ManifestError(
+                f"{path}: manifest version {record.get('version')!r} is not supported"
+            )
+        return record
+    if not isinstance(record.get("key"), str) or record.get("event") not in _STATUSES:
+        return None
+    return record
+
+
+def _scan(path: Path) -> tuple[dict[str, ItemState], int]:
+    """(states by key, byte length of the intact part).
+
+    Only an unterminated last line is tolerated (what a crash mid-write leaves: every line is
+    written whole, newline last). Anything else that is not a record is corruption, and a file
+    that does not start with the header is not a manifest: both raise rather than risk
+    appending to, or truncating, a file that is not ours.
+    """
+    states: dict[str, ItemState] = {}
+    good_end = 0
+    header = json.dumps({"manifest": FORMAT}, separators=(",", ":"))[:-1].encode()
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                # The torn last line. A torn header is still recognisably ours.
+                if number == 1 and not (raw.startswith(header) or header.startswith(raw)):
+                    raise ManifestError(f"{path}: not a dreambooth-async manifest")
+                break
+            record = _parse_line(raw, number, path)
+            if record is None:
+                if number == 1:
+                    raise ManifestError(f"{path}: not a dreambooth-async manifest")
+                raise ManifestError(
+                    f"{path}: line {number} is not a manifest record (the file is corrupt; "
+                    "an interrupted batch only ever leaves a torn last line)"
+                )
+            if number == 1 and "manifest" not in record:
+                raise ManifestError(f"{path}: not a dreambooth-async manifest (no header line)")
+            if "key" in record:
+                key = record["key"]
+                states[key] = _fold(states.get(key), record)
+            good_end += len(raw)
+    return states, good_end
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, ItemState]:
+    """Every item's last state in the manifest at ``path`` (read-only; a torn last line is
+    ignored). Handy for reports and tests."""
+    target = Path(path)
+    if not target.exists():
+        return {}
+    return _scan(target)[0]
+
+
+#: Turns text that may contain the API key into text that does not.
+Redactor: TypeAlias = Callable[[str], str]
+
+
+def _no_redaction(text: str) -> str:
+    return text
+
+
+class Manifest:
+    """The manifest of one batch, open for appending. Use :meth:`open`; :meth:`close` when done.
+
+    ``states`` holds what the file said when it was opened (what a resuming batch needs); the
+    lines this process appends are not kept in memory, so a long batch costs no memory here.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        states: dict[str, ItemState],
+        *,
+        redact: Redactor,
+        durable: bool,
+    ) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        self.states = states
+        self._redact = redact
+        self._durable = durable
+
+    def __repr__(self) -> str:
+        return f"<Manifest {str(self.path)!r} items={len(self.states)}>"
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        redact: Redactor | None = None,
+        durable: bool = True,
+    ) -> Manifest:
+        """Open (creating if needed) the manifest at ``path`` for a batch.
+
+        Reads the states of an earlier run, cuts off a torn last line, and takes an exclusive
+        lock (:class:`ManifestError` if another process holds it). ``durable=False`` skips
+        fsync (tests, throwaway batches): a crash may then lose the last lines.
+        """
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        created = not target.exists()
+        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise ManifestError(
+                        f"{target} is in use by another batch (another process holds its lock)"
+                    ) from None
+            states, good_end = _scan(target)
+            size = os.fstat(fd).st_size
+            if good_end < size:
+                # The previous run died mid-write: drop the fragment so that the next line
+                # starts on a line of its own.
+                os.ftruncate(fd, good_end)
+                os.fsync(fd)
+            manifest = cls(target, fd, states, redact=redact or _no_redaction, durable=durable)
+            if good_end == 0:
+                manifest._write({"manifest": FORMAT, "version": VERSION}, sync=True)
+                if created and durable:
+                    _fsync_dir(target.parent)
+        except BaseException:
+            os.close(fd)
+            raise
+        return manifest
+
+    def close(self) -> None:
+        """Release the lock and the file."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> Manifest:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def get(self, key: str) -> ItemState | None:
+        """The state the file recorded for ``key`` when it was opened."""
+        return self.states.get(key)
+
+    def __iter__(self) -> Iterator[ItemState]:
+        return iter(self.states.values())
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def _write(self, record: Mapping[str, Any], *, sync: bool) -> None:
+        if self._fd is None:
+            raise ManifestError(f"{self.path} is closed")
+        line = self._redact(json.dumps(record, separators=(",", ":"), default=str)) + "\n"
+        data = line.encode("utf-8")
+        # One write call per line: with O_APPEND the line lands whole, after every other line.
+        written = os.write(self._fd, data)
+        if written != len(data):  # pragma: no cover - a full disk, say
+            raise ManifestError(f"{self.path}: short write ({written} of {len(data)} bytes)")
+        if sync and self._durable:
+            os.fsync(self._fd)
+
+    def _record(self, key: str, event: ItemStatus, *, sync: bool, **fields: Any) -> None:
+        record: dict[str, Any] = {"key": key, "event": event, "t": round(time.time(), 3)}
+        record.update({k: v for k, v in fields.items() if v is not None})
+        self._write(record, sync=sync)
+
+    def pending(self, key: str, index: int) -> None:
+        """The item entered the batch (not durable: losing it loses nothing)."""
+        self._record(key, "pending", sync=False, index=index)
+
+    def submitting(self, key: str, attempt: int) -> None:
+        """About to POST: durable before the request leaves."""
+        self._record(key, "submitting", sync=True, attempt=attempt)
+
+    def not_landed(self, key: str, reason: str) -> None:
+        """The service provably turned the submission away (not durable: if lost, the item
+        reads as ambiguous, which errs on the safe side)."""
+        self._record(key, "not_landed", sync=False, reason=reason)
+
+    def submitted(
+        self, key: str, job_id: str, *, fetch_url: str | None = None, eta: float | None = None
+    ) -> None:
+        """The service accepted the item as job ``job_id``: durable at once."""
+        self._record(key, "submitted", sync=True, job_id=job_id, fetch_url=fetch_url, eta=eta)
+
+    def done(
+        self,
+        key: str,
+        *,
+        job_id: str | None,
+        files: list[str],
+        output: list[str],
+        seed: int | None,
+    ) -> None:
+        """The item's result is in and its files (``files``, relative names) are on disk."""
+        self._record(key, "done", sync=True, job_id=job_id, files=files, output=output, seed=seed)
+
+    def failed(self, key: str, error: BaseException, *, job_id: str | None = None) -> None:
+        """The item ended with ``error`` (recorded by type name and message)."""
+        self._record(
+            key,
+            "failed",
+            sync=True,
+            job_id=job_id,
+            error=type(error).__name__,
+            message=str(error)[:2000],
+        )
+
+    def ambiguous(self, key: str, error: BaseException | None, *, detail: str) -> None:
+        """The submission may or may not have landed; it is not sent again by default."""
+        self._record(
+            key,
+            "ambiguous",
+            sync=True,
+            error=type(error).__name__ if error is not None else None,
+            message=detail[:2000],
+        )
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The new file's directory entry must be durable too, or a crash can lose the whole file.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - not possible on every platform
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
