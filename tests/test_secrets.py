@@ -49,6 +49,13 @@ async def test_the_key_appears_nowhere(caplog: pytest.LogCaptureFixture) -> None
             Reply.json({"status": "error", "message": echo, "tip": f"your key was {KEY}"}),
             Reply.raw(f"<html><title>502 {KEY}</title></html>".encode(), status=502),
             Reply.drop_after_body(),
+            Reply.json(
+                {
+                    "status": "error",
+                    "message": "Rate limit exceeded",
+                    "tips": f"{KEY}: wait for 30 seconds",
+                }
+            ),
             Reply.json(queue_full, status=429),
             Reply.json(
                 {
@@ -91,6 +98,9 @@ async def test_the_key_appears_nowhere(caplog: pytest.LogCaptureFixture) -> None
                 with pytest.raises(dba.DreamboothError) as caught:
                     await client.submit(request)
                 errors.append(caught.value)
+            with pytest.raises(dba.RateLimitError) as caught_limit:
+                await client.submit(request, retry=dba.RetryPolicy(max_retries=0))
+            errors.append(caught_limit.value)
             job = await client.submit(request)
             seen.append(repr(job))
             result = await job
@@ -118,6 +128,7 @@ async def test_the_key_appears_nowhere(caplog: pytest.LogCaptureFixture) -> None
         dba.AuthenticationError,
         dba.ServerError,
         dba.TransportError,
+        dba.RateLimitError,
         dba.AuthenticationError,
         dba.TransportError,
     ]
@@ -133,7 +144,7 @@ async def test_the_key_appears_nowhere(caplog: pytest.LogCaptureFixture) -> None
     # The DEBUG log does show each request and response, with the key masked.
     debug = [r.getMessage() for r in records if r.name == "dreambooth_async"]
     posts = [m for m in debug if m.startswith(f"POST {server.url}/api/v4/dreambooth ")]
-    assert len(posts) == 5 and all('"key": "***"' in m for m in posts)
+    assert len(posts) == 6 and all('"key": "***"' in m for m in posts)
     assert any(m.startswith(f"HTTP 502 from {server.url}/api/v4/dreambooth") for m in debug)
     assert any(m.startswith(f"POST {server.url}/api/v4/dreambooth/fetch ") for m in debug)
     assert any("retrying" in m for m in debug)
