@@ -819,6 +819,8 @@ class _Engine:
                 final.append(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                staging.parent.rmdir()  # only when no other item is downloading
         return tuple(final)
 
     # --- endings ------------------------------------------------------------------------------

@@ -284,7 +284,8 @@ async def test_dropped_answers_are_ambiguous_and_not_resent() -> None:
 
 async def test_authentication_error_stops_the_batch() -> None:
     async with Emulator(EmulatorConfig(time_scale=SCALE)) as emu:
-        async with dba.DreamboothClient("wrong-key", base_url=emu.base_url) as client:
+        client = dba.DreamboothClient("wrong-key", base_url=emu.base_url)
+        async with client:
             with pytest.raises(dba.AuthenticationError):
                 await client.gather([req(i) for i in range(5)])
             assert batch_tasks() == []

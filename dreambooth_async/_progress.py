@@ -1,0 +1,215 @@
+"""A progress display for batches, fed by batch events: a tqdm bar when tqdm is installed and
+the output is a terminal, plain status lines otherwise.
+
+The time-to-finish estimate uses what the service says, not only the rate so far: every queued
+job's ETA tells when its slot frees up, and the items not yet submitted will each take about a
+job's duration on one of the batch's slots. Early in a batch, before anything has finished, that
+is the only estimate there is; later the observed durations take over from the ETAs.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from ._events import BatchEvent
+
+__all__ = ["ProgressReporter", "format_duration"]
+
+
+def format_duration(seconds: float | None) -> str:
+    """``"1h02m"``, ``"3m05s"``, ``"12s"``, ``"0.4s"``; ``"?"`` when unknown."""
+    if seconds is None or math.isnan(seconds) or seconds < 0:
+        return "?"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+class ProgressReporter:
+    """Subscribe it to a batch (``on_event=reporter``) to show progress; :meth:`close` at the end.
+
+    :param total: the number of items, when known (the bar then shows a fraction).
+    :param stream: where to draw (default ``sys.stderr``).
+    :param bar: ``True`` for tqdm, ``False`` for plain lines, ``None`` (default) for tqdm when it
+        is installed and ``stream`` is a terminal.
+    :param interval: seconds between plain status lines.
+    """
+
+    def __init__(
+        self,
+        total: int | None = None,
+        *,
+        stream: TextIO | None = None,
+        bar: bool | None = None,
+        interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total = total
+        self._stream = stream if stream is not None else sys.stderr
+        self._interval = interval
+        self._clock = clock
+        self.started = clock()
+        self.done = 0
+        self.skipped = 0
+        self.failed = 0
+        self.ambiguous = 0
+        self.rate_limited = 0
+        self.concurrency: int | None = None
+        self._submitted_at: dict[int, float] = {}
+        self._finish_at: dict[int, float | None] = {}  # in-flight items: expected finish
+        self._durations: deque[float] = deque(maxlen=64)
+        self._first_etas: deque[float] = deque(maxlen=64)
+        self._last_line = 0.0
+        self._closed = False
+        self._bar: Any = None
+        if bar is None:
+            isatty = getattr(self._stream, "isatty", None)
+            bar = bool(isatty and isatty())
+        if bar:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                bar = False
+            else:
+                self._bar = tqdm(
+                    total=total, unit="item", dynamic_ncols=True, file=self._stream, desc="batch"
+                )
+
+    # --- the hook -----------------------------------------------------------------------------
+
+    def __call__(self, event: BatchEvent) -> None:
+        """Take one batch event."""
+        if event.concurrency is not None:
+            self.concurrency = event.concurrency
+        kind = event.kind
+        index = event.index
+        if kind == "submitted" or kind == "attached":
+            self._submitted_at[index] = event.time
+            self._finish_at[index] = None
+        elif kind == "queued":
+            if event.eta is not None:
+                self._finish_at[index] = event.time + event.eta
+                if index in self._submitted_at:
+                    self._first_etas.append(event.eta + event.time - self._submitted_at[index])
+        elif kind == "rate_limited":
+            self.rate_limited += 1
+        elif kind in ("done", "failed", "ambiguous", "skipped"):
+            started = self._submitted_at.pop(index, None)
+            self._finish_at.pop(index, None)
+            if kind == "done":
+                self.done += 1
+                if started is not None:
+                    self._durations.append(event.time - started)
+            elif kind == "skipped":
+                self.done += 1
+                self.skipped += 1
+            elif kind == "failed":
+                self.failed += 1
+            else:
+                self.ambiguous += 1
+            self._advance()
+            return
+        self._maybe_line()
+
+    # --- figures ------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> int:
+        """Items that ended, one way or another."""
+        return self.done + self.failed + self.ambiguous
+
+    def rate(self) -> float:
+        """Items finished per second in this run (items done in an earlier run left out)."""
+        elapsed = self._clock() - self.started
+        return (self.finished - self.skipped) / elapsed if elapsed > 0 else 0.0
+
+    def job_duration(self) -> float | None:
+        """Seconds a job takes from submission to result: observed, else the service's ETAs."""
+        sample = self._durations or self._first_etas
+        return sum(sample) / len(sample) if sample else None
+
+    def estimate(self) -> float | None:
+        """Seconds until the batch is finished, or None when there is nothing to go on."""
+        now = self._clock()
+        duration = self.job_duration()
+        in_flight = len(self._finish_at)
+        waiting = 0
+        if self.total is not None:
+            waiting = max(0, self.total - self.finished - in_flight)
+        elif in_flight == 0:
+            return None
+        if duration is None and (waiting or any(v is None for v in self._finish_at.values())):
+            return None
+        slots = max(1, self.concurrency or in_flight or 1)
+        # The work left, in slot-seconds, spread over the slots: each in-flight job until its
+        # expected finish, each waiting item one job duration.
+        remaining = [
+            max(0.0, finish - now) if finish is not None else (duration or 0.0) / 2
+            for finish in self._finish_at.values()
+        ]
+        work = sum(remaining) + waiting * (duration or 0.0)
+        longest = max(remaining, default=0.0)
+        return max(longest, work / slots)
+
+    def status_line(self) -> str:
+        """One line: counts, rate, concurrency and the time-to-finish estimate."""
+        of = f"/{self.total}" if self.total is not None else ""
+        parts = [f"[{self.finished}{of}] done {self.done}"]
+        if self.skipped:
+            parts[-1] += f" ({self.skipped} earlier)"
+        parts.append(f"failed {self.failed}")
+        if self.ambiguous:
+            parts.append(f"ambiguous {self.ambiguous}")
+        parts.append(f"{self.rate():.2f}/s")
+        if self.concurrency is not None:
+            parts.append(f"slots {self.concurrency}")
+        parts.append(f"~{format_duration(self.estimate())} left")
+        return " | ".join(parts)
+
+    # --- output -------------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix_str(self._postfix(), refresh=False)
+        else:
+            self._maybe_line()
+
+    def _postfix(self) -> str:
+        text = f"failed={self.failed}"
+        if self.ambiguous:
+            text += f" ambiguous={self.ambiguous}"
+        if self.concurrency is not None:
+            text += f" slots={self.concurrency}"
+        return text + f" left≈{format_duration(self.estimate())}"
+
+    def _maybe_line(self) -> None:
+        if self._bar is not None or self._closed:
+            return
+        now = self._clock()
+        if now - self._last_line >= self._interval:
+            self._last_line = now
+            print(self.status_line(), file=self._stream, flush=True)
+
+    def close(self) -> None:
+        """Finish the display (a last status line, or close the bar)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._bar is not None:
+            self._bar.set_postfix_str(self._postfix(), refresh=False)
+            self._bar.close()
+        else:
+            print(self.status_line(), file=self._stream, flush=True)

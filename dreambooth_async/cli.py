@@ -1,0 +1,911 @@
+"""The ``dreambooth-async`` command: ``generate``, ``demo`` and ``emulator``.
+
+``generate PROMPTS --model-id M --out DIR`` turns a prompts file into a folder of images with a
+``metadata.jsonl`` in the Hugging Face imagefolder convention, through a resumable batch: run the
+same command again after a crash (or Ctrl-C) and it picks up where it stopped, without paying for
+an image twice. ``demo`` does the same with a bundled prompts file against the embedded emulator.
+``emulator`` serves the emulator.
+
+Exit codes: 0 every item done; 1 some failed or are ambiguous (see the summary); 2 a usage or
+input error (nothing was written); 130 interrupted (run the command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, TextIO
+
+import attrs
+
+from ._batch import BatchItem
+from ._client import API_KEY_ENV, DEFAULT_BASE_URL, DreamboothClient
+from ._errors import DreamboothError, RequestValidationError
+from ._manifest import ManifestError
+from ._models import API_VERSIONS, GenerationRequest, Img2Img, Inpaint, Scheduler, Text2Img
+from ._poller import PollPolicy
+from ._progress import ProgressReporter, format_duration
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_PARTIAL = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+MANIFEST_NAME = "dreambooth-manifest.jsonl"
+METADATA_NAME = "metadata.jsonl"
+LOCK_NAME = ".dreambooth.lock"
+#: Longest line a prompts file may have (bytes): a prompt, or a JSONL row with a few fields.
+MAX_LINE_BYTES = 1024 * 1024
+DEMO_TIME_SCALE = 0.02
+
+# --- request fields as options and columns ----------------------------------------------------
+
+_KINDS: dict[str, type[Text2Img] | type[Img2Img] | type[Inpaint]] = {
+    "text2img": Text2Img,
+    "img2img": Img2Img,
+    "inpaint": Inpaint,
+}
+_INT_FIELDS = frozenset({"width", "height", "samples", "steps", "clip_skip", "seed"})
+_FLOAT_FIELDS = frozenset({"guidance_scale", "strength"})
+_BOOL_FIELDS = frozenset(
+    {
+        "safety_checker",
+        "enhance_prompt",
+        "multi_lingual",
+        "panorama",
+        "self_attention",
+        "upscale",
+        "tomesd",
+        "use_karras_sigmas",
+        "highres_fix",
+        "temp",
+    }
+)
+_TEXT_FIELDS = frozenset(
+    {
+        "model_id",
+        "prompt",
+        "negative_prompt",
+        "webhook",
+        "track_id",
+        "embeddings_model",
+        "lora_model",
+        "lora_strength",
+        "algorithm_type",
+        "vae",
+        "safety_checker_type",
+        "init_image",
+        "mask_image",
+        "scheduler",
+    }
+)
+#: Every request field a prompts file row or a default may set (``extra`` is not one).
+REQUEST_FIELDS: tuple[str, ...] = tuple(f.name for f in attrs.fields(Inpaint) if f.name != "extra")
+#: Row fields that are not request fields.
+_ROW_ONLY = frozenset({"key", "kind"})
+#: Fields recorded in metadata.jsonl, after file_name.
+_METADATA_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "model_id",
+    "width",
+    "height",
+    "steps",
+    "guidance_scale",
+    "scheduler",
+    "strength",
+)
+
+
+class InputError(Exception):
+    """A prompts file (or an option) that cannot be used; the message names the line."""
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("yes", "true", "1", "on", "y"):
+        return True
+    if value in ("no", "false", "0", "off", "n"):
+        return False
+    raise ValueError(f"expected yes or no, got {text!r}")
+
+
+def _convert(name: str, value: Any) -> Any:
+    """A row or option value as the request field wants it (CSV and text give strings)."""
+    if value is None:
+        return None
+    if name in _INT_FIELDS:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    if name in _FLOAT_FIELDS:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    if name in _BOOL_FIELDS:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return _parse_bool(value)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        raise ValueError(f"{name}: expected yes or no, got {value!r}")
+    if name == "track_id" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected text, got {value!r}")
+    return value
+
+
+def _option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _add_request_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "request defaults", "every request field, applied to rows that do not set it"
+    )
+    for name in REQUEST_FIELDS:
+        if name == "prompt":
+            continue
+        flag = _option_name(name)
+        if name in _INT_FIELDS:
+            group.add_argument(flag, dest=f"field_{name}", type=int, metavar="N")
+        elif name in _FLOAT_FIELDS:
+            group.add_argument(flag, dest=f"field_{name}", type=float, metavar="X")
+        elif name in _BOOL_FIELDS:
+            group.add_argument(flag, dest=f"field_{name}", type=_parse_bool, metavar="yes|no")
+        elif name == "scheduler":
+            group.add_argument(
+                flag, dest=f"field_{name}", choices=[s.value for s in Scheduler], metavar="NAME"
+            )
+        else:
+            group.add_argument(flag, dest=f"field_{name}", metavar="TEXT")
+    group.add_argument(
+        "--kind",
+        choices=sorted(_KINDS),
+        help="endpoint for every row (default: inpaint if a row has mask_image, img2img if "
+        "init_image, else text2img)",
+    )
+
+
+def _defaults_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        name: getattr(args, f"field_{name}")
+        for name in REQUEST_FIELDS
+        if getattr(args, f"field_{name}", None) is not None
+    }
+
+
+# --- reading prompts files --------------------------------------------------------------------
+
+
+def _detect_format(path: Path, declared: str) -> str:
+    if declared != "auto":
+        return declared
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    return "text"
+
+
+def _physical_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text without the line end), read one line at a time."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with handle:
+        number = 0
+        while True:
+            raw = handle.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            number += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise InputError(f"{path}:{number}: line longer than {MAX_LINE_BYTES} bytes")
+            if b"\0" in raw:
+                raise InputError(f"{path}:{number}: contains NUL bytes (is this a binary file?)")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(
+                    f"{path}:{number}: not UTF-8 text (is this a binary file?)"
+                ) from None
+            if number == 1:
+                text = text.removeprefix("\ufeff")
+            yield number, text.rstrip("\r\n")
+
+
+@attrs.frozen
+class _Row:
+    line: int
+    fields: Mapping[str, Any]
+
+
+def _rows(path: Path, fmt: str) -> Iterator[_Row]:
+    if fmt == "text":
+        for number, text in _physical_lines(path):
+            if text.strip():
+                yield _Row(number, {"prompt": text.strip()})
+    elif fmt == "jsonl":
+        for number, text in _physical_lines(path):
+            if not text.strip():
+                continue
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise InputError(f"{path}:{number}: not valid JSON ({exc})") from None
+            if not isinstance(value, dict):
+                raise InputError(f"{path}:{number}: expected a JSON object per line")
+            yield _Row(number, value)
+    elif fmt == "csv":
+        yield from _csv_rows(path)
+    else:  # pragma: no cover - argparse restricts it
+        raise InputError(f"unknown format {fmt!r}")
+
+
+def _csv_rows(path: Path) -> Iterator[_Row]:
+    lines = _physical_lines(path)
+    reader = csv.reader((text for _number, text in lines), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        names = [name.strip() for name in header]
+        if "prompt" not in names:
+            raise InputError(f"{path}:1: the CSV header has no 'prompt' column")
+        if len(set(names)) != len(names):
+            raise InputError(f"{path}:1: the CSV header repeats a column")
+        for values in reader:
+            number = reader.line_num
+            if not values or all(not v.strip() for v in values):
+                continue
+            if len(values) != len(names):
+                raise InputError(
+                    f"{path}:{number}: {len(values)} fields, the header has {len(names)}"
+                )
+            yield _Row(number, {n: v for n, v in zip(names, values, strict=True) if v != ""})
+    except csv.Error as exc:
+        raise InputError(f"{path}:{reader.line_num}: broken CSV ({exc})") from None
+
+
+class _SeedDeriver:
+    """Deterministic seeds for rows that set none, so reruns reproduce and metadata says which
+    seed made each image. Repeats of the same row get different seeds."""
+
+    def __init__(self) -> None:
+        self._seen: dict[bytes, int] = {}
+
+    def __call__(self, fields: Mapping[str, Any]) -> int:
+        text = json.dumps(fields, sort_keys=True, default=str).encode()
+        digest = hashlib.blake2b(text, digest_size=8).digest()
+        occurrence = self._seen.get(digest, 0) + 1
+        self._seen[digest] = occurrence
+        seeded = hashlib.blake2b(digest + occurrence.to_bytes(8, "big"), digest_size=4)
+        return int.from_bytes(seeded.digest(), "big")
+
+
+@attrs.define
+class PromptSource:
+    """A prompts file plus the defaults: validates in one pass, then yields requests lazily."""
+
+    path: Path
+    fmt: str
+    defaults: Mapping[str, Any]
+    kind: str | None
+    derive_seeds: bool
+    count: int = 0
+    lines: array.array[int] = attrs.field(factory=lambda: array.array("L"))
+
+    def _request(self, row: _Row, seeds: _SeedDeriver) -> tuple[str | None, GenerationRequest]:
+        where = f"{self.path}:{row.line}"
+        fields = dict(row.fields)
+        key = fields.pop("key", None)
+        if key is not None and (not isinstance(key, str | int) or not str(key).strip()):
+            raise InputError(f"{where}: key must be non-empty text")
+        kind_name = fields.pop("kind", None) or self.kind
+        unknown = sorted(set(fields) - set(REQUEST_FIELDS))
+        if unknown:
+            raise InputError(f"{where}: unknown field {unknown[0]!r}")
+        if kind_name is None:
+            if "mask_image" in fields or "mask_image" in self.defaults:
+                kind_name = "inpaint"
+            elif "init_image" in fields or "init_image" in self.defaults:
+                kind_name = "img2img"
+            else:
+                kind_name = "text2img"
+        cls = _KINDS.get(str(kind_name))
+        if cls is None:
+            raise InputError(f"{where}: kind must be one of {', '.join(sorted(_KINDS))}")
+        accepted = {f.name for f in attrs.fields(cls)}
+        for name in fields:
+            if name not in accepted:
+                raise InputError(f"{where}: {name} does not apply to {kind_name} requests")
+        merged = {k: v for k, v in self.defaults.items() if k in accepted}
+        try:
+            merged.update({name: _convert(name, value) for name, value in fields.items()})
+        except ValueError as exc:
+            raise InputError(f"{where}: {exc}") from None
+        if "model_id" not in merged:
+            raise InputError(f"{where}: no model_id (pass --model-id or add a model_id column)")
+        if not str(merged.get("prompt", "")).strip():
+            raise InputError(f"{where}: empty prompt")
+        if merged.get("seed") is None and self.derive_seeds:
+            merged["seed"] = seeds({"kind": kind_name, **merged})
+        try:
+            request = cls(**merged)
+        except RequestValidationError as exc:
+            raise InputError(f"{where}: {exc}") from None
+        except TypeError as exc:
+            raise InputError(f"{where}: {exc}") from None
+        return (str(key) if key is not None else None), request
+
+    def validate(self) -> None:
+        """Read the whole file once (streaming), checking every row; raise InputError."""
+        seeds = _SeedDeriver()
+        keys: set[str] = set()
+        self.count = 0
+        self.lines = array.array("L")
+        for row in _rows(self.path, self.fmt):
+            key, _request = self._request(row, seeds)
+            if key is not None:
+                if key in keys:
+                    raise InputError(f"{self.path}:{row.line}: duplicate key {key!r}")
+                keys.add(key)
+            self.count += 1
+            self.lines.append(row.line)
+        if self.count == 0:
+            raise InputError(f"{self.path}: no prompts in the file")
+
+    def requests(self) -> Iterator[GenerationRequest | tuple[str, GenerationRequest]]:
+        """The requests, read lazily (the batch pulls them as slots free up)."""
+        seeds = _SeedDeriver()
+        for row in _rows(self.path, self.fmt):
+            key, request = self._request(row, seeds)
+            yield request if key is None else (key, request)
+
+    def line_of(self, index: int) -> int | None:
+        return self.lines[index] if 0 <= index < len(self.lines) else None
+
+
+# --- the output folder ------------------------------------------------------------------------
+
+
+class OutputLock:
+    """An exclusive lock on the output folder for the length of a run."""
+
+    def __init__(self, folder: Path) -> None:
+        self._fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._fd)
+                raise InputError(f"{folder} is in use by another dreambooth-async run") from None
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class MetadataWriter:
+    """``metadata.jsonl``: one row per image, appended once the image is on disk, never twice.
+
+    Rows already in the file (from an earlier run) are remembered by ``file_name``; a row torn
+    by a crash is cut off before appending.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.known: set[str] = set()
+        self.written = 0
+        good_end = 0
+        if path.exists():
+            with path.open("rb") as handle:
+                for number, raw in enumerate(handle, start=1):
+                    if not raw.endswith(b"\n"):
+                        break  # torn by a crash: dropped below
+                    try:
+                        row = json.loads(raw)
+                    except ValueError:
+                        raise InputError(f"{path}:{number}: not a metadata row") from None
+                    if isinstance(row, dict) and isinstance(row.get("file_name"), str):
+                        self.known.add(row["file_name"])
+                    good_end += len(raw)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if os.fstat(self._fd).st_size > good_end:
+            os.ftruncate(self._fd, good_end)
+
+    def add(self, item: BatchItem) -> int:
+        """Append the rows for ``item``'s files that are not in the file yet; returns how many."""
+        rows = []
+        request = item.request
+        result = item.result
+        seed = request.seed if request.seed is not None else (result.seed if result else None)
+        for number, path in enumerate(item.files):
+            if path.name in self.known:
+                continue
+            row: dict[str, Any] = {"file_name": path.name}
+            for name in _METADATA_FIELDS:
+                value = seed if name == "seed" else getattr(request, name, None)
+                row[name] = value.value if isinstance(value, Scheduler) else value
+            row.update(
+                kind=request.kind,
+                samples=request.samples,
+                sample_index=number,
+                job_id=item.job_id,
+                key=item.key,
+            )
+            rows.append(row)
+        if rows:
+            data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            os.write(self._fd, data.encode("utf-8"))
+            os.fsync(self._fd)
+            for row in rows:
+                self.known.add(row["file_name"])
+            self.written += len(rows)
+        return len(rows)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+# --- generate ---------------------------------------------------------------------------------
+
+
+@attrs.define
+class _Summary:
+    done: int = 0
+    resumed: int = 0
+    failed: int = 0
+    ambiguous: int = 0
+    images: int = 0
+    new_rows: int = 0
+    problems: list[str] = attrs.field(factory=list)
+
+
+def _describe(item: BatchItem, source: PromptSource) -> str:
+    line = source.line_of(item.index)
+    where = f"line {line}" if line is not None else f"item {item.index}"
+    error = item.error
+    name = type(error).__name__ if error is not None else "?"
+    return f"{where} (key {item.key}): {item.status}: {name}: {error}"
+
+
+def _api_key(args: argparse.Namespace) -> str:
+    key = args.api_key or os.environ.get(API_KEY_ENV)
+    if not key:
+        raise InputError(f"no API key: pass --api-key or set {API_KEY_ENV} (or use --emulator)")
+    return str(key)
+
+
+@contextlib.asynccontextmanager
+async def _service(args: argparse.Namespace) -> AsyncIterator[tuple[str, str, float | None]]:
+    """(base URL, key, time scale) of the service to use: the embedded emulator or the real."""
+    if not args.emulator:
+        yield args.base_url, _api_key(args), args.poll_scale
+        return
+    try:
+        from .emulator import DEFAULT_KEY, EmulatorConfig, serve
+    except ImportError as exc:  # Pillow missing
+        raise InputError(
+            f"--emulator needs the emulator's dependencies: pip install 'dreambooth-async[cli]' "
+            f"({exc})"
+        ) from None
+    scale = args.emulator_time_scale
+    config = EmulatorConfig(
+        time_scale=scale, queue_limit=args.emulator_queue_limit, workers=args.emulator_workers
+    )
+    async with serve(config) as base_url:
+        yield base_url, DEFAULT_KEY, scale
+
+
+async def _run_generate(
+    args: argparse.Namespace, source: PromptSource, out: Path, stdout: TextIO
+) -> int:
+    started = time.monotonic()
+    manifest = Path(args.manifest) if args.manifest else out / MANIFEST_NAME
+    summary = _Summary()
+    metadata = MetadataWriter(out / METADATA_NAME)
+    try:
+        async with _service(args) as (base_url, key, scale):
+            poll = PollPolicy().scaled(scale) if scale else PollPolicy()
+            client = DreamboothClient(
+                key,
+                base_url=base_url,
+                api_version=args.api_version,
+                poll=poll,
+                max_concurrency=args.max_concurrency,
+            )
+            show = not args.quiet and not args.no_progress
+            progress = ProgressReporter(
+                source.count, stream=sys.stderr, bar=None if show else False
+            )
+            hooks = [progress] if show else []
+            try:
+                async with (
+                    client,
+                    client.map(
+                        source.requests(),
+                        args.concurrency,
+                        manifest=manifest,
+                        download_to=out,
+                        on_event=hooks,
+                        rate_limit=args.rate_limit,
+                        resubmit_ambiguous=args.resubmit_ambiguous,
+                        retry_failed=not args.no_retry_failed,
+                        job_timeout=args.job_timeout,
+                    ) as run,
+                ):
+                    async for item in run:
+                        if item.ok:
+                            summary.done += 1
+                            summary.resumed += item.resumed
+                            summary.images += len(item.files)
+                            summary.new_rows += metadata.add(item)
+                        else:
+                            if item.status == "ambiguous":
+                                summary.ambiguous += 1
+                            else:
+                                summary.failed += 1
+                            summary.problems.append(_describe(item, source))
+            finally:
+                if show:
+                    progress.close()
+    finally:
+        metadata.close()
+    _print_summary(summary, out, manifest, time.monotonic() - started, stdout)
+    return EXIT_OK if summary.failed == 0 and summary.ambiguous == 0 else EXIT_PARTIAL
+
+
+def _print_summary(
+    summary: _Summary, out: Path, manifest: Path, elapsed: float, stdout: TextIO
+) -> None:
+    earlier = f" ({summary.resumed} from an earlier run)" if summary.resumed else ""
+    print(
+        f"done {summary.done}{earlier}, failed {summary.failed}, ambiguous {summary.ambiguous}, "
+        f"images {summary.images} ({summary.new_rows} new metadata rows), "
+        f"time {format_duration(elapsed)}",
+        file=stdout,
+    )
+    print(f"images and {METADATA_NAME} in {out}", file=stdout)
+    for problem in summary.problems[:20]:
+        print(f"  {problem}", file=stdout)
+    if len(summary.problems) > 20:
+        print(f"  ... and {len(summary.problems) - 20} more (see {manifest})", file=stdout)
+    if summary.failed:
+        print("run the same command again to retry the failed items", file=stdout)
+    if summary.ambiguous:
+        print(
+            "ambiguous items may have been accepted (and billed) already; they are not sent "
+            "again unless you add --resubmit-ambiguous",
+            file=stdout,
+        )
+    stdout.flush()
+
+
+def _generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
+    stdout = stdout or sys.stdout
+    path = Path(args.prompts)
+    source = PromptSource(
+        path=path,
+        fmt=_detect_format(path, args.format),
+        defaults=_defaults_from_args(args),
+        kind=args.kind,
+        derive_seeds=not args.random_seeds,
+    )
+    # Everything is checked before anything is written: a bad file leaves no trace.
+    source.validate()
+    if not args.emulator:
+        _api_key(args)  # fail before the output folder exists
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = OutputLock(out)
+    try:
+        return _run_async(_run_generate(args, source, out, stdout))
+    finally:
+        lock.close()
+
+
+def _run_async(coro: Any) -> int:
+    """Run ``coro``; SIGTERM cancels it like Ctrl-C does, so the batch stops cleanly."""
+
+    async def wrapper() -> int:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            assert task is not None
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            result: int = await coro
+            return result
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGTERM)
+
+    return asyncio.run(wrapper())
+
+
+# --- demo and emulator ------------------------------------------------------------------------
+
+
+def _demo_prompts() -> Path:
+    # A regular file inside the installed package (wheels are unpacked), so a plain path works.
+    return Path(str(resources.files("dreambooth_async").joinpath("data/demo_prompts.txt")))
+
+
+def _demo(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
+    stdout = stdout or sys.stdout
+    parser = build_parser()
+    argv = [
+        "generate",
+        str(_demo_prompts()),
+        "--model-id",
+        "midjourney",
+        "--out",
+        str(args.out),
+        "--emulator",
+        "--emulator-time-scale",
+        str(args.time_scale),
+    ]
+    if args.no_progress:
+        argv.append("--no-progress")
+    generate_args = parser.parse_args(argv)
+    code = _generate(generate_args, stdout)
+    out = Path(args.out).resolve()
+    images = sum(1 for p in out.iterdir() if p.suffix in (".png", ".jpg"))
+    print(
+        f"\nthe demo ran {images} prompts against the embedded emulator: the images are in "
+        f"{out}, described in {out / METADATA_NAME}.\nrun it again and it resumes (nothing "
+        "is generated twice); point `dreambooth-async generate` at your own prompts file and "
+        "--base-url to use the real service.",
+        file=stdout,
+    )
+    return code
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    try:
+        from .emulator import _cli as emulator_cli
+    except ImportError as exc:
+        raise InputError(
+            f"the emulator needs Pillow: pip install 'dreambooth-async[cli]' ({exc})"
+        ) from None
+    try:
+        config = emulator_cli.config_from_args(args)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"emulator: {exc}") from None
+    try:
+        asyncio.run(emulator_cli.run(config))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dreambooth-async`` argument parser (subcommands generate, demo, emulator)."""
+    parser = argparse.ArgumentParser(
+        prog="dreambooth-async",
+        description="Bulk image generation with the Dreambooth API: resumable, within the "
+        "account's queue limit, never paying twice.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = commands.add_parser(
+        "generate",
+        help="a prompts file in, a folder of images and metadata.jsonl out",
+        description="Generate an image set from PROMPTS into DIR. Running the same command "
+        "again resumes: done items are skipped, accepted ones fetched by id.",
+    )
+    gen.add_argument("prompts", metavar="PROMPTS", help="text (a prompt a line), .jsonl or .csv")
+    gen.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    gen.add_argument(
+        "--format",
+        choices=("auto", "text", "jsonl", "csv"),
+        default="auto",
+        help="how to read PROMPTS (default: from its extension)",
+    )
+    gen.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        metavar="N",
+        help="queue slots to use (default: find the account's limit)",
+    )
+    gen.add_argument(
+        "--max-concurrency",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="ceiling for the adaptive concurrency (default %(default)s)",
+    )
+    gen.add_argument(
+        "--rate-limit",
+        type=_positive_float,
+        metavar="RPS",
+        help="at most this many submissions per second",
+    )
+    gen.add_argument("--base-url", default=DEFAULT_BASE_URL, help="default %(default)s")
+    gen.add_argument("--api-version", choices=API_VERSIONS, default="v3")
+    gen.add_argument("--api-key", help=f"the account key (default: ${API_KEY_ENV})")
+    gen.add_argument(
+        "--manifest", metavar="PATH", help=f"batch manifest (default DIR/{MANIFEST_NAME})"
+    )
+    gen.add_argument(
+        "--resubmit-ambiguous",
+        action="store_true",
+        help="send again submissions that may already have been accepted (risks paying twice)",
+    )
+    gen.add_argument(
+        "--no-retry-failed",
+        action="store_true",
+        help="on resume, leave items that failed earlier as failed",
+    )
+    gen.add_argument(
+        "--job-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="give up waiting for a job after this long (it can be resumed)",
+    )
+    gen.add_argument(
+        "--random-seeds",
+        action="store_true",
+        help="rows without a seed let the service pick one (default: a seed "
+        "derived from the row, so reruns reproduce)",
+    )
+    gen.add_argument(
+        "--emulator",
+        action="store_true",
+        help="serve the batch from the embedded emulator (no key needed)",
+    )
+    gen.add_argument(
+        "--emulator-time-scale",
+        type=_positive_float,
+        default=DEMO_TIME_SCALE,
+        metavar="X",
+        help="emulator seconds per service second (%(default)s)",
+    )
+    gen.add_argument("--emulator-queue-limit", type=_positive_int, default=5, metavar="N")
+    gen.add_argument("--emulator-workers", type=_positive_int, default=4, metavar="N")
+    gen.add_argument(
+        "--poll-scale",
+        type=_positive_float,
+        metavar="X",
+        help="scale polling for a time-scaled emulator at --base-url",
+    )
+    gen.add_argument("--no-progress", action="store_true", help="no progress display")
+    gen.add_argument("-q", "--quiet", action="store_true", help="only the summary")
+    _add_request_options(gen)
+    gen.set_defaults(func=_generate)
+
+    demo = commands.add_parser(
+        "demo",
+        help="generate the bundled prompts with the embedded emulator",
+        description="Run 24 bundled prompts against the embedded emulator and show where the "
+        "images went.",
+    )
+    demo.add_argument(
+        "--out",
+        default="dreambooth-demo",
+        metavar="DIR",
+        help="output folder (default %(default)s)",
+    )
+    demo.add_argument(
+        "--time-scale", type=_positive_float, default=DEMO_TIME_SCALE, help=argparse.SUPPRESS
+    )
+    demo.add_argument("--no-progress", action="store_true", help="no progress display")
+    demo.set_defaults(func=_demo)
+
+    emulator = commands.add_parser(
+        "emulator",
+        help="run the emulator of the service",
+        description="A local emulator of the Dreambooth API. Durations are service seconds; "
+        "--time-scale turns them into real seconds.",
+    )
+    try:
+        from .emulator import _cli as emulator_cli
+    except ImportError:  # Pillow missing: the subcommand says so when used
+        pass
+    else:
+        emulator_cli.build_arg_parser(emulator)
+    emulator.set_defaults(func=_emulator)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    if verbosity <= 0:
+        return
+    logging.basicConfig(
+        level=logging.DEBUG if verbosity > 1 else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: parse ``argv`` and run the command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except InputError as exc:
+        print(f"dreambooth-async: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ManifestError as exc:
+        print(f"dreambooth-async: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except asyncio.CancelledError:
+        print("\nstopped: run the same command again to resume", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except DreamboothError as exc:
+        print(f"dreambooth-async: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
