@@ -1,10 +1,10 @@
 """How far to trust the service's ETA: a small model learned from the jobs this client saw.
 
 The service's ``eta`` is only a hint: it may be consistently high or low, and noisy. For every
-finished job the poller knows an interval in which it really finished (after the last
-"processing" answer, no later than the success), so each ETA it was given yields bounds on
-``rho = real time left / eta``. The model keeps the recent tight ones and offers the range of
-``rho`` it expects: :meth:`EtaModel.bounds`.
+finished job that was seen "processing" more than once, the poller can place its real finish
+closely (the last, short ETA pins it down; the success answer bounds it), so each earlier ETA
+yields one measurement of ``rho = real time left / eta``. The model keeps the recent ones and
+offers the range of ``rho`` it expects: :meth:`EtaModel.bounds`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ __all__ = ["EtaModel"]
 
 
 class EtaModel:
-    """The learned range of ``rho`` (real time left divided by the ETA the service gave)."""
+    """The learned range of ``rho`` (real time left divided by the ETA the service gave).
+
+    Measurements come from jobs that needed more than one fetch, and those are the slower ones:
+    a job done at its first fetch yields none. That would bias the low end upward, so the low
+    end is taken from *probes* only, jobs fetched early on purpose whatever their speed.
+    """
 
     def __init__(
         self,
@@ -28,6 +33,7 @@ class EtaModel:
     ) -> None:
         self._prior = prior
         self._samples: deque[float] = deque(maxlen=window)
+        self._probes: deque[float] = deque(maxlen=window // 2)
         self._widths: deque[float] = deque(maxlen=window)
         self._min_samples = min_samples
         self._max_width = max_width
@@ -35,17 +41,19 @@ class EtaModel:
 
     @property
     def samples(self) -> int:
-        """How many informative observations the model holds."""
+        """How many informative measurements the model holds."""
         return len(self._samples)
 
-    def observe(self, low: float, high: float) -> None:
-        """A job's ``rho`` lay in ``(low, high]``. Loose intervals teach nothing and are dropped."""
-        if high <= 0 or low < 0 or high < low:
+    def observe(self, rho: float, uncertainty: float, *, probe: bool = False) -> None:
+        """One measurement of ``rho``, known to within ``uncertainty`` (the width of the range
+        it may lie in); ``probe`` when it comes from a job fetched early on purpose, whose
+        speed did not decide whether it was measured. Loose measurements are dropped."""
+        if rho <= 0 or uncertainty < 0 or uncertainty / rho > self._max_width:
             return
-        if (high - low) / high > self._max_width:
-            return
-        self._samples.append((low + high) / 2)
-        self._widths.append(high - low)
+        self._samples.append(rho)
+        self._widths.append(uncertainty)
+        if probe:
+            self._probes.append(rho)
         self._cached = None
 
     def bounds(self) -> tuple[float, float]:
@@ -54,11 +62,12 @@ class EtaModel:
             return self._prior
         if self._cached is None:
             ordered = sorted(self._samples)
-            n = len(ordered)
-            # The extremes of a small sample understate the spread; widen by the interval
-            # half-width (each sample is a midpoint) and a share of the observed range.
+            low_side = sorted(self._probes) if len(self._probes) >= 3 else ordered
+            # Samples are midpoints of small ranges and a small sample understates the
+            # spread: widen by the mean half-width and a share of the observed range.
             half_width = statistics.fmean(self._widths) / 2
-            lo, hi = ordered[int(0.05 * (n - 1))], ordered[round(0.95 * (n - 1))]
-            pad = half_width + 0.1 * (hi - lo)
+            lo = low_side[int(0.05 * (len(low_side) - 1))]
+            hi = ordered[round(0.95 * (len(ordered) - 1))]
+            pad = half_width + 0.1 * max(0.0, hi - lo)
             self._cached = (max(0.0, lo - pad), hi + pad)
         return self._cached

@@ -59,13 +59,14 @@ class PollPolicy:
     initial_interval: float = 2.0
     max_interval: float = 30.0
     backoff_factor: float = 1.6
-    delay_budget: float = 0.08
+    delay_budget: float = 0.085
     fetch_concurrency: int = 16
     job_timeout: float | None = 1800.0
     #: With a webhook receiver, the poller is a fallback: it waits this much longer.
     webhook_slowdown: float = 3.0
-    #: One job in this many probes early, so the ETA model keeps learning (0: never).
-    explore_every: int = 8
+    #: One job in this many is a probe: fetched just before it can possibly be done, so that
+    #: the ETA model keeps learning without bias (0: never).
+    explore_every: int = 16
 
     def scaled(self, factor: float) -> PollPolicy:
         """The same policy for a service whose clock runs ``factor`` times real time
@@ -212,7 +213,7 @@ class Poller:
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._closed = False
-        self._explore_counter = itertools.count()
+        self._tracked = 0
         self._on_done: list[
             Callable[[str, GenerationResult | None, BaseException | None], None]
         ] = []
@@ -255,7 +256,8 @@ class Poller:
             limit = timeout if timeout is not None else self.policy.job_timeout
             state.deadline = None if limit is None else state.submitted_at + limit
             explore = self.policy.explore_every
-            state.probe = explore > 0 and next(self._explore_counter) % explore == 0
+            self._tracked += 1
+            state.probe = bool(explore) and self._tracked % explore == 0
             self._jobs[state.id] = state
             self._observe_processing(state, processing, time.monotonic())
         return Job(state, request=request, poller=self)
@@ -317,19 +319,35 @@ class Poller:
             # An exploring job asks just before the earliest plausible finish, so that its
             # answer bounds the real duration from below; the model needs both sides.
             return earliest * 0.98 + now * 0.02
-        expected_duration = (now - state.submitted_at) + eta * (rho_lo + rho_hi) / 2
-        budget = self.policy.delay_budget * expected_duration
+        # The budget is a share of the job's duration; measured against the shortest duration
+        # it may have, so that a job finishing early is not kept waiting too long.
+        shortest = earliest - state.submitted_at
+        budget = self.policy.delay_budget * shortest
         factor = self.policy.webhook_slowdown if state.webhook else 1.0
         if latest - earliest <= budget:
             return now + (latest - now) * factor
         return now + (earliest + budget - now) * factor
 
     def _learn(self, state: _State, finished_by: float) -> None:
-        """The job finished in ``(state.last_processing, finished_by]``: bound ``rho``."""
-        after = state.last_processing or state.submitted_at
-        for at, eta in state.anchors:
-            if at < after:
-                self.eta_model.observe((after - at) / eta, (finished_by - at) / eta)
+        """Measure ``rho`` for the job's earlier ETAs, now that it finished by ``finished_by``."""
+        if len(state.anchors) < 2 or state.last_processing is None:
+            if state.probe and state.anchors:
+                # A probe that found the job done: it was faster than the model's low end.
+                at, eta = state.anchors[0]
+                self.eta_model.observe((finished_by - at) / eta, 0.0, probe=True)
+            return
+        # The last ETA was short, so it places the real finish closely; the last "processing"
+        # answer and the success answer bound it.
+        last_at, last_eta = state.anchors[-1]
+        lo, hi = self.eta_model.bounds()
+        earliest = max(state.last_processing, last_at + last_eta * lo)
+        latest = min(finished_by, last_at + last_eta * hi)
+        if earliest > latest:  # the model is off: fall back on the observed bounds alone
+            earliest, latest = state.last_processing, finished_by
+        finished = (earliest + latest) / 2
+        for n, (at, eta) in enumerate(state.anchors[:-1]):
+            rho = (finished - at) / eta
+            self.eta_model.observe(rho, (latest - earliest) / eta, probe=state.probe and n == 0)
 
     # --- completion ---------------------------------------------------------------------------
 
