@@ -1,4 +1,7 @@
-"""Developer sessions: ``nox -s lint typecheck tests``; ``nox -s bench -- --quick``; ``nox -s chaos``."""
+"""Developer sessions.
+
+``nox -s lint typecheck tests``; ``nox -s bench -- --quick``; ``nox -s chaos``.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +43,6 @@ def chaos(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Every benchmark, each against an emulator in a process of its own. ``-- --quick`` for a short run."""
+    """Every benchmark, each against its own emulator process (``-- --quick``: a short run)."""
     session.install("-e", ".[test]", "httpx>=0.27")
     session.run("python", "-m", "benchmarks", *session.posargs)
