@@ -61,6 +61,7 @@ from ._events import BatchEvent, EventHook, EventKind, emit
 from ._manifest import ItemState, Manifest
 from ._models import GenerationRequest, GenerationResult, Img2Img, Inpaint, Text2Img
 from ._poller import Job
+from ._transport import logger
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -370,8 +371,10 @@ class _Engine:
         buffer: int,
         cancel_grace: float,
         durable: bool,
+        on_finish: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
+        self._on_finish = on_finish
         self._requests = requests
         self.window = SlotWindow(
             fixed=concurrency, initial=initial_concurrency, maximum=max_concurrency
@@ -457,6 +460,12 @@ class _Engine:
                 self.manifest.close()
             with contextlib.suppress(ValueError):
                 self.client._retry_listeners.remove(self._on_retry)
+            if self._on_finish is not None:
+                try:
+                    self._on_finish()
+                except Exception:
+                    # Like an event hook: a broken progress display must not hide the outcome.
+                    logger.warning("on_finish hook raised; ignored", exc_info=True)
 
     def _abort(self, error: BaseException) -> None:
         if self.error is None:
@@ -1048,6 +1057,7 @@ def map_requests(
     buffer: int = 16,
     cancel_grace: float = 10.0,
     durable: bool = True,
+    on_finish: Callable[[], None] | None = None,
 ) -> BatchRun:
     """Run many generation requests under the account's queue-slot limit.
 
@@ -1080,6 +1090,8 @@ def map_requests(
     :param buffer: finished items held for a slow consumer; extra task permits.
     :param cancel_grace: seconds a cancelled batch waits for submissions already sent.
     :param durable: fsync the manifest where it matters (turn off only for throwaway runs).
+    :param on_finish: called once in the event loop when the batch has stopped, however it
+        ended (``client.map(progress=True)`` closes its progress display with it).
     """
     if concurrency is not None and concurrency < 1:
         raise ValueError("concurrency must be at least 1, or None to adapt")
@@ -1114,5 +1126,6 @@ def map_requests(
         buffer=max(0, buffer),
         cancel_grace=cancel_grace,
         durable=durable,
+        on_finish=on_finish,
     )
     return BatchRun(engine)

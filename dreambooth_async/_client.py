@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import urllib.parse
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sized
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -32,6 +33,7 @@ from ._wire import inbound, parse_json, parse_response, to_wire
 
 if TYPE_CHECKING:
     from ._batch import BatchInput, BatchItem, BatchRun
+    from ._progress import ProgressReporter
     from ._webhooks import WebhookReceiver
 
 __all__ = ["DEFAULT_BASE_URL", "DreamboothClient"]
@@ -420,6 +422,8 @@ class DreamboothClient:
         self,
         requests: Iterable[BatchInput] | AsyncIterable[BatchInput],
         concurrency: int | None = None,
+        *,
+        progress: bool | ProgressReporter = False,
         **options: Any,
     ) -> BatchRun:
         """Run many requests; yield a :class:`BatchItem` for each as it completes.
@@ -428,9 +432,32 @@ class DreamboothClient:
         Use ``async with client.map(...) as items: async for item in items: ...`` for
         guaranteed cleanup. Options (``fail_fast``, ``manifest``, ``on_event``,
         ``download_to``, ``rate_limit``, ...) are those of :func:`map_requests`.
+
+        ``progress=True`` shows a progress display while the batch runs: a tqdm bar (a widget
+        in a Jupyter notebook, via ``tqdm.auto``) when tqdm is installed and the output is a
+        terminal or a notebook, status lines on stderr otherwise. A
+        :class:`~dreambooth_async._progress.ProgressReporter` of your own is fed the same events
+        (and left for you to close).
         """
         from ._batch import map_requests
 
+        if progress is False:
+            return map_requests(self, requests, concurrency, **options)
+        from ._progress import ProgressReporter
+
+        if isinstance(progress, ProgressReporter):
+            reporter = progress
+        else:
+            total = len(requests) if isinstance(requests, Sized) else None
+            # In a notebook stderr is no terminal, yet a bar is what suits it best.
+            reporter = ProgressReporter(total, bar=True if _in_notebook() else None)
+            options["on_finish"] = _chain(options.get("on_finish"), reporter.close)
+        hooks = options.get("on_event")
+        if hooks is None:
+            hooks = ()
+        elif callable(hooks):
+            hooks = (hooks,)
+        options["on_event"] = (*hooks, reporter)
         return map_requests(self, requests, concurrency, **options)
 
     async def gather(
@@ -443,6 +470,25 @@ class DreamboothClient:
         async with self.map(requests, concurrency, **options) as run:
             items = [item async for item in run]
         return sorted(items, key=lambda item: item.index)
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (IPython's kernel app is running)."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _chain(first: Callable[[], None] | None, then: Callable[[], None]) -> Callable[[], None]:
+    if first is None:
+        return then
+
+    def both() -> None:
+        try:
+            first()
+        finally:
+            then()
+
+    return both
 
 
 def _warn_if_plain_http(base_url: str) -> None:

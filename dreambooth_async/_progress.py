@@ -79,7 +79,8 @@ class ProgressReporter:
             bar = bool(isatty and isatty())
         if bar:
             try:
-                from tqdm import tqdm
+                # tqdm.auto: the text bar in a terminal, a widget in a Jupyter notebook.
+                from tqdm.auto import tqdm
             except ImportError:
                 bar = False
             else:
