@@ -185,7 +185,10 @@ async def test_adaptive_concurrency_finds_a_hidden_queue_limit() -> None:
             items = [item async for item in run]
         assert all(item.ok for item in items)
         stats = run.stats
-        assert stats["concurrency"] == 5
+        # After slow start it holds at the limit, probing one above now and then.
+        settled = trace[len(trace) // 3 :]
+        assert set(settled) <= {5, 6}, trace
+        assert settled.count(5) >= 0.8 * len(settled), trace
         assert stats["peak_concurrency"] <= 8
         # A few rejections to find the limit and the odd probe; nothing like one per job.
         assert emu.stats.rejected_queue_full <= 6
