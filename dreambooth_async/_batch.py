@@ -476,6 +476,9 @@ class _Engine:
 
     def _emit(self, kind: EventKind, entry: _Entry, **fields: Any) -> None:
         if self._hooks:
+            if fields.get("detail"):
+                # Error texts come from the service, which may echo what it was sent.
+                fields["detail"] = self.client._transport.redact(fields["detail"])
             emit(
                 self._hooks,
                 BatchEvent(

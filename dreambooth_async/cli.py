@@ -588,7 +588,9 @@ async def _run_generate(
                                 summary.ambiguous += 1
                             else:
                                 summary.failed += 1
-                            summary.problems.append(_describe(item, source))
+                            # The service may echo the key in an error: never print it.
+                            problem = client._transport.redact(_describe(item, source))
+                            summary.problems.append(problem)
             finally:
                 if show:
                     progress.close()
@@ -706,17 +708,17 @@ def _demo(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
 
 def _emulator(args: argparse.Namespace) -> int:
     try:
-        from .emulator import _cli as emulator_cli
+        from .emulator import config_from_args, run
     except ImportError as exc:
         raise InputError(
             f"the emulator needs Pillow: pip install 'dreambooth-async[cli]' ({exc})"
         ) from None
     try:
-        config = emulator_cli.config_from_args(args)
+        config = config_from_args(args)
     except (ValueError, TypeError) as exc:
         raise InputError(f"emulator: {exc}") from None
     try:
-        asyncio.run(emulator_cli.run(config))
+        asyncio.run(run(config))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
@@ -863,11 +865,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-scale turns them into real seconds.",
     )
     try:
-        from .emulator import _cli as emulator_cli
+        from .emulator import build_arg_parser
     except ImportError:  # Pillow missing: the subcommand says so when used
         pass
     else:
-        emulator_cli.build_arg_parser(emulator)
+        build_arg_parser(emulator)
     emulator.set_defaults(func=_emulator)
     return parser
 
