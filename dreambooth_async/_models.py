@@ -340,6 +340,21 @@ class GenerationResult:
 
         return await download_result(self, directory, client=self._client, **options)
 
+    # --- Jupyter display ----------------------------------------------------------------------
+
+    def _repr_html_(self) -> str:
+        """The output images (by URL) and a summary of ``meta``, for Jupyter."""
+        from ._display import result_html
+
+        return result_html(self)
+
+    def _repr_png_(self) -> bytes | None:
+        """The first output image as PNG bytes, fetched on first display and cached by URL
+        (None when there is none or it cannot be fetched: expired, offline, not a PNG)."""
+        from ._display import fetch_png
+
+        return fetch_png(self.output[0]) if self.output else None
+
 
 @attrs.frozen(kw_only=True)
 class Processing:
