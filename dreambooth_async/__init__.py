@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from . import emulator as emulator
 
 __version__ = "0.1.0"
+"""The version of this package."""
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_BASE_URL", "DreamboothClient"]
 
 DEFAULT_BASE_URL = "https://stablediffusionapi.com"
+"""The real service's root URL: the default ``base_url`` of every client."""
 API_KEY_ENV = "DREAMBOOTH_API_KEY"
 
 # Paths per API version (PROTOCOL.md, "Endpoints").

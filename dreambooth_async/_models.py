@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from ._client import DreamboothClient
 
 ApiVersion: TypeAlias = Literal["v3", "v4", "v6"]
+"""Which version of the API a client speaks: ``"v3"``, ``"v4"`` or ``"v6"`` (paths and wire
+names differ; ``PROTOCOL.md`` lists them)."""
 API_VERSIONS: tuple[ApiVersion, ...] = ("v3", "v4", "v6")
 
 #: An image given to img2img / inpaint: an http(s) URL, a local file path, or the raw bytes.
@@ -293,8 +295,8 @@ class Inpaint(_Generation):
     kind: ClassVar[str] = "inpaint"
 
 
-#: Any generation request.
 GenerationRequest: TypeAlias = Text2Img | Img2Img | Inpaint
+"""Any generation request: a :class:`Text2Img`, :class:`Img2Img` or :class:`Inpaint`."""
 
 
 # --- results ----------------------------------------------------------------------------------

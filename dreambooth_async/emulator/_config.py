@@ -12,6 +12,7 @@ from typing import Literal
 import attrs
 
 DEFAULT_KEY = "emulator-key"
+"""The API key the emulator accepts unless ``EmulatorConfig.keys`` says otherwise."""
 
 DEFAULT_MODELS: tuple[str, ...] = (
     "midjourney",

@@ -15,6 +15,9 @@ Fingerprint = tuple[str, str, int | None]
 
 @attrs.define
 class EmulatorStats:
+    """Counters of what the emulator saw and did, for tests and benchmarks (also served as
+    JSON at ``GET /_emulator/stats``)."""
+
     submissions_received: int = 0  # every submission that reached the server, faults included
     submissions_accepted: int = 0  # became a job
     rejected_invalid: int = 0  # bad key, bad field, unknown model, unusable image
