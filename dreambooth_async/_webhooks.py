@@ -176,7 +176,9 @@ class WebhookReceiver:
             return web.json_response({"status": "too large"}, status=413)
         try:
             raw = await request.content.read(self.max_body_bytes + 1)
-        except (ValueError, OSError):
+        except (ValueError, OSError, web.RequestPayloadError):
+            # RequestPayloadError: a body that does not decode (garbage under
+            # Content-Encoding: gzip, say). The sender's fault: a 400, not a crash (500).
             self.stats.rejected += 1
             return web.json_response({"status": "unreadable"}, status=400)
         if len(raw) > self.max_body_bytes:
