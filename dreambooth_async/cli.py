@@ -276,6 +276,9 @@ def _rows(path: Path, fmt: str) -> Iterator[_Row]:
                 value = json.loads(text)
             except ValueError as exc:
                 raise InputError(f"{path}:{number}: not valid JSON ({exc})") from None
+            except RecursionError:
+                # "[[[[..." fits in a line and is deeper than the decoder goes.
+                raise InputError(f"{path}:{number}: not valid JSON (nested too deeply)") from None
             if not isinstance(value, dict):
                 raise InputError(f"{path}:{number}: expected a JSON object per line")
             yield _Row(number, value)
