@@ -40,7 +40,10 @@ class RequestValidationError(DreamboothError, ValueError):
         self.field = field
         self.value = value
         self.limit = limit
-        shown = repr(value)
+        try:
+            shown = repr(value)
+        except Exception:  # a repr that raises, an int past the digit limit, deep nesting
+            shown = f"<{type(value).__name__}>"
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"{field}={shown} is invalid: must be {limit}")

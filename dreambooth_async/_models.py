@@ -158,8 +158,11 @@ def _image(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
             raise RequestValidationError(attr.name, value, "a well-formed http(s) URL")
         return
     if isinstance(value, str | os.PathLike):
-        path = Path(value)
-        if not path.is_file():
+        try:
+            exists = Path(value).is_file()
+        except OSError:  # a name too long for the file system, say
+            exists = False
+        if not exists:
             raise RequestValidationError(
                 attr.name, value, "an http(s) URL, bytes, or the path of an existing file"
             )
@@ -170,6 +173,10 @@ def _image(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
 def _track_id(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
         raise RequestValidationError(attr.name, value, "a string, an integer or None")
+    if isinstance(value, int) and value.bit_length() > 64:
+        # Past about 4300 digits an int cannot even be written as JSON; nothing that long
+        # is an id the service echoes back.
+        raise RequestValidationError(attr.name, value, "an integer of at most 64 bits")
 
 
 # Wire names `extra` may not set: the key is the client's, and the modelled fields would
@@ -191,8 +198,10 @@ def _extra(inst: Any, attr: attrs.Attribute[Any], value: object) -> None:
             f"only fields this class does not model (set {', '.join(clashes)} as fields)",
         )
     try:
-        json.dumps(dict(value))
-    except (TypeError, ValueError):
+        # Strict JSON (no NaN or Infinity, which the service could not parse); nesting deeper
+        # than the encoder goes is refused too.
+        json.dumps(dict(value), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
         raise RequestValidationError(attr.name, value, "JSON-serialisable values") from None
 
 
