@@ -352,6 +352,10 @@ class DreamboothClient:
         except BaseException:
             self._loop.close()
             raise
+        # A client nobody closed is closed when it is collected, or at interpreter exit: atexit
+        # runs while the (daemon) loop thread is still alive, whereas later, during
+        # finalization, the portal's own cleanup would wait forever for a thread already gone.
+        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._client, self._runs)
 
     def __repr__(self) -> str:
         # Deliberately without the key.
@@ -377,14 +381,7 @@ class DreamboothClient:
     def close(self) -> None:
         """Cancel open batches, close the session (pending jobs get
         :class:`~dreambooth_async.ClientClosedError`) and stop the loop thread. Idempotent."""
-        if not self._loop.running:
-            return
-        try:
-            for run in list(self._runs):
-                run.close()
-            self._loop.call(self._client.aclose)
-        finally:
-            self._loop.close()
+        self._finalizer()
 
     @property
     def closed(self) -> bool:
@@ -539,6 +536,20 @@ class DreamboothClient:
         order."""
         items = self._loop.call(_gather, self._client, requests, concurrency, options)
         return [_detach_item(item) for item in items]
+
+
+def _shutdown(
+    loop: _Loop, client: _client.DreamboothClient, runs: weakref.WeakSet[BatchRun]
+) -> None:
+    """Close ``client``'s open batches and session, then stop its loop thread."""
+    if not loop.running:
+        return
+    try:
+        for run in list(runs):
+            run.close()
+        loop.call(client.aclose)
+    finally:
+        loop.close()
 
 
 # The calls below run in the loop thread. Keyword arguments travel through these helpers

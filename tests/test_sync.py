@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -467,3 +470,33 @@ async def test_async_map_progress_true(
         items = [item async for item in run]
     assert len(items) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("[2/2] done 2")
+
+
+def test_a_client_never_closed_is_closed_at_exit(service: Service) -> None:
+    # Common in notebooks and quick scripts: the interpreter must still exit at once, cleanly
+    # (no hang on the loop thread, no unclosed-session warnings: -X dev -W error).
+    script = textwrap.dedent(
+        f"""
+        import dreambooth_async as dba
+        from dreambooth_async.sync import DreamboothClient
+
+        client = DreamboothClient({service.key!r}, base_url={service.base_url!r},
+                                  poll=dba.PollPolicy().scaled({SCALE}))
+        print(client.text2img(model_id="midjourney", prompt="left open", seed=1).status)
+        run = client.map([dba.Text2Img(model_id="midjourney", prompt="p", seed=i, steps=40)
+                          for i in range(4)], concurrency=2)
+        print(next(run).ok)
+        dropped = DreamboothClient({service.key!r}, base_url={service.base_url!r})
+        del dropped  # collected: closed by its finalizer
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["success", "True"]
+    assert done.stderr == ""
