@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import signal
 import subprocess
 import sys
 import textwrap
@@ -500,3 +501,26 @@ def test_a_client_never_closed_is_closed_at_exit(service: Service) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["success", "True"]
     assert done.stderr == ""
+
+
+def test_ctrl_c_interrupts_a_blocking_call_and_the_client_goes_on(service: Service) -> None:
+    main = threading.main_thread().ident
+    assert main is not None and threading.get_ident() == main
+    fired = threading.Event()
+
+    def interrupt_on_first_queued(event: dba.BatchEvent) -> None:
+        # Runs in the loop thread while the main thread blocks in next(run): a real SIGINT,
+        # as Ctrl-C (or Jupyter's "interrupt kernel") would send.
+        if event.kind == "queued" and not fired.is_set():
+            fired.set()
+            signal.pthread_kill(main, signal.SIGINT)
+
+    with sync.DreamboothClient(**options(service)) as client:
+        requests = [req(steps=30) for _ in range(3)]
+        with client.map(requests, concurrency=3, on_event=interrupt_on_first_queued) as run:
+            with pytest.raises(KeyboardInterrupt):
+                next(run)
+            assert fired.is_set()
+            # Only the wait was cancelled: the batch goes on, and nothing was lost.
+            assert sorted(item.index for item in run) == [0, 1, 2]
+        assert client.generate(req()).status == "success"
