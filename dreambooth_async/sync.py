@@ -97,7 +97,12 @@ class _Loop:
         portal = self._portal
         if portal is None:
             raise ClientClosedError("this client was closed; create a new DreamboothClient")
-        future: Future[T] = portal.start_task_soon(func, *args)
+        try:
+            future: Future[T] = portal.start_task_soon(func, *args)
+        except RuntimeError:
+            if self._portal is None:  # closed by another thread in the meantime
+                raise ClientClosedError("this client was closed") from None
+            raise  # called from the loop thread itself (from a callback): not allowed
         try:
             return future.result()
         except BaseException:
