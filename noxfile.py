@@ -46,3 +46,10 @@ def bench(session: nox.Session) -> None:
     """Every benchmark, each against its own emulator process (``-- --quick``: a short run)."""
     session.install("-e", ".[test]", "httpx>=0.27")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The guide and API reference, built strictly (broken references fail)."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "-d", "site")

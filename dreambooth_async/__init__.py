@@ -50,6 +50,7 @@ from ._models import (
 )
 from ._poller import Job, PollPolicy
 from ._transport import RetryPolicy, Timeouts
+from ._webhooks import WebhookReceiver, WebhookStats
 
 if TYPE_CHECKING:
     from . import emulator as emulator
@@ -92,6 +93,8 @@ __all__ = [
     "Text2Img",
     "Timeouts",
     "TransportError",
+    "WebhookReceiver",
+    "WebhookStats",
     "__version__",
     "read_manifest",
     "request_key",

@@ -14,7 +14,6 @@ import anyio
 import pytest
 
 import dreambooth_async as dba
-from dreambooth_async._webhooks import WebhookReceiver
 from dreambooth_async.emulator import DEFAULT_KEY, CostModel, Emulator, EmulatorConfig, FaultConfig
 
 pytestmark = pytest.mark.anyio
@@ -154,7 +153,7 @@ async def _post(url: str, body: object, **kw: object) -> int:
 
 
 async def test_webhook_resolves_the_job_before_the_poller_would(emulator: Emulator) -> None:
-    receiver = WebhookReceiver()
+    receiver = dba.WebhookReceiver()
     # Polling alone would wait a hundred times the job's ETA: only the webhook can be on time.
     policy = dba.PollPolicy(webhook_slowdown=100.0).scaled(SCALE)
     async with dba.DreamboothClient(
@@ -172,7 +171,7 @@ async def test_webhook_resolves_the_job_before_the_poller_would(emulator: Emulat
 async def test_duplicate_and_forged_webhooks_change_nothing() -> None:
     cfg = config(webhook_duplicate_rate=1.0)
     async with Emulator(cfg) as emu:
-        receiver = WebhookReceiver()
+        receiver = dba.WebhookReceiver()
         async with dba.DreamboothClient(
             DEFAULT_KEY,
             base_url=emu.base_url,
@@ -208,7 +207,7 @@ async def test_duplicate_and_forged_webhooks_change_nothing() -> None:
 
 
 async def test_receiver_down_polling_still_completes(emulator: Emulator) -> None:
-    receiver = WebhookReceiver()
+    receiver = dba.WebhookReceiver()
     policy = dba.PollPolicy(webhook_slowdown=2.0).scaled(SCALE)
     async with dba.DreamboothClient(
         DEFAULT_KEY, base_url=emulator.base_url, poll=policy, webhooks=receiver
