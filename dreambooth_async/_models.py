@@ -173,10 +173,13 @@ def _image(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
 def _track_id(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
         raise RequestValidationError(attr.name, value, "a string, an integer or None")
-    if isinstance(value, int) and value.bit_length() > 64:
-        # Past about 4300 digits an int cannot even be written as JSON; nothing that long
-        # is an id the service echoes back.
-        raise RequestValidationError(attr.name, value, "an integer of at most 64 bits")
+    if isinstance(value, int):
+        try:
+            str(value)  # past int's digit limit (4300) it cannot be written as JSON
+        except ValueError:
+            raise RequestValidationError(
+                attr.name, value, "an integer short enough to send as JSON"
+            ) from None
 
 
 # Wire names `extra` may not set: the key is the client's, and the modelled fields would
