@@ -91,7 +91,25 @@ class _Redactor:
     def body(self, raw: bytes) -> bytes:
         """A response body with any echo of the key masked, before anything reads it: so no
         result, error message or log line built from it can carry the key."""
-        return raw.replace(self._secret.encode(), b"***") if self._secret else raw
+        if not self._secret:
+            return raw
+        raw = raw.replace(self._secret.encode(), b"***")
+        if b"\\" not in raw:
+            return raw
+        # A JSON escape ("\u0073k-...") spells the key in other bytes, and decoding would
+        # bring it back: look at the decoded text too, and mask it there.
+        try:
+            text = json.dumps(json.loads(raw), ensure_ascii=False)
+        except (ValueError, RecursionError):
+            return raw  # not JSON: nothing will decode the escapes
+        spelled = json.dumps(self._secret, ensure_ascii=False)[1:-1]
+        if spelled not in text:
+            return raw
+        masked = text.replace(spelled, "***")
+        try:
+            return json.dumps(json.loads(masked)).encode()  # ASCII: lone surrogates survive
+        except (ValueError, RecursionError):  # pragma: no cover - masking kept it JSON
+            return masked.encode("utf-8", "replace")
 
     def payload(self, body: Mapping[str, Any]) -> str:
         shown = {k: ("***" if k == "key" else _short(v)) for k, v in body.items()}
