@@ -45,6 +45,20 @@ def safe_file_name(url: str, fallback: str) -> str:
     return name or fallback
 
 
+def _unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``name`` numbered (``0-2.png``) when ``taken`` already has it. Compared
+    without case: ``0.PNG`` and ``0.png`` are one file on some file systems."""
+    stem, dot, extension = name.rpartition(".")
+    if not dot:
+        stem, extension = name, ""
+    candidate, number = name, 1
+    while candidate.lower() in taken:
+        number += 1
+        candidate = f"{stem}-{number}{dot}{extension}"
+    taken.add(candidate.lower())
+    return candidate
+
+
 @contextlib.asynccontextmanager
 async def _session_for(client: DreamboothClient | None) -> AsyncIterator[aiohttp.ClientSession]:
     if client is not None and client._state == "open":
@@ -62,6 +76,7 @@ async def _download_one(
     *,
     not_found_grace: float,
     max_bytes: int,
+    taken: set[str],
 ) -> Path:
     deadline = time.monotonic() + not_found_grace
     delay = min(0.25, not_found_grace / 8) or 0.01
@@ -73,13 +88,18 @@ async def _download_one(
             elif response.status != 200:
                 raise DownloadError(f"GET {url} answered HTTP {response.status}", url=url)
             else:
-                return await _write(response, url, directory, fallback_name, max_bytes)
+                return await _write(response, url, directory, fallback_name, max_bytes, taken)
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 5.0)
 
 
 async def _write(
-    response: aiohttp.ClientResponse, url: str, directory: Path, fallback_name: str, max_bytes: int
+    response: aiohttp.ClientResponse,
+    url: str,
+    directory: Path,
+    fallback_name: str,
+    max_bytes: int,
+    taken: set[str],
 ) -> Path:
     content_type = response.content_type.lower()
     if not content_type.startswith("image/"):
@@ -94,6 +114,7 @@ async def _write(
         (extension, ".jpeg" if extension == ".jpg" else extension)
     ):
         name += extension
+    name = _unique(name, taken)
     target = (directory / name).resolve()
     if target.parent != directory:
         raise DownloadError(f"refusing to write outside {directory}: {name!r}", url=url)
@@ -131,6 +152,9 @@ async def download_result(
     folder = Path(directory).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
+    # Names used by this result so far: two outputs named alike (".../a/0.png" and
+    # ".../b/0.png", a CDN's usual layout) must not overwrite each other.
+    taken: set[str] = set()
     async with _session_for(client) as session:
         for index, url in enumerate(result.output):
             fallback = f"{result.id or 'image'}-{index}"
@@ -141,6 +165,7 @@ async def download_result(
                     folder,
                     fallback,
                     not_found_grace=not_found_grace,
+                    taken=taken,
                     max_bytes=max_bytes,
                 )
             except aiohttp.ClientError as exc:
