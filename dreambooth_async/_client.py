@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import sys
 import urllib.parse
@@ -492,11 +493,20 @@ def _chain(first: Callable[[], None] | None, then: Callable[[], None]) -> Callab
     return both
 
 
+def _is_loopback(host: str) -> bool:
+    # An address, not a prefix: "127.0.0.1.nip.io" is a name anyone can point anywhere.
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _warn_if_plain_http(base_url: str) -> None:
     parts = urllib.parse.urlsplit(base_url)
     host = parts.hostname or ""
-    loopback = host in ("localhost", "::1") or host.startswith("127.")
-    if parts.scheme == "http" and not loopback:
+    if parts.scheme == "http" and not _is_loopback(host):
         import warnings
 
         warnings.warn(
