@@ -399,6 +399,15 @@ class Poller:
         except DreamboothError as error:
             self._finish(state, None, error)
             return
+        except Exception as error:
+            # Nothing foresaw this (an answer no rule covers, or a bug): it costs this job,
+            # never the poller, which would take every pending job down with it.
+            failure = DreamboothError(
+                f"fetching job {state.id!r} failed: {type(error).__name__}: {error}"
+            )
+            failure.__cause__ = error
+            self._finish(state, None, failure)
+            return
         received = time.monotonic()
         state.failures = 0
         if isinstance(answer, Processing):

@@ -237,6 +237,10 @@ def _job_id(value: Any) -> str | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None  # a lone surrogate: no URL or request body can carry it back
     return text or None
 
 

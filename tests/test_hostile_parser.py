@@ -32,6 +32,7 @@ import pytest
 from _chaos_fixtures import HostileCounter, record_hostile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from replay_server import ReplayServer, Reply, fast_client_options
 
 import dreambooth_async as dba
 from dreambooth_async._errors import error_from_response
@@ -401,3 +402,47 @@ def test_any_bytes_on_the_wire(
     task = live.client._poller_task
     assert task is not None and not task.done()
     record_hostile("http_answers", counter.counts, write=examples > 1000)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("job_id", ["\ud800", "a\udfffb", "\x00", "../../x", "é" * 3000])
+async def test_a_hostile_job_id_costs_that_job_at_most_never_the_poller(job_id: str) -> None:
+    # The id comes back JSON-escaped, as any encoder writes a lone surrogate.
+    odd = json.dumps({"status": "processing", "id": job_id, "eta": 0.01}).encode()
+    async with ReplayServer() as server:
+        server.script(
+            "/api/v3/dreambooth",
+            Reply.raw(odd, content_type="application/json"),
+            Reply.json({"status": "processing", "id": 6, "eta": 0.01}),
+        )
+        server.script(
+            "/api/v3/dreambooth/fetch/6", Reply.json({"status": "success", "id": 6, "output": []})
+        )
+        async with dba.DreamboothClient(base_url=server.url, **fast_client_options()) as client:
+            try:
+                job = await client.submit(dba.Text2Img(model_id="m", prompt="odd"))
+            except dba.DreamboothError:
+                pass
+            else:
+                with anyio.fail_after(10), contextlib.suppress(dba.DreamboothError):
+                    await job.wait()
+            # Whatever became of that one, the poller still serves the next job.
+            other = await client.submit(dba.Text2Img(model_id="m", prompt="plain"))
+            with anyio.fail_after(10):
+                assert (await other.wait()).id == "6"
+            task = client._poller_task
+            assert task is not None and not task.done()
+
+
+@pytest.mark.anyio
+async def test_an_id_no_url_can_carry_fails_its_job_not_the_poller() -> None:
+    # Attached by id (from a manifest, say): the fetch cannot even be built.
+    async with ReplayServer() as server:
+        server.script(
+            "/api/v3/dreambooth/fetch/7", Reply.json({"status": "success", "id": 7, "output": []})
+        )
+        async with dba.DreamboothClient(base_url=server.url, **fast_client_options()) as client:
+            with anyio.fail_after(10), pytest.raises(dba.DreamboothError, match="UnicodeEncode"):
+                await client.wait_for("\ud800")
+            with anyio.fail_after(10):
+                assert (await client.wait_for(7)).id == "7"
