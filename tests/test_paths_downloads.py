@@ -19,6 +19,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from _chaos_fixtures import HostileCounter, record_hostile
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -203,19 +204,19 @@ async def test_a_symlink_planted_in_the_folder_is_not_followed(tmp_path: Path) -
     assert sorted(p.name for p in folder.iterdir()) == ["planted.png"]
 
 
-@pytest.mark.parametrize(
-    ("mode", "message"),
-    [
-        ("big-cl", "exceeds max_bytes"),
-        ("big-chunked", "more than max_bytes"),
-        ("html", "not an image"),
-        ("octet", "not an image"),
-        ("json", "not an image"),
-        ("none", "not an image"),
-        ("drop", "failed"),
-        ("missing", "404"),
-    ],
-)
+REFUSED = [
+    ("big-cl", "exceeds max_bytes"),
+    ("big-chunked", "more than max_bytes"),
+    ("html", "not an image"),
+    ("octet", "not an image"),
+    ("json", "not an image"),
+    ("none", "not an image"),
+    ("drop", "failed"),
+    ("missing", "404"),
+]
+
+
+@pytest.mark.parametrize(("mode", "message"), REFUSED)
 async def test_refused_downloads_leave_nothing(tmp_path: Path, mode: str, message: str) -> None:
     folder = tmp_path / "out"
     async with session() as (hostile, client):
@@ -269,19 +270,35 @@ path_text = st.text(
 )
 
 
-@settings(max_examples=500, deadline=None, database=None)
-@given(segments=st.lists(path_text, max_size=4), query=st.text(max_size=20))
-def test_safe_file_name_is_always_one_plain_name(segments: list[str], query: str) -> None:
-    quoted = "/".join(urllib.parse.quote(s, safe="") for s in segments)
-    for url in (
-        f"https://cdn.example/{quoted}?{urllib.parse.quote(query)}",
-        f"https://cdn.example/{'/'.join(segments)}",
-    ):
-        name = dba.safe_file_name(url, "fallback-0")
-        assert SAFE.match(name), (url, name)
-        assert name not in (".", "..") and not name.startswith(".")
-        assert len(name) <= 120
-        assert os.sep not in name and "\x00" not in name
+def check_name(url: str) -> None:
+    name = dba.safe_file_name(url, "fallback-0")
+    assert SAFE.match(name), (url, name)
+    assert name not in (".", "..") and not name.startswith(".")
+    assert len(name) <= 120
+    assert os.sep not in name and "\x00" not in name
+
+
+@pytest.mark.parametrize(
+    "examples",
+    [pytest.param(500, id="quick"), pytest.param(20_000, id="slow", marks=pytest.mark.slow)],
+)
+def test_safe_file_name_is_always_one_plain_name(examples: int) -> None:
+    counter = HostileCounter()
+
+    @settings(max_examples=examples, deadline=None, database=None)
+    @given(segments=st.lists(path_text, max_size=4), query=st.text(max_size=20))
+    def one(segments: list[str], query: str) -> None:
+        quoted = "/".join(urllib.parse.quote(s, safe="") for s in segments)
+        check_name(f"https://cdn.example/{quoted}?{urllib.parse.quote(query)}")
+        check_name(f"https://cdn.example/{'/'.join(segments)}")
+        counter.add("output_url_name", 2)
+
+    one()
+    for url in escape_paths("http://127.0.0.1:1"):
+        check_name(url)
+    # The hostile URLs, refused downloads and the planted symlink of the tests above.
+    counter.add("hostile_download", len(escape_paths("")) + len(REFUSED) + 1)
+    record_hostile("output_paths_and_downloads", counter.counts, write=examples > 1000)
 
 
 def test_safe_file_name_keeps_plain_names() -> None:
