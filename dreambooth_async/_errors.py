@@ -179,7 +179,7 @@ def _text(value: Any) -> str | None:
 def _number(value: Any) -> float | None:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past a float
         return None
     return number if number >= 0 and number == number and number != float("inf") else None
 
@@ -221,7 +221,7 @@ def _retry_after(headers: Mapping[str, str], body: Mapping[str, Any] | None) -> 
     for key in ("tips", "tip", "message", "messege"):
         text = body.get(key)
         if isinstance(text, str) and (match := _WAIT_SECONDS.search(text)):
-            return float(match.group(1))
+            return _number(match.group(1))  # None for a wait past a float (inf)
     return None
 
 

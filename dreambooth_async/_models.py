@@ -341,7 +341,7 @@ class GenerationResult:
         value = self.meta.get("seed")
         try:
             return int(value) if value is not None else None
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
             return None
 
     async def save(self, directory: str | os.PathLike[str], **options: Any) -> list[Path]:

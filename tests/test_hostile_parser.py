@@ -175,6 +175,7 @@ def check(answer_or_error: Any) -> None:
     assert answer.id is None or (isinstance(answer.id, str) and answer.id.strip())
     if isinstance(answer, dba.GenerationResult):
         assert all(isinstance(url, str) for url in answer.output)
+        assert answer.seed is None or isinstance(answer.seed, int)  # the batch reads it
     else:
         assert answer.eta is None or (math.isfinite(answer.eta) and answer.eta >= 0)
 
@@ -451,3 +452,36 @@ async def test_an_id_no_url_can_carry_fails_its_job_not_the_poller() -> None:
                 await client.wait_for("\ud800")
             with anyio.fail_after(10):
                 assert (await client.wait_for(7)).id == "7"
+
+
+@pytest.mark.parametrize("field", ["retry_after", "eta", "generationTime", "queue_num"])
+@pytest.mark.parametrize("status", [200, 429, 500, 503])
+def test_numbers_past_a_float_are_no_numbers(field: str, status: int) -> None:
+    # 10**400 is a valid JSON integer that float() cannot hold (OverflowError, not ValueError).
+    for base in TEMPLATES:
+        body = json.dumps({**base, field: 10**400}).encode()
+        try:
+            answer: Any = parse_response(status, {"Retry-After": str(10**400)}, body)
+        except dba.DreamboothError as error:
+            answer = error
+        check(answer)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"status": "success", "id": 1, "output": [], "meta": {"seed": Infinity}}',
+        b'{"status": "success", "id": 1, "output": [], "meta": {"seed": -Infinity}}',
+        b'{"status": "success", "id": 1, "output": [], "meta": {"seed": NaN}}',
+        b'{"status": "error", "message": "Rate limit exceeded", "tips": "wait for '
+        + b"9" * 400
+        + b' seconds"}',
+        b'{"status": "error", "message": "wait 1e999 seconds", "retry_after": "1e999"}',
+    ],
+)
+def test_numbers_json_allows_but_python_cannot_use(body: bytes) -> None:
+    try:
+        answer: Any = parse_response(200, {}, body)
+    except dba.DreamboothError as error:
+        answer = error
+    check(answer)
