@@ -251,8 +251,20 @@ async def test_chaos_batch_quick(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_chaos_batch_1000_jobs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("api_version", "http_errors", "seed"),
+    [("v3", False, 2023), ("v4", True, 2024), ("v6", True, 2025)],
+    ids=["v3", "v4-http-errors", "v6-http-errors"],
+)
+async def test_chaos_batch_1000_jobs(
+    tmp_path: Path, api_version: dba.ApiVersion, http_errors: bool, seed: int
+) -> None:
     figures = await run_chaos(
-        tmp_path, n=1000, seed=2024, time_scale=0.01, api_version="v4", http_errors=True
+        tmp_path,
+        n=1000,
+        seed=seed,
+        time_scale=0.01,
+        api_version=api_version,
+        http_errors=http_errors,
     )
-    report("chaos_batch", figures, write=True)
+    report(f"chaos_batch_{api_version}", figures, write=True)

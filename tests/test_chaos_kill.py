@@ -207,6 +207,15 @@ async def kill_and_restart(
         for path in [*out.rglob("*"), *logs.iterdir()]:
             if path.is_file():
                 assert SECRET.encode() not in path.read_bytes(), path
+        ambiguous = [k for k, s in states.items() if s.status == "ambiguous"]
+        cut = [k for k in ambiguous if states[k].error is None]
+        accepted = emu.stats.accepted_by_fingerprint
+
+        def fingerprint_of(state: dba.ItemState) -> tuple[str, str, int | None]:
+            assert state.index is not None
+            row = rows[state.index + 1]
+            return ("midjourney", row["prompt"], row["seed"])
+
         figures = {
             "seed": seed,
             "prompts": prompts_n,
@@ -217,8 +226,9 @@ async def kill_and_restart(
             "items_failed_typed": counts["failed"],
             "items_ambiguous_reported": counts["ambiguous"],
             # A kill between the durable "submitting" line and the answer: no error object.
-            "ambiguous_cut_by_a_kill": sum(
-                1 for s in states.values() if s.status == "ambiguous" and s.error is None
+            "ambiguous_cut_by_a_kill": len(cut),
+            "ambiguous_accepted_by_service": sum(
+                1 for k in ambiguous if accepted[fingerprint_of(states[k])] > 0
             ),
             "images_written": images,
             "items_lost": 0,
@@ -237,7 +247,7 @@ async def test_kill_and_restart_quick(tmp_path: Path, seed: int) -> None:
 
 @pytest.mark.slow
 async def test_kill_and_restart_many_seeds(tmp_path: Path) -> None:
-    seeds = [101, 102, 103, 104, 105, 106]
+    seeds = list(range(101, 111))
     per_seed = []
     for seed in seeds:
         folder = tmp_path / f"seed{seed}"
@@ -253,6 +263,7 @@ async def test_kill_and_restart_many_seeds(tmp_path: Path) -> None:
             "items_failed_typed",
             "items_ambiguous_reported",
             "ambiguous_cut_by_a_kill",
+            "ambiguous_accepted_by_service",
             "images_written",
             "items_lost",
             "duplicate_paid_submissions",
