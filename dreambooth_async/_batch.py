@@ -372,6 +372,7 @@ class _Engine:
         cancel_grace: float,
         durable: bool,
         on_finish: Callable[[], None] | None = None,
+        recover_ambiguous: float | None = None,
     ) -> None:
         self.client = client
         self._on_finish = on_finish
@@ -387,6 +388,11 @@ class _Engine:
         self._hooks = on_event
         self._download_to = Path(download_to).resolve() if download_to is not None else None
         self._resubmit_ambiguous = resubmit_ambiguous
+        self._recover_ambiguous = (
+            recover_ambiguous
+            if recover_ambiguous is not None
+            else (job_timeout or client.poll_policy.job_timeout or 0.0)
+        )
         self._retry_failed = retry_failed
         self._job_timeout = job_timeout
         self._max_rate_limited = max_rate_limited
@@ -416,6 +422,7 @@ class _Engine:
             "done": 0,
             "failed": 0,
             "ambiguous": 0,
+            "recovered": 0,
             "skipped": 0,
             "attached": 0,
         }
@@ -716,6 +723,9 @@ class _Engine:
             if isinstance(error, AmbiguousSubmission | TransportError | ServerError) and (
                 isinstance(error, AmbiguousSubmission) or error.may_have_landed
             ):
+                recovered = await self._recover(entry, error)
+                if recovered is not None:
+                    return recovered
                 detail = str(error)
                 if self.manifest is not None:
                     self.manifest.ambiguous(entry.key, error, detail=detail)
@@ -732,6 +742,22 @@ class _Engine:
                 return self._ambiguous(entry, wrapped)
             slot.release()
             return self._failed(entry, error)
+
+    async def _recover(self, entry: _Entry, error: DreamboothError) -> Job | None:
+        """The job of a submission whose answer was lost, if the service's webhook call
+        names it in time (only with a webhook receiver). The item keeps its slot meanwhile:
+        if the submission landed, its job holds one of the account's."""
+        if self._recover_ambiguous <= 0 or getattr(error, "webhook_token", None) is None:
+            return None
+        self._emit("retried", entry, detail="answer lost: waiting for the webhook to name the job")
+        job = await self.client.recover(error, timeout=self._recover_ambiguous)
+        if job is None:
+            return None
+        self.counts["recovered"] += 1
+        if self.manifest is not None:
+            self.manifest.submitted(entry.key, job.id, fetch_url=None, eta=None)
+        self._emit("submitted", entry, job_id=job.id, detail="recovered from its webhook call")
+        return job
 
     async def _submit_once(self, entry: _Entry) -> tuple[Job | None, DreamboothError | None]:
         # Shielded: once the POST may be on the wire, a cancelled batch still waits (for up to
@@ -958,7 +984,8 @@ class BatchRun(AsyncIterator[BatchItem]):
     @property
     def stats(self) -> dict[str, int]:
         """Counters: items, submissions, accepted, rejected_queue_full, rejected_other, done,
-        failed, ambiguous, skipped, attached, and peak_concurrency / concurrency."""
+        failed, ambiguous, recovered (named by a webhook after a lost answer), skipped, attached,
+        and peak_concurrency / concurrency."""
         return {
             **self._engine.counts,
             "concurrency": self._engine.window.limit,
@@ -1054,6 +1081,7 @@ def map_requests(
     on_event: EventHook | Iterable[EventHook] | None = None,
     download_to: str | os.PathLike[str] | None = None,
     resubmit_ambiguous: bool = False,
+    recover_ambiguous: float | None = None,
     retry_failed: bool = True,
     job_timeout: float | None = None,
     max_rate_limited: int = 20,
@@ -1083,6 +1111,10 @@ def map_requests(
     :param on_event: a callable (or several) receiving a :class:`BatchEvent` per state change.
     :param download_to: download each result's images into this folder, named
         ``<key>-<n>.<ext>``, before the item counts as done.
+    :param recover_ambiguous: with a client that has a :class:`WebhookReceiver`, how long to
+        wait for the service's webhook call to name the job of a submission whose answer was
+        lost (default: the job timeout; 0 turns it off). A named job is attached to and counts
+        as submitted, so a paid-for image is not lost; otherwise the item ends ambiguous.
     :param resubmit_ambiguous: send again a submission that may have landed (risks paying
         twice). By default such items end as ambiguous (:class:`AmbiguousSubmission`).
     :param retry_failed: on resume, submit again items that failed in an earlier run (jobs that
@@ -1123,6 +1155,7 @@ def map_requests(
         on_event=hooks,
         download_to=download_to,
         resubmit_ambiguous=resubmit_ambiguous,
+        recover_ambiguous=recover_ambiguous,
         retry_failed=retry_failed,
         job_timeout=job_timeout,
         max_rate_limited=max_rate_limited,

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
-from ._errors import APIError, ClientClosedError, RequestValidationError
+from ._errors import (
+    APIError,
+    ClientClosedError,
+    DreamboothError,
+    RequestValidationError,
+    TransportError,
+)
 from ._models import (
     API_VERSIONS,
     ApiVersion,
@@ -259,6 +265,14 @@ class DreamboothClient:
             answer = await self._transport.call(
                 url, body, idempotent=False, parse=parse_response, retry=retry
             )
+        except (TransportError, APIError) as error:
+            if token is not None and self._webhooks is not None:
+                if error.may_have_landed:
+                    # Keep the token: the service's webhook call may still reveal the job.
+                    error.webhook_token = token
+                else:
+                    self._webhooks.forget(token)
+            raise
         except BaseException:
             if token is not None and self._webhooks is not None:
                 self._webhooks.forget(token)
@@ -367,6 +381,23 @@ class DreamboothClient:
         job = self._poller.track(Processing(id=text, fetch_result=fetch_url), timeout=timeout)
         self._poller.nudge(text)
         return job
+
+    async def recover(self, error: DreamboothError, *, timeout: float) -> Job | None:
+        """For a submission that may have landed (``error.may_have_landed``): wait up to
+        ``timeout`` seconds for the service's webhook call to reveal its job, and attach to it.
+
+        Works only with a :class:`WebhookReceiver`; returns None when there is none, or when no
+        delivery came in time (the submission may then never have landed: the caller decides
+        whether to send it again).
+        """
+        token = getattr(error, "webhook_token", None)
+        if token is None or self._webhooks is None:
+            return None
+        job_id = await self._webhooks.reveal(token, timeout)
+        if not job_id:
+            return None
+        logger.info("recovered job %s of a submission whose answer was lost", job_id)
+        return self.attach(job_id)
 
     def _own(self, result: GenerationResult) -> GenerationResult:
         return attrs.evolve(result, client=self)

@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import anyio
 import attrs
 from aiohttp import web
 
@@ -71,6 +72,8 @@ class WebhookReceiver:
         self._poller: Poller | None = None
         self._jobs: dict[str, str | None] = {}  # token -> job id (None until the id is known)
         self._early: set[str] = set()  # tokens delivered before their job id was known
+        # Job ids that deliveries revealed for tokens whose submission went unanswered.
+        self._revealed: dict[str, str] = {}
         self._delivered: set[str] = set()
         self._jobs_token: dict[str, str] = {}
         self._finished: collections.deque[str] = collections.deque(maxlen=10_000)
@@ -134,9 +137,26 @@ class WebhookReceiver:
             self._early.discard(token)
             self._poller.nudge(job_id)
 
+    async def reveal(self, token: str, timeout: float) -> str | None:
+        """The job id a delivery for ``token`` names, waiting up to ``timeout`` seconds for one.
+
+        For a submission whose answer was lost (it may or may not have been accepted): the
+        service's webhook call is then the only way to learn its job id. The token is
+        forgotten afterwards.
+        """
+        try:
+            with anyio.move_on_after(timeout):
+                while token in self._jobs and token not in self._revealed:
+                    self._changed.clear()
+                    await self._changed.wait()
+            return self._revealed.get(token)
+        finally:
+            self.forget(token)
+
     def forget(self, token: str) -> None:
         """The submission carrying ``token`` did not become a pending job."""
         job_id = self._jobs.pop(token, None)
+        self._revealed.pop(token, None)
         self._early.discard(token)
         self._delivered.discard(token)
         if job_id is not None:
@@ -199,6 +219,9 @@ class WebhookReceiver:
         self.stats.accepted += 1
         if job_id is None:
             self._early.add(token)  # arrived before the submission's answer; nudge on bind
+            revealed = body.get("id")
+            if isinstance(revealed, int | str) and not isinstance(revealed, bool):
+                self._revealed[token] = str(revealed).strip()
         elif self._poller is not None:
             # A hint only: the poller fetches now and the fetch is what resolves the job.
             self._poller.nudge(job_id)

@@ -38,6 +38,7 @@ from ._manifest import ManifestError
 from ._models import API_VERSIONS, GenerationRequest, Img2Img, Inpaint, Scheduler, Text2Img
 from ._poller import PollPolicy
 from ._progress import ProgressReporter, format_duration
+from ._webhooks import WebhookReceiver
 
 try:
     import fcntl
@@ -543,6 +544,20 @@ async def _service(args: argparse.Namespace) -> AsyncIterator[tuple[str, str, fl
         yield base_url, DEFAULT_KEY, scale
 
 
+def _webhook_receiver(args: argparse.Namespace) -> WebhookReceiver | None:
+    """A receiver when the service can reach us: given a public URL, or the local emulator
+    (which calls loopback webhooks). It resolves jobs early and names the job of a
+    submission whose answer was lost, so that image is not lost."""
+    if not (args.webhook_url or args.emulator):
+        return None
+    host, _, port = (args.webhook_listen or "127.0.0.1:0").rpartition(":")
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise InputError(f"--webhook-listen wants HOST:PORT, not {args.webhook_listen!r}") from None
+    return WebhookReceiver(host=host or "127.0.0.1", port=port_number, public_url=args.webhook_url)
+
+
 async def _run_generate(
     args: argparse.Namespace, source: PromptSource, out: Path, stdout: TextIO
 ) -> int:
@@ -559,6 +574,7 @@ async def _run_generate(
                 api_version=args.api_version,
                 poll=poll,
                 max_concurrency=args.max_concurrency,
+                webhooks=_webhook_receiver(args),
             )
             show = not args.quiet and not args.no_progress
             progress = ProgressReporter(
@@ -576,6 +592,7 @@ async def _run_generate(
                         on_event=hooks,
                         rate_limit=args.rate_limit,
                         resubmit_ambiguous=args.resubmit_ambiguous,
+                        recover_ambiguous=args.recover_seconds,
                         retry_failed=not args.no_retry_failed,
                         job_timeout=args.job_timeout,
                     ) as run,
@@ -800,6 +817,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--resubmit-ambiguous",
         action="store_true",
         help="send again submissions that may already have been accepted (risks paying twice)",
+    )
+    gen.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="public URL where the service can reach this process's webhook receiver: "
+        "deliveries resolve jobs early and name the job of a submission whose answer was lost",
+    )
+    gen.add_argument(
+        "--webhook-listen",
+        metavar="HOST:PORT",
+        help="where the webhook receiver listens (default 127.0.0.1:0; on with --emulator)",
+    )
+    gen.add_argument(
+        "--recover-seconds",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="how long to wait for a webhook to name the job of a submission whose answer "
+        "was lost (default: the job timeout)",
     )
     gen.add_argument(
         "--no-retry-failed",
