@@ -167,6 +167,12 @@ async def run_chaos(
                     "done": counts["done"],
                     "failed": counts["failed"],
                     "ambiguous": counts["ambiguous"],
+                    # Answers lost to a fault, whose job a webhook call then named.
+                    "recovered_from_webhooks": sum(
+                        1
+                        for e in events
+                        if e.kind == "submitted" and (e.detail or "").startswith("recovered")
+                    ),
                     "submissions_sent": emu.stats.submissions_received - received_before,
                     "jobs_accepted": len(new_jobs),
                     "images_on_disk": images,
@@ -236,6 +242,7 @@ async def run_chaos(
             "items_failed_bad_model": bad_model,
             "items_ambiguous_reported": counts["ambiguous"],
             "ambiguous_accepted_by_service": ambiguous_landed,
+            "items_recovered_from_webhooks": sum(r["recovered_from_webhooks"] for r in runs),
             "items_lost": 0,
             "duplicate_paid_submissions": len(paid_twice(emu)),
             "retries_of_failed_generations": resubmitted_after_failure(emu),
