@@ -44,7 +44,10 @@ def chaos(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Every benchmark, each against its own emulator process (``-- --quick``: a short run)."""
-    session.install("-e", ".[test]", "httpx>=0.27")
+    # The peers of the overhead benchmark: httpx (with sniffio, without which httpcore retries
+    # a failed import on every request), and the official SDK, whose client module imports
+    # `requests` without declaring it.
+    session.install("-e", ".[test]", "httpx>=0.27", "sniffio", "modelslab-py", "requests")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

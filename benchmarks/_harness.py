@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -12,12 +13,62 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 RESULTS = Path(__file__).parent / "results"
 
 
+#: Options for an emulator that answers every submission with "success" at once: no queue
+#: limit worth the name, no spam filter, jobs that cost nothing, and a sync window so wide that
+#: nothing is ever "processing". What is left to measure is the HTTP round trip and the client.
+INSTANT_OPTIONS: tuple[str, ...] = (
+    "--time-scale",
+    "0.0001",
+    "--sync-window",
+    "1000000",
+    "--queue-limit",
+    "100000000",
+    "--workers",
+    "64",
+    "--spam-filter",
+    "off",
+    "--cost-base",
+    "0",
+    "--cost-per-step",
+    "0",
+    "--cost-per-sample",
+    "0",
+    "--cost-per-megapixel",
+    "0",
+    "--cost-noise",
+    "0",
+)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process, from /proc (None where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+@dataclasses.dataclass(frozen=True)
+class RunningEmulator:
+    """An emulator subprocess: where it listens, and its pid (for its CPU time)."""
+
+    base_url: str
+    pid: int
+
+    def cpu_seconds(self) -> float | None:
+        return cpu_seconds(self.pid)
+
+
 @contextlib.asynccontextmanager
-async def emulator_process(*options: str) -> AsyncIterator[str]:
-    """Run ``python -m dreambooth_async.emulator --port 0 OPTIONS`` and yield its base URL."""
+async def running_emulator(*options: str) -> AsyncIterator[RunningEmulator]:
+    """Run ``python -m dreambooth_async.emulator --port 0 OPTIONS``; yield it once it listens."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -38,7 +89,7 @@ async def emulator_process(*options: str) -> AsyncIterator[str]:
                     raise RuntimeError("the emulator exited before printing its base URL")
                 if line.startswith("base_url:"):
                     base_url = line.split(":", 1)[1].strip()
-        yield base_url
+        yield RunningEmulator(base_url, process.pid)
     finally:
         if process.returncode is None:
             process.terminate()
@@ -48,6 +99,23 @@ async def emulator_process(*options: str) -> AsyncIterator[str]:
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def emulator_process(*options: str) -> AsyncIterator[str]:
+    """Run ``python -m dreambooth_async.emulator --port 0 OPTIONS`` and yield its base URL."""
+    async with running_emulator(*options) as emulator:
+        yield emulator.base_url
+
+
+async def admin_get(base_url: str, path: str) -> Any:
+    """GET one of the emulator's ``/_emulator/`` admin routes (``stats``, ``jobs/ID``)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{base_url}/_emulator/{path}") as response,
+    ):
+        response.raise_for_status()
+        return await response.json()
 
 
 def machine() -> dict[str, Any]:

@@ -5,7 +5,7 @@ be their bottleneck. The emulator runs with a tiny time scale, no queue limit an
 so every request is answered at once; this process drives it with aiohttp at a concurrency of 64:
 text2img submissions with distinct prompts, each followed by a fetch of the id it got back.
 
-    python benchmarks/bench_emulator.py [--quick]
+    python -m benchmarks.bench_emulator [--quick]
 
 Both processes share the machine, so the figure is what one aiohttp client process can get from
 the emulator here; the emulator's own CPU use is reported beside it to show which side saturates.
@@ -15,69 +15,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
-import signal
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "emulator.json"
+from benchmarks._harness import admin_get, running_emulator, write_results
+
 KEY = "emulator-key"
 CONCURRENCY = 64
 
 EMULATOR_ARGS = (
-    "--port=0",
     "--time-scale=0.0001",
     "--queue-limit=1000000",
     "--spam-filter=off",
     "--workers=64",
 )
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process, from /proc (None where there is no /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-async def _start_emulator() -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dreambooth_async.emulator",
-        *EMULATOR_ARGS,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().strip()
-    if not line.startswith("base_url: "):
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"the emulator did not start: {line!r}")
-    await asyncio.wait_for(proc.stdout.readline(), 60)  # the key line
-    return proc, line.removeprefix("base_url: ")
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.communicate(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.communicate()
 
 
 async def _drive(
@@ -131,20 +85,16 @@ async def _drive(
 async def measure_capacity(quick: bool) -> dict[str, Any]:
     """Run the benchmark; returns the figures (also what ``main`` writes as JSON)."""
     jobs = 1_000 if quick else 10_000
-    proc, base_url = await _start_emulator()
-    try:
+    async with running_emulator(*EMULATOR_ARGS) as emulator:
         connector = aiohttp.TCPConnector(limit=CONCURRENCY)
         async with aiohttp.ClientSession(connector=connector) as http:
-            await _drive(http, base_url, 200, "warm-up")
-            cpu_before = _cpu_seconds(proc.pid)
+            await _drive(http, emulator.base_url, 200, "warm-up")
+            cpu_before = emulator.cpu_seconds()
             started = time.perf_counter()
-            latencies, unexpected = await _drive(http, base_url, jobs, "measured")
+            latencies, unexpected = await _drive(http, emulator.base_url, jobs, "measured")
             elapsed = time.perf_counter() - started
-            cpu_after = _cpu_seconds(proc.pid)
-            async with http.get(f"{base_url}/_emulator/stats") as resp:
-                stats = await resp.json()
-    finally:
-        await _stop(proc)
+            cpu_after = emulator.cpu_seconds()
+        stats = await admin_get(emulator.base_url, "stats")
     latencies.sort()
     emulator_cpu = (
         None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / elapsed
@@ -162,14 +112,17 @@ async def measure_capacity(quick: bool) -> dict[str, Any]:
         "unexpected_answers": unexpected,
         "emulator_cpu_share": None if emulator_cpu is None else round(emulator_cpu, 2),
         "emulator_accepted": stats["submissions_accepted"],
-        "emulator_args": list(EMULATOR_ARGS),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
+        "emulator_args": ["--port=0", *EMULATOR_ARGS],
         "aiohttp": aiohttp.__version__,
     }
 
 
-def _table(result: dict[str, Any]) -> str:
+async def run(quick: bool = False) -> dict[str, Any]:
+    """The figures as a dict (what ``main`` writes to results/emulator.json)."""
+    return await measure_capacity(quick)
+
+
+def render(result: dict[str, Any]) -> str:
     rows = [
         ("requests", f"{result['requests']} ({result['submissions']} submit + fetch pairs)"),
         ("concurrency", str(result["concurrency"])),
@@ -180,20 +133,19 @@ def _table(result: dict[str, Any]) -> str:
         ("unexpected answers", str(result["unexpected_answers"])),
     ]
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    lines = ["\nEmulator capacity (aiohttp driving it, one process each)"]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="1,000 submissions, not 10,000")
     args = parser.parse_args(argv)
-    result = asyncio.run(measure_capacity(args.quick))
-    print(_table(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    partial = RESULTS.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    partial.replace(RESULTS)
-    print(f"written to {RESULTS.relative_to(ROOT)}")
+    result = asyncio.run(run(args.quick))
+    print(render(result))
+    path = write_results("emulator", result)
+    print(f"\nwritten to {path}")
     return 0 if result["unexpected_answers"] == 0 else 1
 
 
