@@ -249,6 +249,26 @@ class DreamboothClient:
         bounds the job (default: the poll policy's ``job_timeout``). ``retry`` overrides the
         retry policy for this call.
         """
+        answer = await self._send(request, timeout=timeout, retry=retry)
+        if isinstance(answer, GenerationResult):
+            return self._poller.resolved(answer, request)
+        return answer
+
+    async def generate(
+        self, request: GenerationRequest, *, timeout: float | None = None
+    ) -> GenerationResult:
+        """Submit ``request`` and wait through "processing" for its result.
+
+        ``timeout`` bounds the wait for the job; on expiry :class:`JobTimeout` carries the job id.
+        """
+        answer = await self._send(request, timeout=timeout, retry=None)
+        # An answer that is already final needs no Job: this is the hot path of fast models.
+        return answer if isinstance(answer, GenerationResult) else await answer.wait()
+
+    async def _send(
+        self, request: GenerationRequest, *, timeout: float | None, retry: RetryPolicy | None
+    ) -> GenerationResult | Job:
+        """Submit ``request``: the result when the answer is final, else the tracked job."""
         self._check_open()
         if not isinstance(request, Text2Img | Img2Img | Inpaint):
             raise RequestValidationError(
@@ -263,7 +283,7 @@ class DreamboothClient:
         url = self._url(_PATHS[self.api_version][request.kind])
         try:
             answer = await self._transport.call(
-                url, body, idempotent=False, parse=parse_response, retry=retry
+                url, body, idempotent=False, parse=self._parse, retry=retry
             )
         except (TransportError, APIError) as error:
             if token is not None and self._webhooks is not None:
@@ -280,7 +300,7 @@ class DreamboothClient:
         if isinstance(answer, GenerationResult):
             if token is not None and self._webhooks is not None:
                 self._webhooks.forget(token)
-            return self._poller.resolved(self._own(answer), request)
+            return answer
         job = self._poller.track(
             answer, request=request, timeout=timeout, webhook=token is not None
         )
@@ -288,16 +308,6 @@ class DreamboothClient:
             self._webhooks.bind(token, job.id)
         logger.debug("job %s queued, eta %s", job.id, job.eta)
         return job
-
-    async def generate(
-        self, request: GenerationRequest, *, timeout: float | None = None
-    ) -> GenerationResult:
-        """Submit ``request`` and wait through "processing" for its result.
-
-        ``timeout`` bounds the wait for the job; on expiry :class:`JobTimeout` carries the job id.
-        """
-        job = await self.submit(request, timeout=timeout)
-        return await job.wait()
 
     async def text2img(self, **fields: Any) -> GenerationResult:
         """``generate(Text2Img(**fields))``."""
@@ -334,13 +344,11 @@ class DreamboothClient:
         self, job_id: str, fetch_url: str | None
     ) -> GenerationResult | Processing:
         url, body = self._fetch_target(job_id, fetch_url)
-        answer = await self._transport.call(url, body, idempotent=True, parse=parse_response)
-        if not isinstance(answer, GenerationResult):
-            return answer
-        if answer.id is None:
+        answer = await self._transport.call(url, body, idempotent=True, parse=self._parse)
+        if isinstance(answer, GenerationResult) and answer.id is None:
             # The v3 fetch answer may leave the id out; it is the one that was asked for.
             answer = attrs.evolve(answer, id=job_id)
-        return self._own(answer)
+        return answer
 
     async def fetch(
         self, job: str | int | Job, *, fetch_url: str | None = None
@@ -399,8 +407,11 @@ class DreamboothClient:
         logger.info("recovered job %s of a submission whose answer was lost", job_id)
         return self.attach(job_id)
 
-    def _own(self, result: GenerationResult) -> GenerationResult:
-        return attrs.evolve(result, client=self)
+    def _parse(
+        self, http_status: int, headers: Mapping[str, str], body: bytes
+    ) -> GenerationResult | Processing:
+        """:func:`parse_response`, with results bound to this client (for ``save()``)."""
+        return parse_response(http_status, headers, body, client=self)
 
     # --- other endpoints ----------------------------------------------------------------------
 

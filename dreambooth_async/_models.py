@@ -188,6 +188,8 @@ _RESERVED_WIRE_NAMES = frozenset({"key", "num_inference_steps", "base64"})
 
 
 def _extra(inst: Any, attr: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, Mapping) and not value:
+        return  # the usual case, and on every request's path
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise RequestValidationError(attr.name, value, "a mapping of wire field names to values")
     if "key" in value:

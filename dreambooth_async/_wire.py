@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
@@ -35,6 +35,9 @@ from ._models import (
     Text2Img,
     looks_like_url,
 )
+
+if TYPE_CHECKING:
+    from ._client import DreamboothClient
 
 __all__ = ["converter_for", "decode_json", "from_wire", "parse_response", "to_wire"]
 
@@ -281,8 +284,11 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _structure_result(body: Mapping[str, Any], _: type) -> GenerationResult:
+def _structure_result(
+    body: Mapping[str, Any], _: type, client: DreamboothClient | None = None
+) -> GenerationResult:
     return GenerationResult(
+        client=client,
         id=_job_id(body.get("id")),
         status=str(body.get("status", "success")),
         output=_urls(body.get("output")),
@@ -350,13 +356,25 @@ inbound.register_structure_hook_func(
 
 
 def parse_response(
-    http_status: int, headers: Mapping[str, str], body: bytes
+    http_status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    client: DreamboothClient | None = None,
 ) -> GenerationResult | Processing:
     """Map any answer to a generation or fetch call: a result, a processing status, or raise.
 
     Every answer goes through here, whatever its HTTP status or body (JSON, HTML, nothing).
+    A result is bound to ``client`` (for ``save()``).
     """
     parsed = decode_json(body)
+    if 200 <= http_status < 300 and isinstance(parsed, dict):
+        # The common answers, decided without the full error mapping (it agrees on these).
+        status = parsed.get("status")
+        if status == "success":
+            return _structure_result(parsed, GenerationResult, client)
+        if status == "processing":
+            return inbound.structure(parsed, Processing)
     error = error_from_response(http_status, headers, body, parsed)
     if error is not None:
         raise error
@@ -364,7 +382,7 @@ def parse_response(
         raise APIError("expected a JSON object", http_status=http_status)
     if str(parsed.get("status", "")).lower() == "processing":
         return inbound.structure(parsed, Processing)
-    return inbound.structure(parsed, GenerationResult)
+    return _structure_result(parsed, GenerationResult, client)
 
 
 def parse_json(http_status: int, headers: Mapping[str, str], body: bytes) -> Any:
