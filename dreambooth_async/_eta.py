@@ -35,6 +35,9 @@ class EtaModel:
         self._samples: deque[float] = deque(maxlen=window)
         self._probes: deque[float] = deque(maxlen=window // 2)
         self._widths: deque[float] = deque(maxlen=window)
+        # Rough readings from how fast a pending job's ETA falls: used only until enough
+        # finished jobs have been measured, so that a new client does not poll blindly.
+        self._trends: deque[float] = deque(maxlen=16)
         self._min_samples = min_samples
         self._max_width = max_width
         self._cached: tuple[float, float] | None = None
@@ -56,10 +59,20 @@ class EtaModel:
             self._probes.append(rho)
         self._cached = None
 
+    def observe_trend(self, rho: float) -> None:
+        """A rough reading of ``rho`` from two ETAs of a job still pending (see the poller)."""
+        if rho > 0:
+            self._trends.append(rho)
+            self._cached = None
+
     def bounds(self) -> tuple[float, float]:
         """``(earliest, latest)``: the range of ``rho`` a job is expected to fall in."""
         if len(self._samples) < self._min_samples:
-            return self._prior
+            if len(self._trends) < 3:
+                return self._prior
+            # Each reading is off by the noise of two ETAs: keep a wide margin.
+            lo, hi = min(self._trends), max(self._trends)
+            return (max(0.0, lo * 0.85, self._prior[0] * lo), hi * 1.15)
         if self._cached is None:
             ordered = sorted(self._samples)
             low_side = sorted(self._probes) if len(self._probes) >= 3 else ordered
@@ -68,6 +81,8 @@ class EtaModel:
             half_width = statistics.fmean(self._widths) / 2
             lo = low_side[int(0.05 * (len(low_side) - 1))]
             hi = ordered[round(0.95 * (len(ordered) - 1))]
+            # The low end only sets the earliest fetch, whose delay budget already absorbs
+            # a little error; the high end decides success at the first try: pad it more.
             pad = half_width + 0.1 * max(0.0, hi - lo)
-            self._cached = (max(0.0, lo - pad), hi + pad)
+            self._cached = (max(0.0, lo - half_width), hi + pad)
         return self._cached

@@ -303,6 +303,13 @@ class Poller:
             )
             due = now + state.backoff * random.uniform(0.9, 1.1)
         else:
+            if state.anchors:
+                # The ETA fell by (previous - this) while (now - then) passed: if it is off by
+                # a steady factor, that factor shows. Rough, but it spares a new client the
+                # blind polling of its first jobs.
+                then, previous = state.anchors[-1]
+                if previous - answer.eta > 0.3 * previous:
+                    self.eta_model.observe_trend((now - then) / (previous - answer.eta))
             state.anchors.append((now, answer.eta))
             due = self._due_from_eta(state, now, answer.eta)
         if state.nudged:
