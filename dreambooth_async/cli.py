@@ -764,8 +764,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``dreambooth-async`` argument parser (subcommands generate, demo, emulator)."""
+def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
+    """The ``dreambooth-async`` argument parser (subcommands generate, demo, emulator).
+
+    ``emulator_options=False`` leaves out the ``emulator`` subcommand's options, whose
+    description imports the emulator (aiohttp.web, Pillow): other commands start faster.
+    """
     parser = argparse.ArgumentParser(
         prog="dreambooth-async",
         description="Bulk image generation with the Dreambooth API: resumable, within the "
@@ -902,12 +906,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="A local emulator of the Dreambooth API. Durations are service seconds; "
         "--time-scale turns them into real seconds.",
     )
-    try:
-        from .emulator import build_arg_parser
-    except ImportError:  # Pillow missing: the subcommand says so when used
-        pass
-    else:
-        build_arg_parser(emulator)
+    if emulator_options:
+        try:
+            from .emulator import build_arg_parser
+        except ImportError:  # Pillow missing: the subcommand says so when used
+            pass
+        else:
+            build_arg_parser(emulator)
     emulator.set_defaults(func=_emulator)
     return parser
 
@@ -924,8 +929,10 @@ def _configure_logging(verbosity: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: parse ``argv`` and run the command; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # Only the emulator subcommand needs its options described (and the emulator imported).
+    parser = build_parser(emulator_options="emulator" in arguments)
+    args = parser.parse_args(arguments)
     _configure_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
