@@ -388,10 +388,11 @@ class _Engine:
         self._hooks = on_event
         self._download_to = Path(download_to).resolve() if download_to is not None else None
         self._resubmit_ambiguous = resubmit_ambiguous
+        # A job's webhook comes when it finishes: allow ten of the poller's longest waits.
         self._recover_ambiguous = (
             recover_ambiguous
             if recover_ambiguous is not None
-            else (job_timeout or client.poll_policy.job_timeout or 0.0)
+            else 10 * client.poll_policy.max_interval
         )
         self._retry_failed = retry_failed
         self._job_timeout = job_timeout
@@ -723,7 +724,7 @@ class _Engine:
             if isinstance(error, AmbiguousSubmission | TransportError | ServerError) and (
                 isinstance(error, AmbiguousSubmission) or error.may_have_landed
             ):
-                recovered = await self._recover(entry, error)
+                recovered = await self._recover(entry, error, slot)
                 if recovered is not None:
                     return recovered
                 detail = str(error)
@@ -743,14 +744,22 @@ class _Engine:
             slot.release()
             return self._failed(entry, error)
 
-    async def _recover(self, entry: _Entry, error: DreamboothError) -> Job | None:
+    async def _recover(self, entry: _Entry, error: DreamboothError, slot: _Slot) -> Job | None:
         """The job of a submission whose answer was lost, if the service's webhook call
-        names it in time (only with a webhook receiver). The item keeps its slot meanwhile:
-        if the submission landed, its job holds one of the account's."""
+        names it in time (only with a webhook receiver)."""
         if self._recover_ambiguous <= 0 or getattr(error, "webhook_token", None) is None:
             return None
         self._emit("retried", entry, detail="answer lost: waiting for the webhook to name the job")
+        # The slot is given back meanwhile: most such submissions never landed, and a wait that
+        # held it would starve the batch. If this one did land, the service may turn the next
+        # submission away as "queue full", which the window handles.
+        slot.release()
         job = await self.client.recover(error, timeout=self._recover_ambiguous)
+        if job is None:
+            await self.window.acquire(priority=True)
+        else:
+            self.window.force()  # the job holds one of the account's slots until it ends
+        slot.take()
         if job is None:
             return None
         self.counts["recovered"] += 1
@@ -1113,8 +1122,9 @@ def map_requests(
         ``<key>-<n>.<ext>``, before the item counts as done.
     :param recover_ambiguous: with a client that has a :class:`WebhookReceiver`, how long to
         wait for the service's webhook call to name the job of a submission whose answer was
-        lost (default: the job timeout; 0 turns it off). A named job is attached to and counts
-        as submitted, so a paid-for image is not lost; otherwise the item ends ambiguous.
+        lost (default: ten times the poll policy's ``max_interval``, 300 s; 0 turns it off).
+        A named job is attached to and counts as submitted, so a paid-for image is not lost;
+        otherwise the item ends ambiguous.
     :param resubmit_ambiguous: send again a submission that may have landed (risks paying
         twice). By default such items end as ambiguous (:class:`AmbiguousSubmission`).
     :param retry_failed: on resume, submit again items that failed in an earlier run (jobs that

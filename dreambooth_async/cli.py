@@ -838,7 +838,7 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
         type=_positive_float,
         metavar="SECONDS",
         help="how long to wait for a webhook to name the job of a submission whose answer "
-        "was lost (default: the job timeout)",
+        "was lost (default: 10x the longest poll interval, 300 s)",
     )
     gen.add_argument(
         "--no-retry-failed",
