@@ -548,7 +548,7 @@ def _webhook_receiver(args: argparse.Namespace) -> WebhookReceiver | None:
     """A receiver when the service can reach us: given a public URL, or the local emulator
     (which calls loopback webhooks). It resolves jobs early and names the job of a
     submission whose answer was lost, so that image is not lost."""
-    if not (args.webhook_url or args.emulator):
+    if not (args.webhook_url or args.webhook_listen or args.emulator):
         return None
     host, _, port = (args.webhook_listen or "127.0.0.1:0").rpartition(":")
     try:
@@ -831,7 +831,8 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
     gen.add_argument(
         "--webhook-listen",
         metavar="HOST:PORT",
-        help="where the webhook receiver listens (default 127.0.0.1:0; on with --emulator)",
+        help="where the webhook receiver listens (default 127.0.0.1:0); without --webhook-url "
+        "the service must reach this address itself (on by itself with --emulator)",
     )
     gen.add_argument(
         "--recover-seconds",
