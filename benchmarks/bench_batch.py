@@ -36,7 +36,7 @@ from typing import Any
 import aiohttp
 
 import dreambooth_async as dba
-from benchmarks._harness import emulator_process, table, write_results
+from benchmarks._harness import INSTANT_OPTIONS, emulator_process, table, write_results
 
 KEY = "emulator-key"
 SCALE = 0.01
@@ -53,26 +53,6 @@ MAKESPAN_OPTIONS = (
     str(WORKERS),
     "--cost-base",
     str(JOB_SERVICE_SECONDS),
-    "--cost-per-step",
-    "0",
-    "--cost-per-sample",
-    "0",
-    "--cost-per-megapixel",
-    "0",
-    "--cost-noise",
-    "0",
-)
-INSTANT_OPTIONS = (
-    "--time-scale",
-    "0.0001",
-    "--queue-limit",
-    "10000000",
-    "--workers",
-    "64",
-    "--spam-filter",
-    "off",
-    "--cost-base",
-    "0",
     "--cost-per-step",
     "0",
     "--cost-per-sample",
