@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from _emulator_fixtures import SEED_RESPONSE
 from replay_server import ReplayServer, Reply, fast_client_options
 
 import dreambooth_async as dba
@@ -21,32 +22,9 @@ pytestmark = pytest.mark.anyio
 
 SUBMIT = "/api/v3/dreambooth"
 
-# The seed page's example response (dreambooth-inpaint-endpoint.txt), trimmed of long strings.
-SEED_SUCCESS = {
-    "status": "success",
-    "generationTime": 11.958809614181519,
-    "id": 12382960,
-    "output": [
-        "https://pub-8b49af329fae499aa563997f5d4068a4.r2.dev/generations/"
-        "b792ad2b-4488-435d-9264-7d2f4dcb8433-0.png"
-    ],
-    "meta": {
-        "H": 512,
-        "W": 512,
-        "file_prefix": "b792ad2b-4488-435d-9264-7d2f4dcb8433",
-        "full_url": "no",
-        "guidance_scale": 7.5,
-        "model_id": "redshift-diffusion",
-        "n_samples": 1,
-        "outdir": "out",
-        "prompt": "redshift style a cat sitting on a bench",
-        "safetychecker": "no",
-        "scheduler": "UniPCMultistepScheduler",
-        "seed": 4156422202,
-        "steps": 50,
-        "upscale": "no",
-    },
-}
+# The seed page's example response (dreambooth-inpaint-endpoint.txt), shared with the emulator's
+# tests.
+SEED_SUCCESS = SEED_RESPONSE
 
 PROCESSING_MESSEGE = {
     "status": "processing",
