@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler as WebHandler
 
 from . import _bodies as bodies
 from ._config import EmulatorConfig
+from ._jobs import BASE64_SUFFIX
 from ._params import Kind, Version
 from ._service import Reply, Service
 
@@ -32,12 +33,25 @@ def retry_after_header(seconds: float) -> str:
     return f"{max(seconds, 0.001):.3f}"
 
 
-async def _read_json(request: web.Request) -> Any:
+async def _read_json(request: web.Request, *, empty_ok: bool = False) -> Any:
     raw = await request.read()
+    if empty_ok and not raw.strip():
+        return {}
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return _NOT_JSON
+
+
+def _key_from_request(request: web.Request, body: Any, *, header: bool, query: bool) -> Any:
+    """The body, with the key taken from the ``key`` header (v7) or the ``?key=`` query (GET
+    request_count) when the body has none. A key in the body always wins."""
+    if not isinstance(body, dict) or body.get("key") is not None:
+        return body
+    key = request.headers.get("key") if header else None
+    if key is None and query and request.method == "GET":
+        key = request.query.get("key")
+    return body if key is None else {**body, "key": key}
 
 
 def _abort(request: web.Request) -> web.Response:
@@ -58,10 +72,19 @@ def _respond(service: Service, reply: Reply) -> web.Response:
     return web.json_response(reply.body, status=status, headers=headers)
 
 
-def _api(handler: Handler, *, counted: str | None = None, faulty: bool = False) -> WebHandler:
+def _api(
+    handler: Handler,
+    *,
+    counted: str | None = None,
+    faulty: bool = False,
+    key_header: bool = False,
+    key_query: bool = False,
+) -> WebHandler:
     """Wrap a service call: count it, inject request-level faults, render the reply.
 
     ``faulty`` marks the submissions and fetches, the only calls request-level faults hit.
+    ``key_header`` (v7) and ``key_query`` (GET request_count) let the key come from elsewhere
+    when the body has none; those endpoints also take an empty body as ``{}``.
     """
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -88,7 +111,9 @@ def _api(handler: Handler, *, counted: str | None = None, faulty: bool = False) 
                 status=429,
                 headers={"Retry-After": retry_after_header(wait)},
             )
-        body = await _read_json(request)
+        body = await _read_json(request, empty_ok=key_header or key_query)
+        if key_header or key_query:
+            body = _key_from_request(request, body, header=key_header, query=key_query)
         if body is _NOT_JSON:
             reply = Reply(bodies.INVALID_JSON, 400)
             if counted == "submission":
@@ -120,21 +145,25 @@ def _submission(kind: Kind, version: Version) -> WebHandler:
             body, kind=kind, version=version, origin=_origin(request), own_port=_own_port(request)
         )
 
-    return _api(call, counted="submission", faulty=True)
+    return _api(call, counted="submission", faulty=True, key_header=version == "v7")
 
 
 def _fetch(version: Version) -> WebHandler:
     async def call(service: Service, request: web.Request, body: Any) -> Reply:
-        return service.fetch(body, version=version, path_id=request.match_info.get("id"))
+        return await service.fetch(body, version=version, path_id=request.match_info.get("id"))
 
-    return _api(call, counted="fetch", faulty=True)
+    return _api(call, counted="fetch", faulty=True, key_header=version == "v7")
 
 
-def _plain(method: Callable[[Service, Any], Reply]) -> WebHandler:
+def _call(method: Callable[[Service, Any], Reply]) -> Handler:
     async def call(service: Service, request: web.Request, body: Any) -> Reply:
         return method(service, body)
 
-    return _api(call)
+    return call
+
+
+def _plain(method: Callable[[Service, Any], Reply]) -> WebHandler:
+    return _api(_call(method))
 
 
 async def _generation(request: web.Request) -> web.StreamResponse:
@@ -142,7 +171,12 @@ async def _generation(request: web.Request) -> web.StreamResponse:
     data = await request.app[SERVICE].output_file(name)
     if data is None:
         raise web.HTTPNotFound(text="Not Found")
-    content_type = "image/png" if name.endswith(".png") else "image/jpeg"
+    if name.endswith(BASE64_SUFFIX):
+        content_type = "text/plain"
+    elif name.endswith(".png"):
+        content_type = "image/png"
+    else:
+        content_type = "image/jpeg"
     return web.Response(body=data, content_type=content_type)
 
 
@@ -208,6 +242,15 @@ def build_app(
     add("/api/v6/images/inpaint", _submission("inpaint", "v6"))
     add("/api/v6/images/fetch", _fetch("v6"))
     add("/api/v6/images/fetch/{id}", _fetch("v6"))
+    add("/api/v7/images/text-to-image", _submission("text2img", "v7"))
+    add("/api/v7/images/image-to-image", _submission("img2img", "v7"))
+    add("/api/v7/images/inpaint", _submission("inpaint", "v7"))
+    add("/api/v7/images/fetch/{id}", _fetch("v7"))
+    add("/api/wallet_balance", _plain(Service.wallet_balance))
+    # The page says GET with the key in a JSON body, its OpenAPI file says POST: both answer.
+    request_count = _api(_call(Service.request_count), key_query=True)
+    add("/api/v6/processing/request_count", request_count)
+    app.router.add_get("/api/v6/processing/request_count", request_count)
     app.router.add_get("/generations/{name}", _generation)
     app.router.add_get("/samples/{name}", _sample)
     app.router.add_get("/_emulator/stats", _admin_stats)

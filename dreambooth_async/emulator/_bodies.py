@@ -16,10 +16,34 @@ INVALID_KEY: dict[str, Any] = {
 MODEL_NOT_FOUND: dict[str, Any] = {"status": "error", "message": "Model id not found"}
 REQUEST_NOT_FOUND: dict[str, Any] = {"status": "error", "message": "Request not found"}
 INVALID_JSON: dict[str, Any] = {"status": "error", "message": "Invalid JSON body"}
+# error-codes.mdx, word for word.
+INSUFFICIENT_CREDITS: dict[str, Any] = {
+    "status": "error",
+    "message": "Insufficient credits. Please add more credits to continue.",
+}
+PREMIUM_REQUIRED: dict[str, Any] = {
+    "status": "error",
+    "message": "This feature requires a premium subscription",
+}
 
 PROCESSING_TIP = "for faster speed, keep resolution upto 512x512"
 FETCH_LATER = "Try to fetch request after given estimated time"
 FAILED_MESSAGE = "Failed, Try Again"
+REQUEST_COUNT_MESSAGE = "Current processing request count retrieved successfully"
+
+# The fetch page's own "processing" example: no id, no eta, no meta, `output` an empty string.
+IDLESS_PROCESSING: dict[str, Any] = {
+    "status": "processing",
+    "messege": "try again later.",
+    "output": "",
+    "tip": PROCESSING_TIP,
+}
+
+# Versions whose fetch answers a finished job in the seed pages' short form, without meta: the
+# legacy API. A client must keep the processing answer's meta to know the seed it ran with.
+SHORT_FETCH_VERSIONS: frozenset[Version] = frozenset({"v3", "v4"})
+# Versions that spell `message` right and add proxy_links & co. to a success.
+_MODERN: frozenset[Version] = frozenset({"v6", "v7"})
 
 # What enhance_prompt (on by default) does to the prompt and an empty negative prompt, in the
 # spirit of the seed page's example answer.
@@ -79,9 +103,10 @@ def html_error(status: int) -> str:
 
 
 def fetch_url(job: Job) -> str:
-    # The legacy service hands out a v3 fetch URL whichever version was called.
-    if job.params.version == "v6":
-        return f"{job.origin}/api/v6/images/fetch/{job.id}"
+    # The legacy service hands out a v3 fetch URL for v3 and v4; v6 and v7 point at their own.
+    version = job.params.version
+    if version in _MODERN:
+        return f"{job.origin}/api/{version}/images/fetch/{job.id}"
     return f"{job.origin}/api/v3/dreambooth/fetch/{job.id}"
 
 
@@ -119,10 +144,12 @@ def meta(job: Job) -> dict[str, Any]:
     return body
 
 
-def success(job: Job, *, version: Version, fetched: bool = False) -> dict[str, Any]:
-    """The success answer. A fetch on the v3 path answers only ``status``, ``id``, ``output``."""
-    output = job.output_urls()
-    if fetched and version == "v3":
+def success(
+    job: Job, *, version: Version, output: list[str], fetched: bool = False
+) -> dict[str, Any]:
+    """The success answer, with ``output`` as the job's style gives it. A fetch on a
+    ``SHORT_FETCH_VERSIONS`` path answers only ``status``, ``id``, ``output``."""
+    if fetched and version in SHORT_FETCH_VERSIONS:
         return {"status": "success", "id": job.id, "output": output}
     body: dict[str, Any] = {
         "status": "success",
@@ -130,7 +157,7 @@ def success(job: Job, *, version: Version, fetched: bool = False) -> dict[str, A
         "id": job.id,
         "output": output,
     }
-    if version == "v6":
+    if version in _MODERN:
         body.update(
             {
                 "proxy_links": list(output),
@@ -148,14 +175,14 @@ def processing(job: Job, *, version: Version, eta: float) -> dict[str, Any]:
         "status": "processing",
         "tip": PROCESSING_TIP,
         "eta": round(eta, 6),
-        # The legacy endpoints misspell it; v6 spells it right.
-        ("message" if version == "v6" else "messege"): FETCH_LATER,
+        # The legacy endpoints misspell it; v6 and v7 spell it right.
+        ("message" if version in _MODERN else "messege"): FETCH_LATER,
         "webhook_status": "",
         "fetch_result": fetch_url(job),
         "id": job.id,
         "output": [],
         "meta": meta(job),
-        "future_links": job.output_urls(),
+        "future_links": job.future_links(),
     }
 
 
@@ -163,7 +190,7 @@ def failed(job: Job) -> dict[str, Any]:
     return {"status": "failed", "id": job.id, "message": FAILED_MESSAGE, "output": ""}
 
 
-def webhook_payload(job: Job) -> dict[str, Any]:
+def webhook_payload(job: Job, output: list[str]) -> dict[str, Any]:
     if job.failed:
         return {
             "status": "failed",
@@ -174,8 +201,19 @@ def webhook_payload(job: Job) -> dict[str, Any]:
     return {
         "status": "success",
         "id": job.id,
-        "output": job.output_urls(),
+        "output": output,
         "generationTime": job.run_seconds,
         "track_id": job.track_id,
         "meta": meta(job),
     }
+
+
+def wallet_balance(balance: float) -> dict[str, Any]:
+    """``POST /api/wallet_balance``, as the general API's OpenAPI file shows it."""
+    return {"status": "success", "data": {"balance": balance, "currency": "USD"}}
+
+
+def request_count(count: int) -> dict[str, Any]:
+    """``/api/v6/processing/request_count``: the general API's OpenAPI schema
+    ``ProcessingRequestCountResponse`` (the page itself shows no response)."""
+    return {"status": "success", "processing_count": count, "message": REQUEST_COUNT_MESSAGE}

@@ -6,7 +6,8 @@ multiplies them by ``EmulatorConfig.time_scale`` to get real seconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import types
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import attrs
@@ -26,6 +27,15 @@ DEFAULT_MODELS: tuple[str, ...] = (
 def _names(value: Iterable[str]) -> tuple[str, ...]:
     # A lone string would otherwise become a tuple of its letters.
     return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _float_map(value: Mapping[str, float]) -> Mapping[str, float]:
+    # Read-only, so that a frozen configuration stays frozen; compares equal to a plain dict.
+    return types.MappingProxyType(dict(value))
+
+
+def _int_map(value: Mapping[str, int]) -> Mapping[str, int]:
+    return types.MappingProxyType(dict(value))
 
 
 _non_negative = attrs.validators.ge(0.0)
@@ -148,6 +158,26 @@ class EmulatorConfig:
     seed: int = 0
     # Large enough for a 1024x1024 PNG sent as base64 several times over.
     max_body_bytes: int = attrs.field(default=32 * 1024 * 1024, validator=attrs.validators.ge(1024))
+    #: Probability, per fetch answer that says processing, of answering the docs' id-less form
+    #: ``{"status": "processing", "messege": "try again later.", "output": "", "tip": ...}``.
+    idless_processing_rate: float = attrs.field(default=0.0, validator=_probability)
+    #: How a finished job asked with ``"base64": "yes"`` (v4, v6, v7) gives its images: data
+    #: URLs, bare base64 strings, or links ending in ``.base64`` whose body is base64 text.
+    base64_output: Literal["data_url", "bare", "link"] = attrs.field(
+        default="data_url", validator=attrs.validators.in_(("data_url", "bare", "link"))
+    )
+    #: Starting balance of every key (None: unlimited). An accepted job draws
+    #: ``samples * price_per_image`` at acceptance; a submission the balance cannot pay is 402.
+    wallet: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_non_negative)
+    )
+    #: Starting balance per key, overriding ``wallet`` for the keys it names.
+    key_wallets: Mapping[str, float] = attrs.field(factory=dict, converter=_float_map, hash=False)
+    price_per_image: float = attrs.field(default=0.01, validator=_non_negative)
+    #: Models not on the plan: submissions for them are refused with 403.
+    premium_models: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    #: Queue slots per key, overriding ``queue_limit`` for the keys it names.
+    key_queue_limits: Mapping[str, int] = attrs.field(factory=dict, converter=_int_map, hash=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.keys:
@@ -155,6 +185,34 @@ class EmulatorConfig:
         unknown = set(self.cold_models) - set(self.models)
         if unknown:
             raise ValueError(f"cold_models not in models: {sorted(unknown)}")
+        # Per-key settings name keys by value; errors say which position, never the value.
+        for name, per_key in (
+            ("key_wallets", self.key_wallets),
+            ("key_queue_limits", self.key_queue_limits),
+        ):
+            strangers = sum(1 for key in per_key if key not in self.keys)
+            if strangers:
+                raise ValueError(f"{name} names {strangers} key(s) that are not in keys")
+        for key, amount in self.key_wallets.items():
+            if isinstance(amount, bool) or not isinstance(amount, int | float) or not amount >= 0:
+                raise ValueError(
+                    f"key_wallets: the wallet of keys[{self.keys.index(key)}] must be >= 0"
+                )
+        for key, limit in self.key_queue_limits.items():
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                position = self.keys.index(key)
+                raise ValueError(
+                    f"key_queue_limits: the limit of keys[{position}] must be an integer >= 1"
+                )
+
+    def queue_limit_of(self, key: str) -> int:
+        """Queue slots of this key."""
+        return int(self.key_queue_limits.get(key, self.queue_limit))
+
+    def wallet_of(self, key: str) -> float | None:
+        """Starting balance of this key; None: unlimited."""
+        value = self.key_wallets.get(key, self.wallet)
+        return None if value is None else float(value)
 
     def scaled(self, service_seconds: float) -> float:
         """Real seconds for a duration given in service seconds."""

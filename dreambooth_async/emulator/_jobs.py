@@ -22,6 +22,10 @@ from ._faults import JobFaults
 from ._params import GenerationParams
 
 Status = Literal["queued", "processing", "success", "failed"]
+#: How the finished job gives its images: links to the files, or (asked with ``base64: "yes"``)
+#: data URLs, bare base64 strings, or links to ``.base64`` text files.
+OutputStyle = Literal["url", "data_url", "bare", "link"]
+BASE64_SUFFIX = ".base64"
 ModelStatus = Literal["model_ready", "model_loading", "model_unloaded"]
 
 
@@ -46,6 +50,7 @@ class Job:
     init_digest: str | None = None
     mask_digest: str | None = None
     webhook_deliveries: int = 0
+    output_style: OutputStyle = "url"
     clock: Callable[[], float] = attrs.field(repr=False)
 
     @property
@@ -76,7 +81,16 @@ class Job:
         return [f"{self.file_prefix}-{n}.{self.extension}" for n in range(self.params.samples)]
 
     def output_urls(self) -> list[str]:
+        """Links to the image files (whatever the output style: the files are always there)."""
         return [f"{self.origin}/generations/{name}" for name in self.output_names()]
+
+    def base64_link_urls(self) -> list[str]:
+        """Links to the images as base64 text: ``<file link>.base64``."""
+        return [url + BASE64_SUFFIX for url in self.output_urls()]
+
+    def future_links(self) -> list[str]:
+        """Where the outputs will appear: the ``.base64`` links in that style, else the files."""
+        return self.base64_link_urls() if self.output_style == "link" else self.output_urls()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +111,7 @@ class Job:
             "generation_time": self.run_seconds,
             "faults": self.faults.kinds(),
             "output": self.output_urls(),
+            "output_style": self.output_style,
             "webhook_deliveries": self.webhook_deliveries,
         }
 

@@ -15,7 +15,7 @@ import attrs
 import yarl
 
 Kind = Literal["text2img", "img2img", "inpaint"]
-Version = Literal["v3", "v4", "v6"]
+Version = Literal["v3", "v4", "v6", "v7"]
 
 SCHEDULERS: frozenset[str] = frozenset(
     {
@@ -205,10 +205,12 @@ def parse_generation(
     width = read.integer("width", 512, 1, MAX_SIDE)
     height = read.integer("height", 512, 1, MAX_SIDE)
     samples = read.integer("samples", 1, 1, MAX_SAMPLES)
-    # The docs name the field `steps` on inpaint and `num_inference_steps` elsewhere; clients mix
-    # them up, so either is read, the documented one first.
-    preferred = "steps" if kind == "inpaint" else "num_inference_steps"
-    other = "num_inference_steps" if kind == "inpaint" else "steps"
+    # The v3/v4 docs name the field `steps` on inpaint and `num_inference_steps` elsewhere; v7
+    # says `num_inference_steps` everywhere. Clients mix them up, so either is read, the
+    # documented one first.
+    inpaint_steps = kind == "inpaint" and version != "v7"
+    preferred = "steps" if inpaint_steps else "num_inference_steps"
+    other = "num_inference_steps" if inpaint_steps else "steps"
     steps_field = preferred if not _absent(body.get(preferred)) else other
     steps = read.integer(steps_field, DEFAULT_STEPS, 1, MAX_STEPS)
     if version == "v6":

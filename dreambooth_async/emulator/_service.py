@@ -18,10 +18,11 @@ import attrs
 import yarl
 
 from . import _bodies as bodies
+from ._accounts import Accounts
 from ._config import EmulatorConfig
 from ._faults import FaultInjector
 from ._images import ImageStore, RenderSpec, check_input_image, render
-from ._jobs import Farm, Job
+from ._jobs import BASE64_SUFFIX, Farm, Job, OutputStyle
 from ._params import (
     GenerationParams,
     Kind,
@@ -30,7 +31,7 @@ from ._params import (
     parse_generation,
     parse_request_id,
 )
-from ._stats import EmulatorStats
+from ._stats import EmulatorStats, KeyCounts, canonical_digest
 from ._webhooks import WebhookSender
 
 _IMAGE_TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -68,7 +69,8 @@ class Service:
     ) -> None:
         self.config = config
         self.clock = clock
-        self.stats = EmulatorStats()
+        self.stats = EmulatorStats(per_key=[KeyCounts() for _ in config.keys])
+        self.accounts = Accounts(config)
         self.faults = FaultInjector(config.faults)
         self.farm = Farm(
             workers=config.workers, models=config.models, cold_models=config.cold_models
@@ -79,10 +81,13 @@ class Service:
         self._by_prefix: dict[str, Job] = {}
         self._next_id = _FIRST_JOB_ID
         self._keys = frozenset(config.keys)
+        # Records name a key by its position in config.keys, never by its text.
+        self._position = {key: index for index, key in enumerate(config.keys)}
         # Separate streams so that, for a seed, ETAs do not shift when more jobs run, and so on.
         self._cost_rng = random.Random(f"{config.seed}:cost")
         self._eta_rng = random.Random(f"{config.seed}:eta")
         self._naming_rng = random.Random(f"{config.seed}:naming")
+        self._idless_rng = random.Random(f"{config.seed}:idless")
         self._spam_seen: dict[str, float] = {}
         self._spam_order: collections.deque[tuple[float, str]] = collections.deque()
         self._session: aiohttp.ClientSession | None = None
@@ -110,6 +115,9 @@ class Service:
             raise _Rejected(Reply(bodies.INVALID_KEY, 401))
         return key
 
+    def _counts(self, key: str) -> KeyCounts:
+        return self.stats.per_key[self._position[key]]
+
     def eta(self, job: Job, now: float) -> float:
         cfg = self.config
         remaining = max(0.0, job.expected_finish - now)
@@ -131,27 +139,44 @@ class Service:
             params = parse_generation(body, kind=kind, version=version)
             if not isinstance(params, GenerationParams):
                 raise _Rejected(Reply(bodies.field_errors(params), 400))
+            if params.model_id in self.config.premium_models:
+                # Before the model lookup: the plan is checked whether or not the model exists.
+                self.stats.rejected_premium += 1
+                self._counts(key).rejected_403 += 1
+                return Reply(bodies.PREMIUM_REQUIRED, 403)
             if not self.farm.knows(params.model_id):
                 raise _Rejected(Reply(bodies.MODEL_NOT_FOUND, 400))
             init, mask = await self._load_inputs(params, own_port)
         except _Rejected as rejected:
             self.stats.rejected_invalid += 1
             return rejected.reply
-        # No await from here to the acceptance: the spam and slot checks and the booking must be
-        # one step, or two concurrent requests could both take the last slot.
+        # No await from here to the acceptance: the wallet, spam and slot checks and the booking
+        # must be one step, or two concurrent requests could both take the last slot or credit.
         now = self.clock()
         cfg = self.config
+        counts = self._counts(key)
+        price = self.accounts.price(params.samples)
+        if not self.accounts.can_pay(key, price):
+            self.stats.rejected_credits += 1
+            counts.rejected_402 += 1
+            return Reply(bodies.INSUFFICIENT_CREDITS, 402)
         fingerprint = ""
         if cfg.spam_filter:
             fingerprint = f"{kind}\0{json.dumps(body, sort_keys=True, separators=(',', ':'))}"
             wait = self._spam_wait(fingerprint, now)
             if wait > 0:
                 self.stats.rejected_spam += 1
+                counts.rejected_429 += 1
                 return Reply(bodies.spam(cfg.scaled(cfg.spam_window)), 429, retry_after=wait)
-        if self.farm.slots_in_use(key, now) >= cfg.queue_limit:
+        limit = cfg.queue_limit_of(key)
+        if self.farm.slots_in_use(key, now) >= limit:
             self.stats.rejected_queue_full += 1
+            counts.rejected_429 += 1
             retry_after = self.farm.next_slot_free_in(key, now)
-            return Reply(bodies.queue_full(cfg.queue_limit, retry_after), 429, retry_after)
+            return Reply(bodies.queue_full(limit, retry_after), 429, retry_after)
+        self.accounts.charge(key, price)
+        counts.spent = self.accounts.spent(key)
+        self.stats.accepted_by_request[canonical_digest(body)] += 1
         job = self._accept(key, params, origin, now, init, mask)
         if cfg.spam_filter:
             self._spam_seen[fingerprint] = now
@@ -215,6 +240,7 @@ class Service:
             else None,
             init_digest=init,
             mask_digest=mask,
+            output_style=self._output_style(p),
             clock=self.clock,
         )
         self._next_id += 1
@@ -222,9 +248,20 @@ class Service:
         self._by_prefix[prefix] = job
         self.stats.submissions_accepted += 1
         self.stats.accepted_by_fingerprint[(p.model_id, p.prompt, p.seed)] += 1
+        counts = self._counts(key)
+        counts.accepted += 1
+        counts.images += p.samples
         if p.webhook is not None:
-            self.webhooks.schedule(job, bodies.webhook_payload)
+            self.webhooks.schedule(job, self._webhook_payload)
         return job
+
+    def _output_style(self, params: GenerationParams) -> OutputStyle:
+        # params.base64 is already False on v3, which takes no base64 at all.
+        return self.config.base64_output if params.base64 else "url"
+
+    async def _webhook_payload(self, job: Job) -> dict[str, Any]:
+        output = [] if job.failed else await self.final_output(job)
+        return bodies.webhook_payload(job, output)
 
     async def _answer_submission(self, job: Job, accepted_at: float) -> Reply:
         version = job.params.version
@@ -236,7 +273,10 @@ class Service:
         remaining = job.scheduled_finish - self.clock()
         if remaining > 0:
             await asyncio.sleep(remaining + 1e-6)
-        return Reply(bodies.failed(job) if job.failed else bodies.success(job, version=version))
+        if job.failed:
+            return Reply(bodies.failed(job))
+        output = await self.final_output(job)
+        return Reply(bodies.success(job, version=version, output=output))
 
     # -- input images ------------------------------------------------------------------------
 
@@ -295,7 +335,7 @@ class Service:
 
     # -- fetch -------------------------------------------------------------------------------
 
-    def fetch(self, body: Any, *, version: Version, path_id: str | None) -> Reply:
+    async def fetch(self, body: Any, *, version: Version, path_id: str | None) -> Reply:
         try:
             key = self._check_key(body)
         except _Rejected as rejected:
@@ -315,7 +355,12 @@ class Service:
         if status == "failed":
             return Reply(bodies.failed(job))
         if status == "success":
-            return Reply(bodies.success(job, version=version, fetched=True))
+            output = await self.final_output(job)
+            return Reply(bodies.success(job, version=version, output=output, fetched=True))
+        # One draw per processing answer, so the sequence for a seed does not depend on the rate.
+        if self._idless_rng.random() < self.config.idless_processing_rate:
+            self.stats.idless_processing += 1
+            return Reply(dict(bodies.IDLESS_PROCESSING))
         return Reply(bodies.processing(job, version=version, eta=self.eta(job, now)))
 
     # -- account and models ------------------------------------------------------------------
@@ -333,6 +378,28 @@ class Service:
                 "status": "ok",
             }
         )
+
+    def wallet_balance(self, body: Any) -> Reply:
+        try:
+            key = self._check_key(body)
+        except _Rejected as rejected:
+            return rejected.reply
+        return Reply(bodies.wallet_balance(self.accounts.balance(key)))
+
+    def request_count(self, body: Any) -> Reply:
+        """How many of the key's jobs hold a queue slot (queued or processing) now; at most
+        30 calls a minute per key (service minutes), else 429 with ``retry_after``."""
+        try:
+            key = self._check_key(body)
+        except _Rejected as rejected:
+            return rejected.reply
+        now = self.clock()
+        wait = self.accounts.request_count_wait(key, now)
+        if wait > 0:
+            self.stats.request_count_throttled += 1
+            self._counts(key).request_count_throttled += 1
+            return Reply(bodies.too_many_requests(wait), 429, retry_after=wait)
+        return Reply(bodies.request_count(self.farm.slots_in_use(key, now)))
 
     def model_list(self, body: Any) -> Reply:
         try:
@@ -378,8 +445,28 @@ class Service:
 
     # -- files -------------------------------------------------------------------------------
 
+    async def final_output(self, job: Job) -> list[str]:
+        """A finished job's ``output`` in its style: file links, ``.base64`` links, or the
+        images themselves in base64 (the same bytes as the files)."""
+        style = job.output_style
+        if style == "url":
+            return job.output_urls()
+        if style == "link":
+            return job.base64_link_urls()
+        prefix = f"data:{_MIME[job.extension]};base64," if style == "data_url" else ""
+        names = job.output_names()
+        datas = await asyncio.gather(*(self._render(job, n, name) for n, name in enumerate(names)))
+        return [prefix + base64.b64encode(data).decode("ascii") for data in datas]
+
     async def output_file(self, name: str) -> bytes | None:
-        """The file's bytes, or None while it must answer 404."""
+        """The file's bytes, or None while it must answer 404. A name ending in ``.base64``
+        gives the file's base64 text instead (as ASCII bytes)."""
+        if name.endswith(BASE64_SUFFIX):
+            data = await self._output_file(name.removesuffix(BASE64_SUFFIX))
+            return None if data is None else base64.b64encode(data)
+        return await self._output_file(name)
+
+    async def _output_file(self, name: str) -> bytes | None:
         prefix, _, rest = name.rpartition("-")
         job = self._by_prefix.get(prefix)
         index_text, _, extension = rest.partition(".")
@@ -391,6 +478,9 @@ class Service:
             return None
         if job.output_404_until is not None and now < job.output_404_until:
             return None
+        return await self._render(job, index, name)
+
+    async def _render(self, job: Job, index: int, name: str) -> bytes:
         p = job.params
         spec = RenderSpec(
             seed=job.seed,
@@ -405,6 +495,9 @@ class Service:
             mask=self.images.blob(job.mask_digest),
         )
         return await self.images.get(name, lambda: asyncio.to_thread(render, spec))
+
+
+_MIME = {"png": "image/png", "jpg": "image/jpeg"}
 
 
 def _decode_base64(value: str) -> bytes | None:

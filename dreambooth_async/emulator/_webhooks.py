@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -12,6 +12,9 @@ import aiohttp
 from ._config import EmulatorConfig
 from ._jobs import Job
 from ._stats import EmulatorStats
+
+# Builds the body of a finished job's call; a coroutine, as base64 outputs are rendered for it.
+Payload = Callable[[Job], Awaitable[dict[str, Any]]]
 
 # The service gives a receiver 30 s to answer.
 _TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -37,7 +40,7 @@ class WebhookSender:
     def bind(self, session: aiohttp.ClientSession) -> None:
         self._session = session
 
-    def schedule(self, job: Job, payload: Callable[[Job], dict[str, Any]]) -> None:
+    def schedule(self, job: Job, payload: Payload) -> None:
         # Decided at acceptance, in acceptance order, so a seed gives the same choices even when
         # several jobs finish at the same instant.
         drop = self._rng.random() < self._config.webhook_drop_rate
@@ -46,9 +49,7 @@ class WebhookSender:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(
-        self, job: Job, payload: Callable[[Job], dict[str, Any]], *, drop: bool, duplicate: bool
-    ) -> None:
+    async def _deliver(self, job: Job, payload: Payload, *, drop: bool, duplicate: bool) -> None:
         delay = (
             job.scheduled_finish - self._clock() + self._config.scaled(self._config.webhook_delay)
         )
@@ -59,7 +60,7 @@ class WebhookSender:
             return
         if duplicate:
             self._stats.webhooks_duplicated += 1
-        body = payload(job)
+        body = await payload(job)
         for _ in range(2 if duplicate else 1):
             await self._post(job, body)
 
