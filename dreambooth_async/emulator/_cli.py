@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ._config import DEFAULT_KEY, DEFAULT_MODELS, CostModel, EmulatorConfig, FaultConfig
 from ._emulator import Emulator
@@ -24,6 +24,33 @@ def _on_off(text: str) -> bool:
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _optional_float(text: str) -> float | None:
+    if text.strip().lower() in ("none", "unlimited", ""):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or 'unlimited', got {text!r}"
+        ) from None
+
+
+def _per_key(convert: Callable[[str], float]) -> Callable[[str], tuple[str, float]]:
+    """``KEY=VALUE``; the last ``=`` splits, so a key may hold one."""
+
+    def parse(text: str) -> tuple[str, float]:
+        key, sep, value = text.rpartition("=")
+        if not sep:
+            # Never echo the text: it holds a key.
+            raise argparse.ArgumentTypeError("expected KEY=VALUE")
+        try:
+            return key, convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError("expected KEY=VALUE with a number") from None
+
+    return parse
 
 
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -47,7 +74,20 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
         metavar="KEY",
         help=f"an API key to accept; repeat for several accounts (default {DEFAULT_KEY})",
     )
-    add("--queue-limit", type=int, default=d.queue_limit, help="jobs queued or running per key")
+    add(
+        "--queue-limit",
+        type=int,
+        default=d.queue_limit,
+        help="jobs queued or running per key (default %(default)s)",
+    )
+    add(
+        "--key-queue-limit",
+        action="append",
+        dest="key_queue_limits",
+        type=_per_key(int),
+        metavar="KEY=N",
+        help="queue slots of one key, instead of --queue-limit; repeat per key (default: none)",
+    )
     add("--workers", type=int, default=d.workers, help="simulated GPU workers")
     add(
         "--time-scale",
@@ -93,6 +133,50 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     add("--stuck-extra", type=float, default=f.stuck_extra)
     add("--fault-output-404", type=float, default=f.rate_output_404)
     add("--output-404-for", type=float, default=f.output_404_for)
+    add(
+        "--idless-processing-rate",
+        type=float,
+        default=d.idless_processing_rate,
+        help="probability that a fetch of a running job answers the docs' id-less "
+        '{"status": "processing", "messege": "try again later.", "output": "", ...} '
+        "(default %(default)s)",
+    )
+    add(
+        "--base64-output",
+        choices=("data_url", "bare", "link"),
+        default=d.base64_output,
+        help='how jobs asked with "base64": "yes" give their images: data URLs, bare base64, '
+        "or links to .base64 text (default %(default)s)",
+    )
+    add(
+        "--wallet",
+        type=_optional_float,
+        default=d.wallet,
+        metavar="AMOUNT|unlimited",
+        help="starting balance of every key in USD; a submission it cannot pay answers 402 "
+        "(default unlimited)",
+    )
+    add(
+        "--key-wallet",
+        action="append",
+        dest="key_wallets",
+        type=_per_key(float),
+        metavar="KEY=AMOUNT",
+        help="starting balance of one key, instead of --wallet; repeat per key (default: none)",
+    )
+    add(
+        "--price-per-image",
+        type=float,
+        default=d.price_per_image,
+        help="what each image draws from the wallet at acceptance (default %(default)s)",
+    )
+    add(
+        "--premium-models",
+        type=_names,
+        default=d.premium_models,
+        metavar="MODELS",
+        help="comma-separated model ids that answer 403, not on the plan (default: none)",
+    )
     return parser
 
 
@@ -127,6 +211,13 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         webhook_duplicate_rate=args.webhook_duplicate_rate,
         webhook_delay=args.webhook_delay,
         seed=args.seed,
+        idless_processing_rate=args.idless_processing_rate,
+        base64_output=args.base64_output,
+        wallet=args.wallet,
+        key_wallets=dict(args.key_wallets or ()),
+        price_per_image=args.price_per_image,
+        premium_models=args.premium_models,
+        key_queue_limits={key: int(limit) for key, limit in args.key_queue_limits or ()},
         faults=FaultConfig(
             seed=args.fault_seed,
             rate_5xx=args.fault_5xx,
