@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from ._errors import DownloadError
+from ._inline import decode_base64_image, image_extension, inline_image, is_base64_link
 from ._transport import logger
 
 if TYPE_CHECKING:
@@ -87,10 +88,52 @@ async def _download_one(
                 pass
             elif response.status != 200:
                 raise DownloadError(f"GET {url} answered HTTP {response.status}", url=url)
+            elif is_base64_link(url):
+                data = await _read_base64_body(response, url, max_bytes)
+                name = safe_file_name(url.rsplit(".", 1)[0], fallback_name)
+                return _write_bytes(data, directory, name, taken, url=url)
             else:
                 return await _write(response, url, directory, fallback_name, max_bytes, taken)
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 5.0)
+
+
+async def _read_base64_body(response: aiohttp.ClientResponse, url: str, max_bytes: int) -> bytes:
+    """The image in a ``.base64`` link's body (base64 text, perhaps a data URL)."""
+    # base64 takes 4 bytes of text for 3 of image.
+    limit = max_bytes * 4 // 3 + 1024
+    if response.content_length is not None and response.content_length > limit:
+        raise DownloadError(
+            f"GET {url}: {response.content_length} bytes exceeds max_bytes={max_bytes}", url=url
+        )
+    text = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        text += chunk
+        if len(text) > limit:
+            raise DownloadError(f"GET {url}: more than max_bytes={max_bytes} bytes", url=url)
+    data = decode_base64_image(bytes(text))
+    if data is None:
+        raise DownloadError(f"GET {url}: the body is not a base64-encoded image", url=url)
+    return data
+
+
+def _write_bytes(data: bytes, directory: Path, stem: str, taken: set[str], *, url: str) -> Path:
+    """Write an image held in memory (decoded base64) atomically, named by its real type."""
+    extension = image_extension(data) or ".bin"
+    stem = _UNSAFE.sub("_", stem).strip("._")[:120] or "image"
+    name = stem if stem.lower().endswith(extension) else stem + extension
+    name = _unique(name, taken)
+    target = (directory / name).resolve()
+    if target.parent != directory:
+        raise DownloadError(f"refusing to write outside {directory}: {name!r}", url=url)
+    partial = directory / f".{name}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return target
 
 
 async def _write(
@@ -144,10 +187,12 @@ async def download_result(
     not_found_grace: float = 30.0,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> list[Path]:
-    """Download every URL of ``result.output`` into ``directory`` (created if missing).
+    """Save every image of ``result.output`` into ``directory`` (created if missing).
 
-    A 404 is retried for ``not_found_grace`` seconds; a body that is not an image or is larger
-    than ``max_bytes`` raises :class:`DownloadError` and leaves nothing behind.
+    Links are downloaded; base64 outputs (data URLs, bare base64, ``.base64`` links, as the
+    service answers to ``"base64": "yes"``) are decoded and saved as real image files. A 404 is
+    retried for ``not_found_grace`` seconds; a body that is not an image or is larger than
+    ``max_bytes`` raises :class:`DownloadError` and leaves nothing behind.
     """
     folder = Path(directory).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -158,6 +203,16 @@ async def download_result(
     async with _session_for(client) as session:
         for index, url in enumerate(result.output):
             fallback = f"{result.id or 'image'}-{index}"
+            data = inline_image(url)
+            if data is not None:
+                if len(data) > max_bytes:
+                    raise DownloadError(f"output {index}: more than max_bytes={max_bytes} bytes")
+                paths.append(_write_bytes(data, folder, fallback, taken, url=f"output {index}"))
+                continue
+            if not url.lower().startswith(("http://", "https://")):
+                raise DownloadError(
+                    f"output {index} is neither an http(s) link nor a base64 image: {url[:60]!r}"
+                )
             try:
                 path = await _download_one(
                     session,
