@@ -53,6 +53,7 @@ from ._errors import (
     AuthenticationError,
     ClientClosedError,
     DreamboothError,
+    InsufficientCredits,
     RateLimitError,
     ServerError,
     TransportError,
@@ -320,20 +321,14 @@ _CURRENT: contextvars.ContextVar[tuple[_Engine, _Entry] | None] = contextvars.Co
 # BatchRun must not let its task be collected half-way through cleaning up.
 _LIVE_TASKS: set[asyncio.Task[None]] = set()
 
-# Error types after which a job recorded in a manifest may still be fetched by id, rather than
-# submitted again.
-_REATTACH_AFTER = frozenset(
-    {
-        "JobTimeout",
-        "DownloadError",
-        "ClientClosedError",
-        "TransportError",
-        "ServerError",
-        "RateLimitError",
-        "OSError",
-        "CancelledError",
-    }
-)
+# The only error after which a job recorded in a manifest is not fetched again by id: the service
+# said that job failed. Every other ending (timeout, download, a shape the client did not expect,
+# the process dying) leaves a paid job that a rerun fetches rather than pays for again.
+_JOB_ENDED_FAILED = frozenset({"GenerationFailed"})
+
+# Errors after which no submission of this batch can be accepted: stop submitting, keep the
+# rest pending in the manifest, and report why.
+_STOPS_SUBMITTING = (AuthenticationError, InsufficientCredits)
 
 _Plan: TypeAlias = Literal["submit", "attach", "skip", "ambiguous", "failed"]
 
@@ -408,6 +403,9 @@ class _Engine:
         self.receive: MemoryObjectReceiveStream[BatchItem]
         self.send, self.receive = anyio.create_memory_object_stream[BatchItem](buffer)
         self._root = anyio.CancelScope()
+        # Cancelled to stop reading input while the items already started run to their end.
+        self._spawner = anyio.CancelScope()
+        self._stopped: DreamboothError | None = None
         self._submit_scopes: set[anyio.CancelScope] = set()
         self._grace_handle: asyncio.TimerHandle | None = None
         self._occurrences: dict[str, int] = {}
@@ -426,6 +424,7 @@ class _Engine:
             "recovered": 0,
             "skipped": 0,
             "attached": 0,
+            "unsent": 0,
         }
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -456,7 +455,8 @@ class _Engine:
                 )
             with self._root:
                 async with anyio.create_task_group() as tg:
-                    await self._spawn(tg)
+                    with self._spawner:
+                        await self._spawn(tg)
         except Exception as exc:
             if self.error is None:
                 self.error = _unwrap(exc)
@@ -479,6 +479,20 @@ class _Engine:
         if self.error is None:
             self.error = error
         self.cancel()
+
+    def _stop_submitting(self, error: DreamboothError) -> None:
+        """No submission can be accepted any more (bad key, no credits): read no more input,
+        send nothing more, let accepted jobs finish, then raise ``error`` from the iterator."""
+        if self._stopped is None:
+            self._stopped = error
+            logger.warning(
+                "batch stops submitting: %s: %s; items not sent stay pending for a rerun",
+                type(error).__name__,
+                self.client._transport.redact(str(error)),
+            )
+        if self.error is None:
+            self.error = error
+        self._spawner.cancel()
 
     # --- events -------------------------------------------------------------------------------
 
@@ -550,7 +564,7 @@ class _Engine:
         if status in ("submitting", "ambiguous"):
             return "submit" if self._resubmit_ambiguous else "ambiguous"
         if status == "failed":
-            if prior.job_id is not None and prior.error in _REATTACH_AFTER:
+            if prior.job_id is not None and prior.error not in _JOB_ENDED_FAILED:
                 return "attach"  # the job exists on the service; fetch it, do not pay again
             return "submit" if self._retry_failed else "failed"
         return "submit"  # pending, not_landed: never accepted
@@ -609,10 +623,12 @@ class _Engine:
             try:
                 item = await self._process(entry)
             except Exception as error:
-                # Not an item's error (bad key, client closed, manifest unwritable): the batch
-                # cannot go on. The first such error wins; siblings are cancelled.
+                # Not an item's error (client closed, manifest unwritable): the batch cannot go
+                # on. The first such error wins; siblings are cancelled.
                 self._abort(error)
                 return
+            if item is None:
+                return  # never sent: the batch stopped submitting (see _stop_submitting)
             self.counts[item.status] += 1
             if item.resumed and item.status == "done":
                 self.counts["skipped"] += 1
@@ -631,7 +647,7 @@ class _Engine:
         finally:
             self._permits.release()
 
-    async def _process(self, entry: _Entry) -> BatchItem:
+    async def _process(self, entry: _Entry) -> BatchItem | None:
         plan = entry.plan
         if plan == "skip":
             return self._resumed(entry)
@@ -675,7 +691,7 @@ class _Engine:
                 self._emit("attached", entry, job_id=job.id)
             else:
                 outcome = await self._submit(entry, slot)
-                if isinstance(outcome, BatchItem):
+                if outcome is None or isinstance(outcome, BatchItem):
                     return outcome
                 job = outcome
             try:
@@ -690,12 +706,17 @@ class _Engine:
             slot.release()
         return await self._finish(entry, job.id or result.id, result)
 
-    async def _submit(self, entry: _Entry, slot: _Slot) -> Job | BatchItem:
-        """Submit until accepted; a BatchItem when the item ends here instead."""
+    async def _submit(self, entry: _Entry, slot: _Slot) -> Job | BatchItem | None:
+        """Submit until accepted; a BatchItem when the item ends here instead, None when the
+        batch stopped submitting before this item was sent (it stays pending)."""
         attempt = 0
         turned_away = 0
         while True:
             await self._pacer.wait()
+            if self._stopped is not None:
+                slot.release()
+                self.counts["unsent"] += 1
+                return None
             attempt += 1
             if self.manifest is not None:
                 self.manifest.submitting(entry.key, attempt)
@@ -717,10 +738,15 @@ class _Engine:
                 await self.window.acquire(priority=True)
                 slot.take()
                 continue
-            if isinstance(error, AuthenticationError):
+            if isinstance(error, _STOPS_SUBMITTING):
+                # Every other submission would be refused the same way. Nothing was accepted,
+                # so the item stays pending for a rerun (after topping up, or with a good key);
+                # jobs already accepted finish and are collected.
                 if self.manifest is not None:
-                    self.manifest.failed(entry.key, error)
-                raise error  # every item would fail the same way: stop the batch
+                    self.manifest.not_landed(entry.key, type(error).__name__)
+                slot.release()
+                self._stop_submitting(error)
+                return None
             if isinstance(error, AmbiguousSubmission | TransportError | ServerError) and (
                 isinstance(error, AmbiguousSubmission) or error.may_have_landed
             ):

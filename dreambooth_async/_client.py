@@ -12,12 +12,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-import attrs
-
 from ._errors import (
     APIError,
     ClientClosedError,
     DreamboothError,
+    GenerationFailed,
+    JobNotFound,
     RequestValidationError,
     TransportError,
 )
@@ -32,11 +32,12 @@ from ._models import (
     Processing,
     SystemLoad,
     Text2Img,
+    WalletBalance,
     is_http_url,
 )
 from ._poller import Job, Poller, PollPolicy
 from ._transport import RetryPolicy, Timeouts, Transport, logger
-from ._wire import inbound, parse_json, parse_response, to_wire
+from ._wire import inbound, parse_json, parse_response, request_count_from, to_wire
 
 if TYPE_CHECKING:
     from ._batch import BatchInput, BatchItem, BatchRun
@@ -45,9 +46,15 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_BASE_URL", "DreamboothClient"]
 
-DEFAULT_BASE_URL = "https://stablediffusionapi.com"
-"""The real service's root URL: the default ``base_url`` of every client."""
+DEFAULT_BASE_URL = "https://modelslab.com"
+"""The real service's root URL: the default ``base_url`` of every client (the legacy v3/v4
+API of the 2023 pages answered at ``https://stablediffusionapi.com``)."""
+DEFAULT_API_VERSION: ApiVersion = "v6"
+"""The API version a client speaks unless told otherwise: today's documented image API."""
 API_KEY_ENV = "DREAMBOOTH_API_KEY"
+#: Read when ``DREAMBOOTH_API_KEY`` is not set: the name the service's own tools use.
+API_KEY_ENV_FALLBACK = "MODELSLAB_API_KEY"
+BASE_URL_ENV = "DREAMBOOTH_BASE_URL"
 
 # Paths per API version (PROTOCOL.md, "Endpoints").
 _PATHS: Mapping[ApiVersion, Mapping[str, str]] = {
@@ -69,7 +76,15 @@ _PATHS: Mapping[ApiVersion, Mapping[str, str]] = {
         "inpaint": "/api/v6/images/inpaint",
         "fetch": "/api/v6/images/fetch",
     },
+    "v7": {
+        "text2img": "/api/v7/images/text-to-image",
+        "img2img": "/api/v7/images/image-to-image",
+        "inpaint": "/api/v7/images/inpaint",
+        "fetch": "/api/v7/images/fetch/{id}",
+    },
 }
+_REQUEST_COUNT = "/api/v6/processing/request_count"
+_WALLET_BALANCE = "/api/wallet_balance"
 _SYSTEM_LOAD = "/api/v3/system_load"
 _MODEL_LIST = "/api/v4/dreambooth/model_list"
 _MODEL_RELOAD = "/api/v4/dreambooth/model_reload"
@@ -89,15 +104,27 @@ def _same_origin(a: str, b: str) -> bool:
     return _origin(a) == _origin(b)
 
 
+def api_key_from_env() -> str | None:
+    """The key from ``DREAMBOOTH_API_KEY``, else ``MODELSLAB_API_KEY`` (None when neither)."""
+    for name in (API_KEY_ENV, API_KEY_ENV_FALLBACK):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
 class DreamboothClient:
     """An asyncio client for the Dreambooth API.
 
     Use it as ``async with DreamboothClient(...) as client:``; the block owns the HTTP session
     and the background poller, and nothing is left running after it.
 
-    :param api_key: the account's key; None reads ``DREAMBOOTH_API_KEY``. Never logged or shown.
-    :param base_url: the service (or an emulator) root, e.g. ``https://stablediffusionapi.com``.
-    :param api_version: ``"v3"``, ``"v4"`` or ``"v6"``: which paths and wire names to use.
+    :param api_key: the account's key; None reads ``DREAMBOOTH_API_KEY``, then
+        ``MODELSLAB_API_KEY``. Never logged or shown.
+    :param base_url: the service (or an emulator) root; None reads ``DREAMBOOTH_BASE_URL``,
+        else ``https://modelslab.com``.
+    :param api_version: ``"v6"`` (default), ``"v7"``, or the legacy ``"v3"``/``"v4"`` of the
+        2023 pages: which paths and wire names to use.
     :param timeout: seconds for one HTTP exchange, or a :class:`Timeouts`.
     :param max_retries: retries of a failed call (see :class:`RetryPolicy` for which are safe).
     :param retry: the whole retry policy (overrides ``max_retries``).
@@ -111,8 +138,8 @@ class DreamboothClient:
         self,
         api_key: str | None = None,
         *,
-        base_url: str = DEFAULT_BASE_URL,
-        api_version: ApiVersion = "v3",
+        base_url: str | None = None,
+        api_version: ApiVersion = DEFAULT_API_VERSION,
         timeout: float | Timeouts = 60.0,
         max_retries: int = 4,
         retry: RetryPolicy | None = None,
@@ -120,15 +147,22 @@ class DreamboothClient:
         max_concurrency: int = 64,
         webhooks: WebhookReceiver | None = None,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        key = api_key if api_key is not None else api_key_from_env()
         # Stray whitespace (a trailing newline from a secrets file) is never part of a key.
         key = key.strip() if isinstance(key, str) else None
         if not key:
             raise RequestValidationError(
-                "api_key", None, f"a non-empty string (pass api_key= or set {API_KEY_ENV})"
+                "api_key",
+                None,
+                f"a non-empty string (pass api_key= or set {API_KEY_ENV} or "
+                f"{API_KEY_ENV_FALLBACK})",
             )
         if api_version not in API_VERSIONS:
-            raise RequestValidationError("api_version", api_version, "one of 'v3', 'v4', 'v6'")
+            raise RequestValidationError(
+                "api_version", api_version, "one of " + ", ".join(map(repr, API_VERSIONS))
+            )
+        if base_url is None:
+            base_url = os.environ.get(BASE_URL_ENV, "").strip() or DEFAULT_BASE_URL
         if not is_http_url(base_url):
             raise RequestValidationError("base_url", base_url, "an absolute http(s) URL")
         if max_concurrency < 1:
@@ -344,11 +378,27 @@ class DreamboothClient:
         self, job_id: str, fetch_url: str | None
     ) -> GenerationResult | Processing:
         url, body = self._fetch_target(job_id, fetch_url)
-        answer = await self._transport.call(url, body, idempotent=True, parse=self._parse)
-        if isinstance(answer, GenerationResult) and answer.id is None:
-            # The v3 fetch answer may leave the id out; it is the one that was asked for.
-            answer = attrs.evolve(answer, id=job_id)
-        return answer
+
+        def parse(
+            http_status: int, headers: Mapping[str, str], raw: bytes
+        ) -> GenerationResult | Processing:
+            try:
+                return parse_response(http_status, headers, raw, client=self, job_id=job_id)
+            except GenerationFailed as error:
+                error.job_id = error.job_id or job_id
+                raise
+            except APIError as error:
+                if type(error) is APIError and _says_not_found(error):
+                    raise JobNotFound(
+                        f"job {job_id}: {error.message}",
+                        job_id=job_id,
+                        http_status=error.http_status,
+                        body=error.body,
+                        tip=error.tip,
+                    ) from None
+                raise
+
+        return await self._transport.call(url, body, idempotent=True, parse=parse)
 
     async def fetch(
         self, job: str | int | Job, *, fetch_url: str | None = None
@@ -414,6 +464,25 @@ class DreamboothClient:
         return parse_response(http_status, headers, body, client=self)
 
     # --- other endpoints ----------------------------------------------------------------------
+
+    async def request_count(self) -> int:
+        """How many of the account's requests the service is processing now
+        (``/api/v6/processing/request_count``; the service allows 30 calls a minute)."""
+        self._check_open()
+        body = await self._transport.call(
+            self._url(_REQUEST_COUNT), {}, idempotent=True, parse=parse_json
+        )
+        return request_count_from(body)
+
+    async def wallet_balance(self) -> WalletBalance:
+        """The account's balance (``/api/wallet_balance``)."""
+        self._check_open()
+        body = await self._transport.call(
+            self._url(_WALLET_BALANCE), {}, idempotent=True, parse=parse_json
+        )
+        if not isinstance(body, Mapping):
+            raise APIError("wallet_balance did not answer with a JSON object")
+        return inbound.structure(body, WalletBalance)
 
     async def system_load(self) -> SystemLoad:
         """The service's queue length and wait (``/api/v3/system_load``)."""
@@ -514,6 +583,10 @@ class DreamboothClient:
         async with self.map(requests, concurrency, **options) as run:
             items = [item async for item in run]
         return sorted(items, key=lambda item: item.index)
+
+
+def _says_not_found(error: APIError) -> bool:
+    return error.http_status == 404 or "not found" in error.message.lower()
 
 
 def _in_notebook() -> bool:

@@ -20,7 +20,10 @@ __all__ = [
     "DownloadError",
     "DreamboothError",
     "GenerationFailed",
+    "InsufficientCredits",
+    "JobNotFound",
     "JobTimeout",
+    "PermissionDenied",
     "RateLimitError",
     "RequestValidationError",
     "ServerError",
@@ -90,7 +93,35 @@ class APIError(DreamboothError):
 
 
 class AuthenticationError(APIError):
-    """The API key was refused (``Invalid Api Key``, HTTP 401/403)."""
+    """The API key was refused: an invalid or missing key (``Invalid Api Key``, HTTP 401).
+
+    A batch stops submitting on it: every other item would be refused the same way.
+    """
+
+
+class InsufficientCredits(APIError):
+    """The account's wallet cannot pay for the request (HTTP 402, or ``Insufficient credits``
+    in an HTTP 200 answer). Nothing was accepted; top up and run again.
+
+    A batch stops submitting on it and leaves the rest pending in its manifest.
+    """
+
+
+class PermissionDenied(APIError):
+    """The key is valid but the feature or model is not on the account's plan (HTTP 403,
+    ``This feature requires a premium subscription``). Nothing was accepted."""
+
+
+class JobNotFound(APIError):
+    """The service does not know the job id that was fetched (``job_id`` names it).
+
+    Right after a submission was accepted the service may not show the job yet: the poller
+    retries for a bounded time before it reports this.
+    """
+
+    def __init__(self, message: str, *, job_id: str | None = None, **kw: Any) -> None:
+        self.job_id = job_id
+        super().__init__(message, **kw)
 
 
 class RateLimitError(APIError):
@@ -170,6 +201,11 @@ class ClientClosedError(DreamboothError, RuntimeError):
 
 
 # --- the mapping ------------------------------------------------------------------------------
+
+# How the service words a refusal for money or for the plan when it answers HTTP 200
+# (error-codes.mdx gives the texts; legacy endpoints send them without the status code).
+_NO_CREDIT = ("insufficient credit", "insufficient balance", "add more credits", "out of credits")
+_NOT_ON_PLAN = ("premium subscription", "not available on your plan", "upgrade your plan")
 
 _WAIT_SECONDS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:seconds|secs|sec|s)\b", re.IGNORECASE)
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
@@ -275,8 +311,12 @@ def error_from_response(
             return RateLimitError(
                 text, retry_after=_retry_after(headers, None), http_status=http_status
             )
-        if http_status in (401, 403):
+        if http_status == 401:
             return AuthenticationError(text, http_status=http_status)
+        if http_status == 402:
+            return InsufficientCredits(text, http_status=http_status)
+        if http_status == 403:
+            return PermissionDenied(text, http_status=http_status)
         if http_status >= 500 or ok_http:
             return ServerError(
                 text,
@@ -301,8 +341,12 @@ def error_from_response(
     }
     lowered = message.lower()
 
-    if http_status in (401, 403) or "api key" in lowered:
+    if http_status == 401 or "api key" in lowered:
         return AuthenticationError(message, **common)
+    if http_status == 402 or any(words in lowered for words in _NO_CREDIT):
+        return InsufficientCredits(message, **common)
+    if http_status == 403 or any(words in lowered for words in _NOT_ON_PLAN):
+        return PermissionDenied(message, **common)
     if http_status == 429 or "rate limit" in lowered or "queued requests" in lowered:
         return RateLimitError(
             message,

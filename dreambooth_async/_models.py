@@ -23,10 +23,12 @@ from ._errors import RequestValidationError
 if TYPE_CHECKING:
     from ._client import DreamboothClient
 
-ApiVersion: TypeAlias = Literal["v3", "v4", "v6"]
-"""Which version of the API a client speaks: ``"v3"``, ``"v4"`` or ``"v6"`` (paths and wire
-names differ; ``PROTOCOL.md`` lists them)."""
-API_VERSIONS: tuple[ApiVersion, ...] = ("v3", "v4", "v6")
+ApiVersion: TypeAlias = Literal["v3", "v4", "v6", "v7"]
+"""Which version of the API a client speaks: ``"v6"`` (the default, modelslab.com's
+``/api/v6/images/...``), ``"v7"`` (``/api/v7/images/...``, today's official CLI), or the legacy
+``"v3"`` and ``"v4"`` of the 2023 pages (``/api/v3/dreambooth``...). Paths and wire names
+differ; ``docs/protocol.md`` lists them."""
+API_VERSIONS: tuple[ApiVersion, ...] = ("v3", "v4", "v6", "v7")
 
 #: An image given to img2img / inpaint: an http(s) URL, a local file path, or the raw bytes.
 ImageInput: TypeAlias = "str | os.PathLike[str] | bytes"
@@ -346,6 +348,15 @@ class GenerationResult:
         except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
             return None
 
+    @property
+    def inline_images(self) -> tuple[bytes, ...]:
+        """The images that ``output`` carries in itself (base64: data URLs or bare strings, as
+        the service answers to ``"base64": "yes"``), decoded and checked by magic bytes.
+        Links are not fetched: ``await client.read_images(result)`` gives every image."""
+        from ._inline import inline_image
+
+        return tuple(data for item in self.output if (data := inline_image(item)) is not None)
+
     async def save(self, directory: str | os.PathLike[str], **options: Any) -> list[Path]:
         """Download every output image into ``directory`` and return the paths written.
 
@@ -403,4 +414,13 @@ class ModelInfo:
     model_id: str
     status: str | None = None
     model_name: str | None = None
+    raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class WalletBalance:
+    """``/api/wallet_balance``: what the account has left to spend."""
+
+    balance: float
+    currency: str | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False)

@@ -33,6 +33,7 @@ from ._models import (
     Scheduler,
     SystemLoad,
     Text2Img,
+    WalletBalance,
     looks_like_url,
 )
 
@@ -45,6 +46,11 @@ __all__ = ["converter_for", "decode_json", "from_wire", "parse_response", "to_wi
 _STRING_FIELDS = ("width", "height", "samples", "steps", "clip_skip")
 # Sent even when None: the service documents null as "random" / "none".
 _NULLABLE_FIELDS = frozenset({"seed", "negative_prompt"})
+
+
+def _numbers_as_strings(version: ApiVersion) -> bool:
+    # The v3 to v6 pages send numbers as strings ("512"); v7's examples use JSON numbers.
+    return version != "v7"
 
 
 def _steps_name(kind: str, version: ApiVersion) -> str:
@@ -63,12 +69,16 @@ def converter_for(version: ApiVersion) -> cattrs.Converter:
     conv.register_unstructure_hook(bool, lambda flag: "yes" if flag else "no")
     # A StrEnum would serialise anyway, but the wire dict should hold plain JSON types only.
     conv.register_unstructure_hook(Scheduler, lambda scheduler: scheduler.value)
+    as_string = _numbers_as_strings(version)
     for cls in (Text2Img, Img2Img, Inpaint):
-        overrides: dict[str, Any] = {
-            name: override(unstruct_hook=_as_wire_string) for name in _STRING_FIELDS
-        }
+        overrides: dict[str, Any] = (
+            {name: override(unstruct_hook=_as_wire_string) for name in _STRING_FIELDS}
+            if as_string
+            else {}
+        )
         overrides["steps"] = override(
-            rename=_steps_name(cls.kind, version), unstruct_hook=_as_wire_string
+            rename=_steps_name(cls.kind, version),
+            unstruct_hook=_as_wire_string if as_string else None,
         )
         overrides["extra"] = override(omit=True)
         for image_field in ("init_image", "mask_image"):
@@ -300,8 +310,11 @@ def _structure_result(
     )
 
 
-def _structure_processing(body: Mapping[str, Any], _: type) -> Processing:
-    job_id = _job_id(body.get("id"))
+def _structure_processing(
+    body: Mapping[str, Any], _: type, asked_for: str | None = None
+) -> Processing:
+    # The fetch page's own "processing" example has no id: the job is the one asked about.
+    job_id = _job_id(body.get("id")) or asked_for
     if job_id is None:
         # A processing answer we cannot poll: reporting it beats polling an empty id.
         # It did accept the job, so say so: resubmitting would pay twice.
@@ -332,6 +345,35 @@ def _structure_system_load(body: Mapping[str, Any], _: type) -> SystemLoad:
     )
 
 
+def _structure_wallet_balance(body: Mapping[str, Any], _: type) -> WalletBalance:
+    data = body.get("data")
+    source = data if isinstance(data, Mapping) else body
+    balance = _float(source.get("balance"))
+    if balance is None:
+        raise APIError("wallet_balance answered without a balance", body=dict(body))
+    return WalletBalance(balance=balance, currency=_text(source.get("currency")), raw=dict(body))
+
+
+def request_count_from(body: Any) -> int:
+    """The number in a ``request_count`` answer. The OpenAPI file names it
+    ``processing_count``; other names are read too, since no example answer is published."""
+    sources = [body]
+    if isinstance(body, Mapping) and isinstance(body.get("data"), Mapping):
+        sources.append(body["data"])
+    for source in sources:
+        if not isinstance(source, Mapping):
+            continue
+        for name in ("processing_count", "request_count", "count", "processing"):
+            number = _float(source.get(name))
+            if number is not None and number >= 0:
+                return int(number)
+    raise APIError("request_count answered without a count", body=_shown_body(body))
+
+
+def _shown_body(body: Any) -> dict[str, Any] | None:
+    return dict(body) if isinstance(body, Mapping) else None
+
+
 def _structure_model_info(body: Mapping[str, Any], _: type) -> ModelInfo:
     return ModelInfo(
         model_id=str(body.get("model_id", "")),
@@ -348,6 +390,7 @@ _structure_hooks: dict[type, Callable[[Any, type], Any]] = {
     Processing: _structure_processing,
     SystemLoad: _structure_system_load,
     ModelInfo: _structure_model_info,
+    WalletBalance: _structure_wallet_balance,
 }
 # By predicate: GenerationResult names the client lazily, so its hints cannot be resolved here.
 inbound.register_structure_hook_func(
@@ -361,28 +404,35 @@ def parse_response(
     body: bytes,
     *,
     client: DreamboothClient | None = None,
+    job_id: str | None = None,
 ) -> GenerationResult | Processing:
     """Map any answer to a generation or fetch call: a result, a processing status, or raise.
 
     Every answer goes through here, whatever its HTTP status or body (JSON, HTML, nothing).
-    A result is bound to ``client`` (for ``save()``).
+    A result is bound to ``client`` (for ``save()``). ``job_id`` is the job a fetch asked
+    about: an answer that leaves its id out (the docs' processing example does) is about it.
     """
     parsed = decode_json(body)
     if 200 <= http_status < 300 and isinstance(parsed, dict):
         # The common answers, decided without the full error mapping (it agrees on these).
         status = parsed.get("status")
         if status == "success":
-            return _structure_result(parsed, GenerationResult, client)
+            return _identified(_structure_result(parsed, GenerationResult, client), job_id)
         if status == "processing":
-            return inbound.structure(parsed, Processing)
+            return _structure_processing(parsed, Processing, job_id)
     error = error_from_response(http_status, headers, body, parsed)
     if error is not None:
         raise error
     if not isinstance(parsed, Mapping):
         raise APIError("expected a JSON object", http_status=http_status)
     if str(parsed.get("status", "")).lower() == "processing":
-        return inbound.structure(parsed, Processing)
-    return _structure_result(parsed, GenerationResult, client)
+        return _structure_processing(parsed, Processing, job_id)
+    return _identified(_structure_result(parsed, GenerationResult, client), job_id)
+
+
+def _identified(result: GenerationResult, job_id: str | None) -> GenerationResult:
+    # The v3 fetch answer may leave the id out; it is the one that was asked for.
+    return result if result.id is not None or job_id is None else attrs.evolve(result, id=job_id)
 
 
 def parse_json(http_status: int, headers: Mapping[str, str], body: bytes) -> Any:

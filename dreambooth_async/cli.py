@@ -32,8 +32,21 @@ from typing import Any, TextIO
 import attrs
 
 from ._batch import BatchItem
-from ._client import API_KEY_ENV, DEFAULT_BASE_URL, DreamboothClient
-from ._errors import DreamboothError, RequestValidationError
+from ._client import (
+    API_KEY_ENV,
+    API_KEY_ENV_FALLBACK,
+    BASE_URL_ENV,
+    DEFAULT_API_VERSION,
+    DEFAULT_BASE_URL,
+    DreamboothClient,
+    api_key_from_env,
+)
+from ._errors import (
+    AuthenticationError,
+    DreamboothError,
+    InsufficientCredits,
+    RequestValidationError,
+)
 from ._manifest import ManifestError
 from ._models import API_VERSIONS, GenerationRequest, Img2Img, Inpaint, Scheduler, Text2Img
 from ._poller import PollPolicy
@@ -432,6 +445,36 @@ class OutputLock:
         os.close(self._fd)
 
 
+# Where the service's ``meta`` says what ran (v6 caps steps silently, a random seed is drawn):
+# field -> the names meta uses for it.
+_META_NAMES: Mapping[str, tuple[str, ...]] = {
+    "seed": ("seed",),
+    "width": ("W", "width"),
+    "height": ("H", "height"),
+    "steps": ("steps", "num_inference_steps"),
+    "guidance_scale": ("guidance_scale", "guidance"),
+    "scheduler": ("scheduler",),
+}
+
+
+def _what_ran(item: BatchItem) -> dict[str, Any]:
+    """The generation settings the service reports in the result's ``meta``, typed as the
+    request's fields; a value the meta lacks or garbles is left to the request."""
+    meta = item.result.meta if item.result is not None else {}
+    ran: dict[str, Any] = {}
+    for field, names in _META_NAMES.items():
+        value = next((meta[name] for name in names if meta.get(name) not in (None, "")), None)
+        if value is None:
+            continue
+        try:
+            ran[field] = _convert(field, value) if field != "scheduler" else str(value)
+        except ValueError:
+            continue
+    if "seed" not in ran and item.request.seed is None and item.result is not None:
+        ran["seed"] = item.result.seed
+    return ran
+
+
 class MetadataWriter:
     """``metadata.jsonl``: one row per image, appended once the image is on disk, never twice.
 
@@ -464,14 +507,13 @@ class MetadataWriter:
         """Append the rows for ``item``'s files that are not in the file yet; returns how many."""
         rows = []
         request = item.request
-        result = item.result
-        seed = request.seed if request.seed is not None else (result.seed if result else None)
+        ran = _what_ran(item)
         for number, path in enumerate(item.files):
             if path.name in self.known:
                 continue
             row: dict[str, Any] = {"file_name": path.name}
             for name in _METADATA_FIELDS:
-                value = seed if name == "seed" else getattr(request, name, None)
+                value = ran[name] if name in ran else getattr(request, name, None)
                 row[name] = value.value if isinstance(value, Scheduler) else value
             row.update(
                 kind=request.kind,
@@ -506,6 +548,8 @@ class _Summary:
     images: int = 0
     new_rows: int = 0
     problems: list[str] = attrs.field(factory=list)
+    #: Why the batch stopped submitting (a bad key, no credits), if it did.
+    stopped: str | None = None
 
 
 def _describe(item: BatchItem, source: PromptSource) -> str:
@@ -517,9 +561,12 @@ def _describe(item: BatchItem, source: PromptSource) -> str:
 
 
 def _api_key(args: argparse.Namespace) -> str:
-    key = args.api_key or os.environ.get(API_KEY_ENV)
+    key = args.api_key or api_key_from_env()
     if not key:
-        raise InputError(f"no API key: pass --api-key or set {API_KEY_ENV} (or use --emulator)")
+        raise InputError(
+            f"no API key: pass --api-key or set {API_KEY_ENV} or {API_KEY_ENV_FALLBACK} "
+            "(or use --emulator)"
+        )
     return str(key)
 
 
@@ -597,27 +644,43 @@ async def _run_generate(
                         job_timeout=args.job_timeout,
                     ) as run,
                 ):
-                    async for item in run:
-                        if item.ok:
-                            summary.done += 1
-                            summary.resumed += item.resumed
-                            summary.images += len(item.files)
-                            summary.new_rows += metadata.add(item)
-                        else:
-                            if item.status == "ambiguous":
-                                summary.ambiguous += 1
-                            else:
-                                summary.failed += 1
-                            # The service may echo the key in an error: never print it.
-                            problem = client._transport.redact(_describe(item, source))
-                            summary.problems.append(problem)
+                    try:
+                        async for item in run:
+                            _tally(item, summary, metadata, source, client)
+                    except (AuthenticationError, InsufficientCredits) as error:
+                        # The batch stopped submitting; accepted jobs were collected above.
+                        summary.stopped = client._transport.redact(
+                            f"{type(error).__name__}: {error}"
+                        )
             finally:
                 if show:
                     progress.close()
     finally:
         metadata.close()
     _print_summary(summary, out, manifest, time.monotonic() - started, stdout)
-    return EXIT_OK if summary.failed == 0 and summary.ambiguous == 0 else EXIT_PARTIAL
+    ok = summary.failed == 0 and summary.ambiguous == 0 and summary.stopped is None
+    return EXIT_OK if ok else EXIT_PARTIAL
+
+
+def _tally(
+    item: BatchItem,
+    summary: _Summary,
+    metadata: MetadataWriter,
+    source: PromptSource,
+    client: DreamboothClient,
+) -> None:
+    if item.ok:
+        summary.done += 1
+        summary.resumed += item.resumed
+        summary.images += len(item.files)
+        summary.new_rows += metadata.add(item)
+    else:
+        if item.status == "ambiguous":
+            summary.ambiguous += 1
+        else:
+            summary.failed += 1
+        # The service may echo the key in an error: never print it.
+        summary.problems.append(client._transport.redact(_describe(item, source)))
 
 
 def _print_summary(
@@ -635,6 +698,12 @@ def _print_summary(
         print(f"  {problem}", file=stdout)
     if len(summary.problems) > 20:
         print(f"  ... and {len(summary.problems) - 20} more (see {manifest})", file=stdout)
+    if summary.stopped is not None:
+        print(
+            f"stopped submitting: {summary.stopped}; the items not sent stay pending: fix the "
+            "cause (top up the wallet, or use a valid key) and run the same command again",
+            file=stdout,
+        )
     if summary.failed:
         print("run the same command again to retry the failed items", file=stdout)
     if summary.ambiguous:
@@ -811,9 +880,21 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
         metavar="RPS",
         help="at most this many submissions per second",
     )
-    gen.add_argument("--base-url", default=DEFAULT_BASE_URL, help="default %(default)s")
-    gen.add_argument("--api-version", choices=API_VERSIONS, default="v3")
-    gen.add_argument("--api-key", help=f"the account key (default: ${API_KEY_ENV})")
+    gen.add_argument(
+        "--base-url",
+        default=None,
+        help=f"the service root (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
+    )
+    gen.add_argument(
+        "--api-version",
+        choices=API_VERSIONS,
+        default=DEFAULT_API_VERSION,
+        help="v6 (default) and v7 are today's API; v3 and v4 the legacy one of the 2023 pages",
+    )
+    gen.add_argument(
+        "--api-key",
+        help=f"the account key (default: ${API_KEY_ENV}, else ${API_KEY_ENV_FALLBACK})",
+    )
     gen.add_argument(
         "--manifest", metavar="PATH", help=f"batch manifest (default DIR/{MANIFEST_NAME})"
     )

@@ -197,11 +197,16 @@ FAST_RETRY_OPTIONS: dict[str, Any] = {
 
 
 def fast_client_options(**overrides: Any) -> dict[str, Any]:
-    """Keyword arguments for a DreamboothClient that never waits long in a test."""
+    """Keyword arguments for a DreamboothClient that never waits long in a test.
+
+    The replay scripts speak the seed pages' v3 API (``/api/v3/dreambooth``), so the client is
+    pinned to it; tests of today's v6/v7 shapes pass ``api_version`` themselves.
+    """
     from dreambooth_async import PollPolicy, RetryPolicy, Timeouts
 
     options: dict[str, Any] = {
         "api_key": "test-key",
+        "api_version": "v3",
         "retry": RetryPolicy(**FAST_RETRY_OPTIONS),
         "poll": PollPolicy(
             min_interval=0.001,

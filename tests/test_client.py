@@ -110,7 +110,7 @@ async def test_fetch_refuses_an_empty_id() -> None:
 
 
 def test_job_ids_are_quoted_in_fetch_paths() -> None:
-    client = dba.DreamboothClient(api_key=KEY, base_url="http://127.0.0.1:1")
+    client = dba.DreamboothClient(api_key=KEY, base_url="http://127.0.0.1:1", api_version="v3")
     url, body = client._fetch_target("../../admin", None)
     assert url == "http://127.0.0.1:1/api/v3/dreambooth/fetch/..%2F..%2Fadmin"
     assert body == {}

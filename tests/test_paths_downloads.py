@@ -113,7 +113,7 @@ async def hostile_service() -> AsyncIterator[Hostile]:
 @contextlib.asynccontextmanager
 async def session() -> AsyncIterator[tuple[Hostile, dba.DreamboothClient]]:
     async with hostile_service() as hostile:
-        client = dba.DreamboothClient("sk-paths", base_url=hostile.url)
+        client = dba.DreamboothClient("sk-paths", base_url=hostile.url, api_version="v3")
         async with client:
             yield hostile, client
 
