@@ -252,7 +252,8 @@ async def test_a_feature_not_on_the_plan_is_permission_denied(http_errors: bool)
 @pytest.mark.parametrize("http_errors", [True, False])
 async def test_only_an_invalid_key_is_an_authentication_error(http_errors: bool) -> None:
     async with Emulator(_config(http_errors=http_errors)) as emu:
-        async with dba.DreamboothClient("sk-wrong", base_url=emu.base_url, poll=POLL) as client:
+        client = dba.DreamboothClient("sk-wrong", base_url=emu.base_url, poll=POLL)
+        async with client:
             with pytest.raises(dba.AuthenticationError):
                 await client.generate(request())
 
