@@ -1,0 +1,257 @@
+"""The poller against the service as documented today, and its pace relative to each job.
+
+- A job the service accepted ends only on an answer that ends it: the fetch page's id-less,
+  ETA-less "processing" keeps it pending; "not found" right after acceptance is asked again for
+  a bounded time; an answer no rule covers ends it only after that time, with an error that
+  names the job.
+- The result keeps the processing answers' ``meta`` when the v3/v4 fetch answer has none.
+- The default policy has no absolute notion of "fast": its waits scale with the job's ETA and
+  age, and its ETA model learns the service's bias from the first jobs that finish.
+
+Integration tests talk HTTP to the emulator or to a scripted server on 127.0.0.1; the few unit
+tests drive the poller's planning with explicit times. No test asserts a timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import anyio
+import pytest
+from replay_server import ReplayServer, Reply, fast_client_options
+
+import dreambooth_async as dba
+from dreambooth_async._eta import EtaModel, FinishedJob
+from dreambooth_async._poller import Poller
+from dreambooth_async.emulator import DEFAULT_KEY, CostModel, Emulator, EmulatorConfig
+
+pytestmark = pytest.mark.anyio
+
+SCALE = 0.01
+COST = CostModel(base=10.0, per_step=0.0, per_sample=0.0, per_megapixel=0.0, noise=0.0)
+
+
+def config(**overrides: object) -> EmulatorConfig:
+    settings: dict[str, object] = {
+        "time_scale": SCALE,
+        "cost": COST,
+        "workers": 4,
+        "queue_limit": 50,
+        "sync_window": 0.0,
+        "spam_filter": False,
+    }
+    settings.update(overrides)
+    return EmulatorConfig(**settings)  # type: ignore[arg-type]
+
+
+def request(i: int = 0) -> dba.Text2Img:
+    return dba.Text2Img(model_id="midjourney", prompt=f"a harbour at dusk {i}", seed=1000 + i)
+
+
+# --- documented answers, through the emulator --------------------------------------------------
+
+
+async def test_idless_processing_answers_keep_the_job_pending_to_its_result() -> None:
+    # Every "processing" fetch answer in the docs' form: no id, no eta, output "".
+    async with (
+        Emulator(config(idless_processing_rate=1.0)) as emu,
+        dba.DreamboothClient(
+            DEFAULT_KEY, base_url=emu.base_url, api_version="v6", poll=dba.PollPolicy()
+        ) as client,
+    ):
+        jobs = [await client.submit(request(i)) for i in range(4)]
+        results = await asyncio.gather(*(job.wait() for job in jobs))
+        assert [r.id for r in results] == [job.id for job in jobs]
+        assert all(r.output for r in results)
+        assert emu.stats.idless_processing > 0  # the answers were seen, and not fatal
+
+
+@pytest.mark.parametrize("api_version", ["v3", "v4"])
+async def test_the_seed_of_the_processing_answer_reaches_the_result(api_version: str) -> None:
+    # The v3/v4 fetch answer is {status, id, output}: without the processing answer's meta
+    # the seed that ran is lost.
+    async with (
+        Emulator(config()) as emu,
+        dba.DreamboothClient(
+            DEFAULT_KEY,
+            base_url=emu.base_url,
+            api_version=api_version,  # type: ignore[arg-type]
+            poll=dba.PollPolicy(),
+        ) as client,
+    ):
+        job = await client.submit(request(7))
+        assert not job.done()
+        result = await job
+        assert result.seed == 1007
+        assert result.meta["model_id"] == "midjourney"
+
+
+# --- answers that say nothing about the job, through a scripted server -------------------------
+
+SUBMIT = "/api/v6/images/text2img"
+FETCH = "/api/v6/images/fetch"
+ACCEPTED = Reply.json({"status": "processing", "id": 42, "eta": 0.05, "meta": {"seed": 5}})
+NOT_FOUND = Reply.json({"status": "error", "message": "Request not found"})
+DONE = Reply.json({"status": "success", "id": 42, "output": ["http://127.0.0.1:9/x.png"]})
+
+
+def options(**poll: object) -> dict[str, object]:
+    settings: dict[str, object] = {"job_timeout": 30.0, "explore_every": 0, **poll}
+    return fast_client_options(api_version="v6", poll=dba.PollPolicy(**settings))  # type: ignore[arg-type]
+
+
+async def test_not_found_right_after_acceptance_is_asked_again_until_it_shows() -> None:
+    async with ReplayServer() as server:
+        server.script(SUBMIT, ACCEPTED)
+        # More "not found" answers than the old fixed four failures allowed.
+        server.script(FETCH, *[NOT_FOUND] * 5, DONE)
+        async with dba.DreamboothClient(base_url=server.url, **options(not_found_grace=50.0)) as c:
+            job = await c.submit(dba.Text2Img(model_id="m", prompt="p"))
+            with anyio.fail_after(20):
+                result = await job
+        assert result.id == "42" and result.seed == 5
+        assert server.count(FETCH) == 6
+
+
+async def test_a_job_that_never_shows_fails_with_job_not_found_naming_it() -> None:
+    async with ReplayServer() as server:
+        server.script(SUBMIT, ACCEPTED)
+        server.always(FETCH, NOT_FOUND)
+        async with dba.DreamboothClient(base_url=server.url, **options()) as client:
+            job = await client.submit(dba.Text2Img(model_id="m", prompt="p"))
+            with anyio.fail_after(20), pytest.raises(dba.JobNotFound) as caught:
+                await job
+        assert caught.value.job_id == "42"
+        assert server.count(FETCH) >= 3  # asked again, a bounded number of times
+
+
+async def test_an_answer_no_rule_covers_ends_the_job_with_an_error_naming_it() -> None:
+    odd = Reply.json({"status": "queued_for_review", "id": 42})
+    async with ReplayServer() as server:
+        server.script(SUBMIT, ACCEPTED)
+        server.always(FETCH, odd)
+        async with dba.DreamboothClient(base_url=server.url, **options()) as client:
+            job = await client.submit(dba.Text2Img(model_id="m", prompt="p"))
+            with anyio.fail_after(20), pytest.raises(dba.JobTimeout) as caught:
+                await job
+        assert caught.value.job_id == "42"
+        assert isinstance(caught.value.__cause__, dba.APIError)
+        assert "queued_for_review" in str(caught.value.__cause__)
+        assert server.count(FETCH) >= 3
+
+
+async def test_an_odd_answer_between_processing_answers_costs_nothing() -> None:
+    odd = Reply.json({"status": "queued_for_review", "id": 42})
+    processing = Reply.json({"status": "processing", "messege": "try again later.", "output": ""})
+    async with ReplayServer() as server:
+        server.script(SUBMIT, ACCEPTED)
+        server.script(FETCH, odd, processing, odd, NOT_FOUND, processing, DONE)
+        async with dba.DreamboothClient(base_url=server.url, **options()) as client:
+            job = await client.submit(dba.Text2Img(model_id="m", prompt="p"))
+            with anyio.fail_after(20):
+                assert (await job).id == "42"
+
+
+# --- the pace: relative to the job ------------------------------------------------------------
+
+
+async def _never(job_id: str, fetch_url: str | None) -> dba.GenerationResult | dba.Processing:
+    raise AssertionError("no fetch in a planning test")
+
+
+async def test_the_same_policy_paces_a_half_second_and_a_five_minute_job_alike() -> None:
+    poller = Poller(_never, dba.PollPolicy(explore_every=0))
+    waits = {}
+    for eta in (0.5, 300.0):
+        job = poller.track(dba.Processing(id=f"e{eta}", eta=eta, raw={"status": "processing"}))
+        state = job._state
+        waits[eta] = (state.due - state.submitted_at) / eta
+    assert waits[0.5] == pytest.approx(waits[300.0], rel=0.05)
+    assert 0.2 < waits[0.5] < 1.0  # before the ETA's own end: the model starts wide
+
+
+async def test_a_processing_answer_without_eta_keeps_the_last_estimate() -> None:
+    poller = Poller(_never, dba.PollPolicy(explore_every=0))
+    job = poller.track(dba.Processing(id="1", eta=10.0, raw={"status": "processing"}))
+    state = job._state
+    t0 = state.submitted_at
+    earliest, latest = poller._window(state)  # type: ignore[misc]
+    # The service answers "processing" with no eta (the fetch page's example) a bit later.
+    now = t0 + 0.6 * (earliest - t0)
+    state.last_fetch = now
+    poller._observe_processing(state, dba.Processing(id="1"), now, now)
+    assert poller._window(state) == (earliest, latest)  # the estimate still holds
+    assert now < state.due <= latest
+    assert job.eta == 10.0
+
+
+async def test_waits_past_every_estimate_are_shares_of_the_job_age() -> None:
+    poller = Poller(_never, dba.PollPolicy())
+    short = poller.track(dba.Processing(id="s", eta=0.0, raw={"status": "processing"}))._state
+    for age in (1.0, 100.0):
+        short.submitted_at = 1000.0 - age
+        random.seed(3)
+        wait = poller._backoff(short, 1000.0, known=True, step=0)
+        assert wait == pytest.approx(0.09 * age, rel=0.11)
+        # Blind (nothing known at all): half the age, up to the ceiling.
+        random.seed(3)
+        blind = poller._backoff(short, 1000.0, known=False, step=0)
+        assert blind == pytest.approx(min(0.5 * age, 30.0), rel=0.11)
+
+
+def test_scaled_keeps_working_and_scales_only_absolute_settings() -> None:
+    policy = dba.PollPolicy()
+    assert policy.min_interval <= 0.05  # the politeness floor
+    scaled = policy.scaled(0.01)
+    assert scaled.delay_budget == policy.delay_budget
+    assert scaled.backoff_factor == policy.backoff_factor
+    assert scaled.min_interval == pytest.approx(policy.min_interval * 0.01)
+    assert scaled.job_timeout == pytest.approx(18.0)
+    assert dba.PollPolicy(initial_interval=2.0).scaled(0.5).initial_interval == 1.0
+
+
+# --- learning ---------------------------------------------------------------------------------
+
+
+def _job(rho: float, *, eta: float = 10.0, first: float, probe: bool = False) -> FinishedJob:
+    """A job given ``eta`` at 0 that finished at ``rho * eta``, first fetched at ``first``,
+    seen again with a short ETA (off by the same factor) just before it finished."""
+    finish = rho * eta
+    seen = finish - 0.02 * eta
+    return FinishedJob(
+        anchors=((0.0, eta), (seen, (finish - seen) / rho)),
+        first_fetch=first,
+        after=seen,
+        by=finish + 0.001 * eta,
+        probe=probe,
+    )
+
+
+@pytest.mark.parametrize("bias", [0.3, -0.3])
+def test_the_first_jobs_finished_give_the_bias(bias: float) -> None:
+    model = EtaModel()
+    assert model.bounds() == (0.5, 1.5)  # the prior: a 30% low ETA is barely inside
+    low, high = 1 / ((1 + bias) * 1.05), 1 / ((1 + bias) * 0.95)
+    width = high - low
+    # A new client fetches its first jobs early (wide prior): they are measured whatever their
+    # speed. Six of them, spread as a sample of six would be.
+    for k in range(6):
+        model.observe_job(_job(low + width * (k + 0.5) / 6, first=0.4 * low * 10))
+    lo, hi = model.bounds()
+    assert low - 0.3 * width < lo <= low + 0.1 * width
+    assert high - 0.1 * width <= hi < high + 0.3 * width
+    assert model.samples >= 6 and model.low_samples >= 3
+
+
+def test_the_low_end_stays_put_when_only_slow_jobs_are_measured() -> None:
+    # In steady state, only jobs still running at their first fetch are measured: the slow
+    # ones. They must not drag the low end up (results would wait past their budget).
+    rng = random.Random(9)
+    model = EtaModel()
+    for k in range(8):
+        model.observe_job(_job(0.73 + 0.08 * (k + 0.5) / 8, first=4.0))
+    start = model.bounds()[0]
+    for _ in range(100):
+        model.observe_job(_job(rng.uniform(0.795, 0.81), first=7.95))
+    assert model.bounds()[0] <= start + 0.002
