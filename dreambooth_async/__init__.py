@@ -18,6 +18,8 @@ import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+import attrs as _attrs
+
 from ._batch import AmbiguousSubmission, BatchItem, BatchRun, request_key
 from ._client import DEFAULT_BASE_URL, DreamboothClient
 from ._download import safe_file_name
@@ -31,6 +33,7 @@ from ._errors import (
     InsufficientCredits,
     JobNotFound,
     JobTimeout,
+    OutputError,
     PermissionDenied,
     RateLimitError,
     RequestValidationError,
@@ -88,6 +91,7 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "ModelInfo",
+    "OutputError",
     "PermissionDenied",
     "PollPolicy",
     "Processing",
@@ -108,6 +112,19 @@ __all__ = [
     "request_key",
     "safe_file_name",
 ]
+
+
+# Public classes print as ``dreambooth_async.X`` (tracebacks, reprs, docs), not as the private
+# module that happens to define them; every one of them is importable from here.
+# String annotations are resolved against a class's module, so attrs classes have theirs
+# resolved (and cached) while that is still the module that defines them.
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) and _value.__module__.startswith(f"{__name__}._"):
+        if _attrs.has(_value):
+            _attrs.resolve_types(_value, localns=globals())
+        _value.__module__ = __name__
+del _name, _value
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -25,7 +25,9 @@ answer bounds the limit from above by the number of *other* slots the batch hold
 From then on it probes one slot higher after a run of acceptances at a full window, and the run
 it waits for doubles after every probe the service refuses: the limit is found in a few
 rejections and held with very few. A rejected submission provably did not land (the transport's
-rule), so it is sent again after the service's ``retry_after``, ahead of fresh items.
+rule), so it is sent again, ahead of fresh items, as soon as the service has room: when one of
+the batch's own jobs ends (the client sees it) or the service's ``retry_after`` passes, whichever
+comes first; without either, when the client expects its next job to end.
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypedDict
 
 import anyio
 import attrs
 
+from ._download import writable_folder
 from ._errors import (
     AuthenticationError,
     ClientClosedError,
@@ -200,6 +203,7 @@ class SlotWindow:
         self._probe_level: int | None = None
         self._normal: deque[asyncio.Future[None]] = deque()
         self._priority: deque[asyncio.Future[None]] = deque()
+        self._release_waiters: list[asyncio.Future[None]] = []
 
     def __repr__(self) -> str:
         mode = "adaptive" if self.adaptive else "fixed"
@@ -231,7 +235,24 @@ class SlotWindow:
     def release(self) -> None:
         """Give a slot back."""
         self.held -= 1
+        waiters, self._release_waiters = self._release_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         self._wake()
+
+    async def next_release(self) -> None:
+        """Wait until a slot is given back: one of the batch's jobs ended (or a submission was
+        answered), so the service counts one job fewer."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._release_waiters.append(future)
+        try:
+            await future
+        finally:
+            if not future.done():
+                future.cancel()
+                with contextlib.suppress(ValueError):
+                    self._release_waiters.remove(future)
 
     def _wake(self) -> None:
         while self.held < self.limit:
@@ -260,8 +281,9 @@ class SlotWindow:
             self._set_limit(self.limit + 1)
             return
         self._streak += 1
-        # Probe after a run of full-window acceptances; the run doubles per refused probe.
-        if self._streak >= max(4, 2 * self.limit) * 2 ** min(self._refused_probes, 4):
+        # Probe after a run of full-window acceptances, four turns of the window (a probe
+        # the service refuses costs a rejected submission); the run doubles per refused probe.
+        if self._streak >= max(4, 4 * self.limit) * 2 ** min(self._refused_probes, 4):
             self._streak = 0
             self._probe_level = self.limit + 1
             self._set_limit(self.limit + 1)
@@ -329,6 +351,10 @@ _JOB_ENDED_FAILED = frozenset({"GenerationFailed"})
 # Errors after which no submission of this batch can be accepted: stop submitting, keep the
 # rest pending in the manifest, and report why.
 _STOPS_SUBMITTING = (AuthenticationError, InsufficientCredits)
+
+#: Consecutive submissions that could not connect (each after the transport's own retries)
+#: after which a batch stops: the service is unreachable.
+UNREACHABLE_AFTER = 3
 
 _Plan: TypeAlias = Literal["submit", "attach", "skip", "ambiguous", "failed"]
 
@@ -406,6 +432,7 @@ class _Engine:
         # Cancelled to stop reading input while the items already started run to their end.
         self._spawner = anyio.CancelScope()
         self._stopped: DreamboothError | None = None
+        self._connect_failures = 0
         self._submit_scopes: set[anyio.CancelScope] = set()
         self._grace_handle: asyncio.TimerHandle | None = None
         self._occurrences: dict[str, int] = {}
@@ -447,6 +474,9 @@ class _Engine:
         try:
             self.client._check_open()
             self.client.on_retry(self._on_retry)
+            if self._download_to is not None:
+                # Before anything is paid for: images that cannot be written are money lost.
+                writable_folder(self._download_to)
             if self._manifest_path is not None:
                 self.manifest = Manifest.open(
                     self._manifest_path,
@@ -733,6 +763,13 @@ class _Engine:
                     slot.release()
                     return self._failed(entry, error)
                 self._emit("rate_limited", entry, eta=delay, detail=str(error))
+                if error.queue_full and self.window.held > 1:
+                    # The batch holds other slots: when one of its jobs ends, the service has
+                    # room. The item keeps its slot meanwhile (the window already dropped to
+                    # the others), so it goes next, ahead of fresh items.
+                    with anyio.move_on_after(delay):
+                        await self.window.next_release()
+                    continue
                 slot.release()
                 await anyio.sleep(delay)
                 await self.window.acquire(priority=True)
@@ -768,7 +805,20 @@ class _Engine:
                 )
                 return self._ambiguous(entry, wrapped)
             slot.release()
+            if isinstance(error, TransportError) and self._unreachable(error):
+                # The service cannot be reached (nothing listening, DNS, a firewall): stop
+                # rather than spend minutes failing every item the same way. Nothing landed.
+                if self.manifest is not None:
+                    self.manifest.not_landed(entry.key, "unreachable")
+                self._stop_submitting(error)
+                return None
             return self._failed(entry, error)
+
+    def _unreachable(self, error: TransportError) -> bool:
+        """True once ``UNREACHABLE_AFTER`` submissions in a row could not connect at all
+        (the transport had already retried each)."""
+        self._connect_failures = self._connect_failures + 1 if not error.may_have_landed else 0
+        return self._connect_failures >= UNREACHABLE_AFTER
 
     async def _recover(self, entry: _Entry, error: DreamboothError, slot: _Slot) -> Job | None:
         """The job of a submission whose answer was lost, if the service's webhook call
@@ -819,6 +869,7 @@ class _Engine:
                 finally:
                     self.window.submitting -= 1
                 self.counts["accepted"] += 1
+                self._connect_failures = 0
                 self.window.on_accepted()
                 if self.manifest is not None:
                     self.manifest.submitted(
@@ -837,16 +888,38 @@ class _Engine:
         return job, None
 
     def _rate_limited(self, error: RateLimitError, turned_away: int) -> float:
-        """Seconds to wait before sending a turned-away item again."""
+        """Seconds to wait, at most, before sending a turned-away item again.
+
+        The service's ``retry_after`` when it gave one. Otherwise the time scale is the
+        client's own jobs: until the next of them should end (a queue slot frees when one of
+        *our* jobs finishes), or a share of the durations measured; a blind back-off only when
+        nothing is known yet.
+        """
         cap = self._retry.max_retry_after
         if error.retry_after is not None:
-            delay = min(error.retry_after, cap) * random.uniform(1.0, 1.1)
+            delay = min(error.retry_after, cap) * random.uniform(1.0, 1.05)
         else:
-            delay = _backoff(turned_away)
+            delay = min(cap, self._expected_room(turned_away))
         if not error.queue_full and not _is_spam(error):
             # A rate limit on requests, not slots: hold back every submission, not just this.
             self._pacer.pause(delay)
         return delay
+
+    def _expected_room(self, turned_away: int) -> float:
+        """Seconds until the service should have room, from what the client knows of its jobs
+        (see :meth:`_rate_limited`); longer with every refusal in a row."""
+        poller = self.client.poller
+        growth = 1.5 ** max(0, turned_away - 1)
+        typical = poller.durations.typical()
+        next_finish = poller.next_finish()
+        if next_finish is not None:
+            wait = max(0.0, next_finish - time.monotonic())
+            # A job past its estimate is still running: a share of a job's length more.
+            share = 0.1 * (typical if typical is not None else wait)
+            return max(_MIN_WAIT, wait + share * growth)
+        if typical is not None:
+            return max(_MIN_WAIT, 0.25 * typical * growth) * random.uniform(0.9, 1.1)
+        return _backoff(turned_away)
 
     async def _finish(
         self, entry: _Entry, job_id: str | None, result: GenerationResult
@@ -970,7 +1043,12 @@ def _reason(error: RateLimitError) -> str:
     return "spam_filter" if _is_spam(error) else "rate_limited"
 
 
+#: The least wait before a turned-away item is sent again (politeness).
+_MIN_WAIT = 0.05
+
+
 def _backoff(attempt: int) -> float:
+    """A blind back-off, for when nothing is known of how long the service's jobs take."""
     return random.uniform(0.5, 1.0) * min(10.0, 0.25 * 2.0 ** max(0, attempt - 1))
 
 
@@ -1100,6 +1178,28 @@ def _retrieve(task: asyncio.Task[None]) -> None:
     # cancellation or an escaped BaseException as "never retrieved".
     if not task.cancelled():
         task.exception()
+
+
+class MapOptions(TypedDict, total=False):
+    """The keyword options of ``client.map`` / ``client.gather`` (see :func:`map_requests`)."""
+
+    max_concurrency: int | None
+    initial_concurrency: int
+    fail_fast: bool
+    rate_limit: float | None
+    manifest: str | os.PathLike[str] | None
+    keys: Callable[[int, GenerationRequest], str] | None
+    on_event: EventHook | Iterable[EventHook] | None
+    download_to: str | os.PathLike[str] | None
+    resubmit_ambiguous: bool
+    recover_ambiguous: float | None
+    retry_failed: bool
+    job_timeout: float | None
+    max_rate_limited: int
+    buffer: int
+    cancel_grace: float
+    durable: bool
+    on_finish: Callable[[], None] | None
 
 
 def map_requests(

@@ -7,11 +7,12 @@ import ipaddress
 import os
 import sys
 import urllib.parse
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sized
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sized
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, Unpack
 
+from ._download import DEFAULT_MAX_BYTES
 from ._errors import (
     APIError,
     ClientClosedError,
@@ -27,11 +28,14 @@ from ._models import (
     GenerationRequest,
     GenerationResult,
     Img2Img,
+    Img2ImgFields,
     Inpaint,
+    InpaintFields,
     ModelInfo,
     Processing,
     SystemLoad,
     Text2Img,
+    Text2ImgFields,
     WalletBalance,
     is_http_url,
 )
@@ -40,7 +44,9 @@ from ._transport import RetryPolicy, Timeouts, Transport, logger
 from ._wire import inbound, parse_json, parse_response, request_count_from, to_wire
 
 if TYPE_CHECKING:
-    from ._batch import BatchInput, BatchItem, BatchRun
+    import aiohttp
+
+    from ._batch import BatchInput, BatchItem, BatchRun, MapOptions
     from ._progress import ProgressReporter
     from ._webhooks import WebhookReceiver
 
@@ -132,6 +138,12 @@ class DreamboothClient:
     :param max_concurrency: the most requests in flight, and the ceiling of the batch scheduler.
     :param webhooks: a :class:`WebhookReceiver` that lets the service's webhook calls resolve
         jobs before the poller would (polling remains the fallback).
+    :param trust_env: use the proxies the environment names (``HTTPS_PROXY``, ``HTTP_PROXY``,
+        ``NO_PROXY``), as httpx does; a loopback ``base_url`` never goes through a proxy.
+    :param headers: extra HTTP headers sent with every API call (the key stays in the body).
+    :param http_session: an ``aiohttp.ClientSession`` of your own (your connector, proxy and
+        TLS settings) to use instead of the client's; it is left open when the client closes.
+        ``timeout``, ``trust_env`` and ``max_concurrency``'s connection limit are then yours.
     """
 
     def __init__(
@@ -146,6 +158,9 @@ class DreamboothClient:
         poll: PollPolicy | None = None,
         max_concurrency: int = 64,
         webhooks: WebhookReceiver | None = None,
+        trust_env: bool = True,
+        headers: Mapping[str, str] | None = None,
+        http_session: aiohttp.ClientSession | None = None,
     ) -> None:
         key = api_key if api_key is not None else api_key_from_env()
         # Stray whitespace (a trailing newline from a secrets file) is never part of a key.
@@ -172,12 +187,17 @@ class DreamboothClient:
         self.max_concurrency = max_concurrency
         timeouts = timeout if isinstance(timeout, Timeouts) else Timeouts(request=float(timeout))
         self.poll_policy = poll or PollPolicy()
+        host = urllib.parse.urlsplit(self.base_url).hostname or ""
         self._transport = Transport(
             key,
             retry=retry or RetryPolicy(max_retries=max_retries),
             timeouts=timeouts,
             connection_limit=max_concurrency + self.poll_policy.fetch_concurrency,
             on_retry=self._on_retry,
+            # No proxy can reach this machine's loopback on our behalf.
+            trust_env=trust_env and not _is_loopback(host),
+            headers=headers,
+            session=http_session,
         )
         self._poller = Poller(self._fetch_for_poller, self.poll_policy)
         self._poller_task: asyncio.Task[None] | None = None
@@ -225,23 +245,30 @@ class DreamboothClient:
         self._state = "open"
 
     async def aclose(self) -> None:
-        """Stop the poller (pending jobs get :class:`ClientClosedError`) and close the session."""
+        """Stop the poller (pending jobs get :class:`ClientClosedError`) and close the session.
+
+        Closing completes even when the caller is being cancelled (Ctrl-C in ``async with``):
+        the cancellation is re-raised once the session and the webhook receiver are closed.
+        """
         if self._state == "closed":
             return
         self._state = "closed"
         self._poller.close()
-        if self._poller_task is not None:
-            self._poller_task.cancel()
-            try:
-                await self._poller_task
-            except asyncio.CancelledError:
-                # Our own cancellation of the poller; re-raise if *we* are being cancelled.
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+        cancelled = False
+        for step in (self._stop_poller, self._stop_webhooks, self._transport.close):
+            cancelled |= await _to_the_end(step)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _stop_poller(self) -> None:
+        task = self._poller_task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+
+    async def _stop_webhooks(self) -> None:
         if self._webhooks is not None:
             await self._webhooks.stop()
-        await self._transport.close()
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -343,15 +370,15 @@ class DreamboothClient:
         logger.debug("job %s queued, eta %s", job.id, job.eta)
         return job
 
-    async def text2img(self, **fields: Any) -> GenerationResult:
+    async def text2img(self, **fields: Unpack[Text2ImgFields]) -> GenerationResult:
         """``generate(Text2Img(**fields))``."""
         return await self.generate(Text2Img(**fields))
 
-    async def img2img(self, **fields: Any) -> GenerationResult:
+    async def img2img(self, **fields: Unpack[Img2ImgFields]) -> GenerationResult:
         """``generate(Img2Img(**fields))``."""
         return await self.generate(Img2Img(**fields))
 
-    async def inpaint(self, **fields: Any) -> GenerationResult:
+    async def inpaint(self, **fields: Unpack[InpaintFields]) -> GenerationResult:
         """``generate(Inpaint(**fields))``."""
         return await self.generate(Inpaint(**fields))
 
@@ -519,7 +546,12 @@ class DreamboothClient:
     # --- downloads and batches ----------------------------------------------------------------
 
     async def download(
-        self, result: GenerationResult, directory: str | os.PathLike[str], **options: Any
+        self,
+        result: GenerationResult,
+        directory: str | os.PathLike[str],
+        *,
+        not_found_grace: float = 30.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> list[Path]:
         """Download every output image of ``result`` into ``directory``; return the paths.
 
@@ -529,7 +561,9 @@ class DreamboothClient:
         self._check_open()
         from ._download import download_result
 
-        return await download_result(result, directory, client=self, **options)
+        return await download_result(
+            result, directory, client=self, not_found_grace=not_found_grace, max_bytes=max_bytes
+        )
 
     def map(
         self,
@@ -537,7 +571,7 @@ class DreamboothClient:
         concurrency: int | None = None,
         *,
         progress: bool | ProgressReporter = False,
-        **options: Any,
+        **options: Unpack[MapOptions],
     ) -> BatchRun:
         """Run many requests; yield a :class:`BatchItem` for each as it completes.
 
@@ -577,12 +611,26 @@ class DreamboothClient:
         self,
         requests: Iterable[BatchInput] | AsyncIterable[BatchInput],
         concurrency: int | None = None,
-        **options: Any,
+        **options: Unpack[MapOptions],
     ) -> list[BatchItem]:
         """Run many requests and return their :class:`BatchItem` in input order."""
         async with self.map(requests, concurrency, **options) as run:
             items = [item async for item in run]
         return sorted(items, key=lambda item: item.index)
+
+
+async def _to_the_end(step: Callable[[], Awaitable[None]]) -> bool:
+    """Await ``step()`` to its end even if the calling task is cancelled meanwhile (an
+    unclosed session leaks its sockets); True when it was. A second cancellation wins."""
+    cancelled = False
+    while True:
+        try:
+            await step()
+            return cancelled
+        except asyncio.CancelledError:
+            if cancelled:
+                raise
+            cancelled = True
 
 
 def _says_not_found(error: APIError) -> bool:

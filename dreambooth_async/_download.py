@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from ._errors import DownloadError
+from ._errors import DownloadError, OutputError
 from ._inline import decode_base64_image, image_extension, inline_image, is_base64_link
+from ._models import DEFAULT_MAX_BYTES
 from ._transport import logger
 
 if TYPE_CHECKING:
     from ._client import DreamboothClient
     from ._models import GenerationResult
 
-__all__ = ["DEFAULT_MAX_BYTES", "download_result", "safe_file_name"]
+__all__ = ["DEFAULT_MAX_BYTES", "download_result", "safe_file_name", "writable_folder"]
 
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _EXTENSIONS = {
     "image/png": ".png",
     "image/jpeg": ".jpg",
@@ -69,6 +69,10 @@ async def _session_for(client: DreamboothClient | None) -> AsyncIterator[aiohttp
         yield session
 
 
+#: The least wait before asking again for an output that is not there yet (politeness).
+_MIN_RETRY = 0.05
+
+
 async def _download_one(
     session: aiohttp.ClientSession,
     url: str,
@@ -80,12 +84,19 @@ async def _download_one(
     taken: set[str],
 ) -> Path:
     deadline = time.monotonic() + not_found_grace
-    delay = min(0.25, not_found_grace / 8) or 0.01
+    missing_since: float | None = None
     while True:
+        asked = time.monotonic()
         async with session.get(url) as response:
             if response.status == 404 and time.monotonic() < deadline:
-                # A just-finished output can take a moment to appear on the CDN.
-                pass
+                # A just-finished output can take a moment to appear on the CDN. How long is
+                # not a number the client knows: each retry waits as long as the output has
+                # been missing so far (at least the round trip, and the politeness floor), so
+                # a lag of any length costs a few requests and at most doubles.
+                now = time.monotonic()
+                if missing_since is None:
+                    missing_since = asked
+                delay = max(_MIN_RETRY, now - asked, now - missing_since)
             elif response.status != 200:
                 raise DownloadError(f"GET {url} answered HTTP {response.status}", url=url)
             elif is_base64_link(url):
@@ -95,7 +106,6 @@ async def _download_one(
             else:
                 return await _write(response, url, directory, fallback_name, max_bytes, taken)
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 5.0)
 
 
 async def _read_base64_body(response: aiohttp.ClientResponse, url: str, max_bytes: int) -> bytes:
@@ -179,6 +189,53 @@ async def _write(
     return target
 
 
+async def _save_one(
+    session: aiohttp.ClientSession,
+    output: str,
+    folder: Path,
+    fallback: str,
+    *,
+    not_found_grace: float,
+    max_bytes: int,
+    taken: set[str],
+) -> Path:
+    """One entry of ``output``: an image carried inline (base64), or a link to fetch."""
+    data = inline_image(output)
+    if data is not None:
+        if len(data) > max_bytes:
+            raise DownloadError(f"an inline output has more than max_bytes={max_bytes} bytes")
+        return _write_bytes(data, folder, fallback, taken, url="(inline base64 output)")
+    if not output.lower().startswith(("http://", "https://")):
+        raise DownloadError(
+            f"an output is neither an http(s) link nor a base64 image: {output[:60]!r}"
+        )
+    return await _download_one(
+        session,
+        output,
+        folder,
+        fallback,
+        not_found_grace=not_found_grace,
+        taken=taken,
+        max_bytes=max_bytes,
+    )
+
+
+def writable_folder(directory: str | os.PathLike[str]) -> Path:
+    """``directory`` resolved, created if missing, and proven writable by a probe file;
+    :class:`OutputError` otherwise. Checked before money is spent on images for it."""
+    folder = Path(directory).resolve()
+    probe = folder / f".write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write into {folder}: {exc.strerror or exc}", path=str(folder)
+        ) from exc
+    return folder
+
+
 async def download_result(
     result: GenerationResult,
     directory: str | os.PathLike[str],
@@ -194,37 +251,29 @@ async def download_result(
     retried for ``not_found_grace`` seconds; a body that is not an image or is larger than
     ``max_bytes`` raises :class:`DownloadError` and leaves nothing behind.
     """
-    folder = Path(directory).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = writable_folder(directory)
     paths: list[Path] = []
     # Names used by this result so far: two outputs named alike (".../a/0.png" and
     # ".../b/0.png", a CDN's usual layout) must not overwrite each other.
     taken: set[str] = set()
     async with _session_for(client) as session:
         for index, url in enumerate(result.output):
-            fallback = f"{result.id or 'image'}-{index}"
-            data = inline_image(url)
-            if data is not None:
-                if len(data) > max_bytes:
-                    raise DownloadError(f"output {index}: more than max_bytes={max_bytes} bytes")
-                paths.append(_write_bytes(data, folder, fallback, taken, url=f"output {index}"))
-                continue
-            if not url.lower().startswith(("http://", "https://")):
-                raise DownloadError(
-                    f"output {index} is neither an http(s) link nor a base64 image: {url[:60]!r}"
-                )
             try:
-                path = await _download_one(
+                path = await _save_one(
                     session,
                     url,
                     folder,
-                    fallback,
+                    f"{result.id or 'image'}-{index}",
                     not_found_grace=not_found_grace,
                     taken=taken,
                     max_bytes=max_bytes,
                 )
             except aiohttp.ClientError as exc:
                 raise DownloadError(f"GET {url} failed: {exc}", url=url) from None
-            logger.debug("saved %s to %s", url, path)
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot write into {folder}: {exc.strerror or exc}", path=str(folder)
+                ) from exc
+            logger.debug("saved output %d to %s", index, path)
             paths.append(path)
     return paths

@@ -23,6 +23,7 @@ __all__ = [
     "InsufficientCredits",
     "JobNotFound",
     "JobTimeout",
+    "OutputError",
     "PermissionDenied",
     "RateLimitError",
     "RequestValidationError",
@@ -193,6 +194,15 @@ class DownloadError(DreamboothError):
 
     def __init__(self, message: str, *, url: str | None = None) -> None:
         self.url = url
+        super().__init__(message)
+
+
+class OutputError(DreamboothError):
+    """An output folder or file cannot be written (read-only, missing, a file where a folder
+    should be). ``path`` names it. A batch checks its ``download_to`` before submitting."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
         super().__init__(message)
 
 

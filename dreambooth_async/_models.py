@@ -14,7 +14,7 @@ import os
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Required, TypeAlias, TypedDict
 
 import attrs
 
@@ -29,6 +29,9 @@ ApiVersion: TypeAlias = Literal["v3", "v4", "v6", "v7"]
 ``"v3"`` and ``"v4"`` of the 2023 pages (``/api/v3/dreambooth``...). Paths and wire names
 differ; ``docs/protocol.md`` lists them."""
 API_VERSIONS: tuple[ApiVersion, ...] = ("v3", "v4", "v6", "v7")
+
+#: The most bytes one output image may have before a download is refused.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 #: An image given to img2img / inpaint: an http(s) URL, a local file path, or the raw bytes.
 ImageInput: TypeAlias = "str | os.PathLike[str] | bytes"
@@ -131,7 +134,9 @@ def _url(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
         raise RequestValidationError(attr.name, value, "an absolute http(s) URL")
 
 
-def _to_scheduler(value: object) -> object:
+def _to_scheduler(value: Scheduler | str | None) -> Scheduler | None:
+    # Typed for callers (a name or a Scheduler); anything else reaches the validator, which
+    # names the field and the limit.
     if isinstance(value, str) and not isinstance(value, Scheduler):
         try:
             return Scheduler(value)
@@ -357,15 +362,27 @@ class GenerationResult:
 
         return tuple(data for item in self.output if (data := inline_image(item)) is not None)
 
-    async def save(self, directory: str | os.PathLike[str], **options: Any) -> list[Path]:
-        """Download every output image into ``directory`` and return the paths written.
+    async def save(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        not_found_grace: float = 30.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> list[Path]:
+        """Save every output image into ``directory`` and return the paths written.
 
         Uses the client that produced the result (its session, timeouts and retries); see
         :meth:`DreamboothClient.download` for the options.
         """
         from ._download import download_result
 
-        return await download_result(self, directory, client=self._client, **options)
+        return await download_result(
+            self,
+            directory,
+            client=self._client,
+            not_found_grace=not_found_grace,
+            max_bytes=max_bytes,
+        )
 
     # --- Jupyter display ----------------------------------------------------------------------
 
@@ -424,3 +441,61 @@ class WalletBalance:
     balance: float
     currency: str | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+
+# --- keyword arguments of the shortcut methods ------------------------------------------------
+# ``client.text2img(model_id=..., prompt=...)`` and friends take a request's fields as keyword
+# arguments; these spell them out for type checkers and editors (PEP 692). A test checks that
+# they list exactly the classes' fields.
+
+
+class _GenerationFields(TypedDict, total=False):
+    model_id: Required[str]
+    prompt: Required[str]
+    negative_prompt: str | None
+    width: int
+    height: int
+    samples: int
+    steps: int
+    safety_checker: bool | None
+    enhance_prompt: bool | None
+    guidance_scale: float | None
+    scheduler: Scheduler | str | None
+    seed: int | None
+    webhook: str | None
+    track_id: str | int | None
+    multi_lingual: bool | None
+    panorama: bool | None
+    self_attention: bool | None
+    upscale: bool | None
+    embeddings_model: str | None
+    lora_model: str | None
+    lora_strength: str | None
+    clip_skip: int | None
+    tomesd: bool | None
+    use_karras_sigmas: bool | None
+    algorithm_type: str | None
+    vae: str | None
+    safety_checker_type: str | None
+    highres_fix: bool | None
+    temp: bool | None
+    extra: Mapping[str, Any]
+
+
+class Text2ImgFields(_GenerationFields, total=False):
+    """The keyword arguments of :class:`Text2Img` (and ``client.text2img``)."""
+
+
+class Img2ImgFields(_GenerationFields, total=False):
+    """The keyword arguments of :class:`Img2Img` (and ``client.img2img``)."""
+
+    init_image: Required[str | os.PathLike[str] | bytes]
+    strength: float
+
+
+class InpaintFields(_GenerationFields, total=False):
+    """The keyword arguments of :class:`Inpaint` (and ``client.inpaint``)."""
+
+    init_image: Required[str | os.PathLike[str] | bytes]
+    mask_image: Required[str | os.PathLike[str] | bytes]
+    strength: float

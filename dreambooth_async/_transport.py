@@ -133,14 +133,21 @@ class Transport:
         timeouts: Timeouts,
         connection_limit: int,
         on_retry: RetryHook | None = None,
+        trust_env: bool = True,
+        headers: Mapping[str, str] | None = None,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         self._key = api_key
         self.retry = retry
         self.timeouts = timeouts
         self._limit = connection_limit
         self._on_retry = on_retry
+        self._trust_env = trust_env
+        self._headers = dict(headers or {})
         self.redact = _Redactor(api_key)
-        self._session: aiohttp.ClientSession | None = None
+        # A session the caller passed in is theirs: used, never closed here.
+        self._own_session = session is None
+        self._session: aiohttp.ClientSession | None = session
 
     def __repr__(self) -> str:
         return f"<Transport retry={self.retry!r}>"
@@ -152,6 +159,8 @@ class Transport:
         return self._session
 
     async def open(self) -> None:
+        if not self._own_session:
+            return
         connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -159,10 +168,12 @@ class Transport:
                 total=self.timeouts.request, connect=self.timeouts.connect
             ),
             json_serialize=json.dumps,
+            # HTTP(S)_PROXY / NO_PROXY from the environment, as httpx's trust_env.
+            trust_env=self._trust_env,
         )
 
     async def close(self) -> None:
-        if self._session is not None:
+        if self._session is not None and self._own_session:
             await self._session.close()
 
     async def call(
@@ -212,7 +223,9 @@ class Transport:
         try:
             # Redirects are not followed: the key is in the body, and a 307/308 would carry
             # it to wherever the Location header points.
-            async with self.session.post(url, json=payload, allow_redirects=False) as response:
+            async with self.session.post(
+                url, json=payload, headers=self._headers or None, allow_redirects=False
+            ) as response:
                 raw = self.redact.body(await response.read())
                 headers = response.headers
                 status = response.status
