@@ -365,12 +365,11 @@ class Poller:
             self._schedule(state, time.monotonic())
         return True
 
-    def expected_finish(self, job_id: str) -> float | None:
-        """When (``time.monotonic()``) the pending job ``job_id`` should be done at the latest,
-        by what the poller knows of it; None when it is not pending or nothing is known."""
-        state = self._jobs.get(job_id)
-        window = None if state is None else self._window(state)
-        return None if window is None else window[1]
+    def next_finish(self) -> float | None:
+        """When (``time.monotonic()``) the first of the pending jobs should be done, at the
+        latest by what the poller knows; None when no pending job has an estimate."""
+        windows = (self._window(state) for state in self._jobs.values())
+        return min((window[1] for window in windows if window is not None), default=None)
 
     # --- scheduling ---------------------------------------------------------------------------
 
