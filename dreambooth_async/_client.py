@@ -62,7 +62,7 @@ API_KEY_ENV = "DREAMBOOTH_API_KEY"
 API_KEY_ENV_FALLBACK = "MODELSLAB_API_KEY"
 BASE_URL_ENV = "DREAMBOOTH_BASE_URL"
 
-# Paths per API version (PROTOCOL.md, "Endpoints").
+# Paths per API version (docs/protocol.md, "Base URL and API versions").
 _PATHS: Mapping[ApiVersion, Mapping[str, str]] = {
     "v3": {
         "text2img": "/api/v3/dreambooth",

@@ -1,4 +1,4 @@
-"""The emulator against PROTOCOL.md: real HTTP on 127.0.0.1, a time scale instead of sleeps."""
+"""The emulator against docs/protocol.md: real HTTP on 127.0.0.1, a time scale instead of sleeps."""
 
 from __future__ import annotations
 

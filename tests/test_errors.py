@@ -1,4 +1,4 @@
-"""Every response shape of PROTOCOL.md, served over real HTTP, maps to the right outcome.
+"""Every response shape of docs/protocol.md, served over real HTTP, maps to the right outcome.
 
 Each case is replayed by a local server and goes through the whole client (transport, the one
 error mapping, the converter), with retries off so that one scripted answer is one outcome.

@@ -166,7 +166,7 @@ def test_every_valid_request_survives_the_round_trip(
     assert json.loads(json.dumps(wire)) == wire
     assert "key" not in wire
 
-    # The wire form of PROTOCOL.md.
+    # The wire form of docs/protocol.md.
     for name in ("width", "height", "samples"):
         assert wire[name] == str(fields[name])
     steps_name = (

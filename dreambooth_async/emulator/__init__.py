@@ -1,6 +1,6 @@
 """A stateful local emulator of the Dreambooth image-generation API.
 
-It speaks the wire contract of ``PROTOCOL.md``, quirks included: errors inside HTTP 200 bodies
+It speaks the wire contract of ``docs/protocol.md``, quirks included: errors inside HTTP 200 bodies
 (or 4xx codes with ``http_errors=True``), ``messege`` on legacy endpoints, numbers sent as
 strings, a per-key queue limit, the identical-request spam filter, processing answers with
 ``eta``/``fetch_result``/``future_links``, webhooks, cold models, real PNG/JPG files. It imports
