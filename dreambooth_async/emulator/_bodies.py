@@ -1,4 +1,4 @@
-"""The JSON bodies the service answers with, key for key (see docs/protocol.md and the seed pages)."""
+"""The JSON bodies the service answers with, key for key (docs/protocol.md, the seed pages)."""
 
 from __future__ import annotations
 
