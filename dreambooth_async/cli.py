@@ -6,8 +6,10 @@ same command again after a crash (or Ctrl-C) and it picks up where it stopped, w
 an image twice. ``demo`` does the same with a bundled prompts file against the embedded emulator.
 ``emulator`` serves the emulator.
 
-Exit codes: 0 every item done; 1 some failed or are ambiguous (see the summary); 2 a usage or
-input error (nothing was written); 130 interrupted (run the command again to resume).
+Exit codes: 0 every item done; 1 some failed or are ambiguous, or the batch stopped (no credits,
+a refused key, the service unreachable; see the summary); 2 a usage or input error, an output
+folder that cannot be written, or options that differ from the ones the folder's images were made
+with (nothing was submitted); 130 interrupted (run the command again to resume).
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import argparse
 import array
 import asyncio
 import contextlib
+import copy
 import csv
 import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from importlib import resources
@@ -31,6 +36,7 @@ from typing import Any, TextIO
 
 import attrs
 
+from . import __version__
 from ._batch import BatchItem
 from ._client import (
     API_KEY_ENV,
@@ -46,9 +52,18 @@ from ._errors import (
     DreamboothError,
     InsufficientCredits,
     RequestValidationError,
+    TransportError,
 )
 from ._manifest import ManifestError
-from ._models import API_VERSIONS, GenerationRequest, Img2Img, Inpaint, Scheduler, Text2Img
+from ._models import (
+    API_VERSIONS,
+    GenerationRequest,
+    Img2Img,
+    Inpaint,
+    Scheduler,
+    Text2Img,
+    is_http_url,
+)
 from ._poller import PollPolicy
 from ._progress import ProgressReporter, format_duration
 from ._webhooks import WebhookReceiver
@@ -68,6 +83,11 @@ EXIT_INTERRUPTED = 130
 MANIFEST_NAME = "dreambooth-manifest.jsonl"
 METADATA_NAME = "metadata.jsonl"
 LOCK_NAME = ".dreambooth.lock"
+#: The options that shaped the folder's requests, so a rerun with other ones does not mix sets.
+RUN_NAME = "dreambooth-run.json"
+#: What to install for the embedded emulator (Pillow draws its images).
+CLI_EXTRA = "pip install 'dreambooth-async[cli]'"
+EMULATOR_EXTRA = "pip install 'dreambooth-async[emulator]'"
 #: Longest line a prompts file may have (bytes): a prompt, or a JSONL row with a few fields.
 MAX_LINE_BYTES = 1024 * 1024
 DEMO_TIME_SCALE = 0.02
@@ -280,8 +300,10 @@ class _Row:
 def _rows(path: Path, fmt: str) -> Iterator[_Row]:
     if fmt == "text":
         for number, text in _physical_lines(path):
-            if text.strip():
-                yield _Row(number, {"prompt": text.strip()})
+            prompt = text.strip()
+            # Blank lines and "# ..." comment lines are skipped; numbers stay physical.
+            if prompt and not prompt.startswith("#"):
+                yield _Row(number, {"prompt": prompt})
     elif fmt == "jsonl":
         for number, text in _physical_lines(path):
             if not text.strip():
@@ -429,11 +451,59 @@ class PromptSource:
 # --- the output folder ------------------------------------------------------------------------
 
 
+def _probe_writable(folder: Path) -> str | None:
+    """Why no file can be created in ``folder`` (None when one can). Tried for real: a
+    read-only file system, an immutable folder or an ACL say no only when asked, and
+    ``os.access`` does not see them (nor does it say no to root)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".dreambooth-probe-", dir=folder)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return None
+
+
+def check_output_folder(path: Path, flag: str = "--out") -> None:
+    """Raise InputError, naming ``flag``, when ``path`` cannot be (or become) a writable
+    folder; creates nothing. Called before anything is submitted: an image the run cannot
+    save is an image paid for and lost."""
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{flag} {path}: exists and is not a folder")
+        problem = _probe_writable(path)
+        if problem is not None:
+            raise InputError(f"{flag} {path}: cannot write in this folder ({problem})")
+        return
+    # The nearest ancestor that exists must be a folder we can create the rest in.
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    problem = _probe_writable(ancestor)
+    if problem is not None:
+        raise InputError(f"{flag} {path}: cannot create it in {ancestor} ({problem})")
+
+
+def _make_output_folder(path: Path, flag: str = "--out") -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # changed since the check, or a race
+        raise InputError(f"{flag} {path}: cannot create it ({exc.strerror or exc})") from None
+
+
 class OutputLock:
     """An exclusive lock on the output folder for the length of a run."""
 
     def __init__(self, folder: Path) -> None:
-        self._fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self._fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise InputError(
+                f"--out {folder}: cannot write in it ({exc.strerror or exc})"
+            ) from None
         if fcntl is not None:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -443,6 +513,103 @@ class OutputLock:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+# --- the options a folder's images were made with ---------------------------------------------
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that shape the requests of a ``generate`` run, by flag. Every request
+    default counts, even one that cannot change a picture (``--webhook``), and a value
+    spelled out is not the request's own default: derived seeds come from the fields given,
+    so ``--steps 30`` and no ``--steps`` make different images."""
+    options: dict[str, Any] = {
+        "--api-version": args.api_version,
+        "--random-seeds": bool(args.random_seeds),
+    }
+    if args.kind is not None:
+        options["--kind"] = args.kind
+    for name, value in _defaults_from_args(args).items():
+        options[_option_name(name)] = value
+    return options
+
+
+def _shown(flag: str, value: Any) -> str:
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+@attrs.frozen
+class RunRecord:
+    """``DIR/dreambooth-run.json``: the options of every run whose images are in the folder.
+
+    A rerun with options that are not among them would put a second, different set of images
+    next to the first, silently; it is refused unless ``--allow-mixed`` says to mix.
+    """
+
+    path: Path
+    runs: tuple[Mapping[str, Any], ...] = ()
+
+    FORMAT = "dreambooth-async-run"
+
+    @classmethod
+    def read(cls, folder: Path) -> RunRecord:
+        path = folder / RUN_NAME
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return cls(path)
+        except NotADirectoryError:  # the folder is a file: check_output_folder says so
+            return cls(path)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read the run record ({exc})") from None
+        runs = data.get("runs") if isinstance(data, dict) else None
+        if not isinstance(runs, list) or data.get("format") != cls.FORMAT:
+            raise InputError(f"{path}: not a dreambooth-async run record")
+        return cls(
+            path,
+            tuple(
+                run["options"]
+                for run in runs
+                if isinstance(run, dict) and isinstance(run.get("options"), dict)
+            ),
+        )
+
+    def check(self, options: Mapping[str, Any], *, has_images: bool, allow_mixed: bool) -> None:
+        """Raise InputError when this run would mix its images with another set's."""
+        if not self.runs or not has_images or allow_mixed or dict(options) in self.runs:
+            return
+        before = self.runs[-1]
+        changes = [
+            f"{flag} {_shown(flag, options.get(flag))} (the folder's images: "
+            f"{_shown(flag, before.get(flag))})"
+            for flag in sorted(set(before) | set(options))
+            if before.get(flag) != options.get(flag)
+        ]
+        raise InputError(
+            f"--out {self.path.parent} holds images made with other options: "
+            f"{'; '.join(changes)}. Run with the same options to resume that set, choose "
+            "another --out, or add --allow-mixed to put both sets in this folder"
+        )
+
+    def save(self, options: Mapping[str, Any], *, has_images: bool) -> None:
+        """Record ``options`` (replacing the record when the folder has no images yet)."""
+        if dict(options) in self.runs and has_images:
+            return
+        runs = [*self.runs, options] if has_images else [options]
+        data = {"format": self.FORMAT, "version": 1, "runs": [{"options": o} for o in runs]}
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        os.replace(temporary, self.path)
+
+
+def _has_images(out: Path) -> bool:
+    try:
+        return (out / METADATA_NAME).stat().st_size > 0
+    except OSError:
+        return False
 
 
 # Where the service's ``meta`` says what ran (v6 caps steps silently, a random seed is drawn):
@@ -548,8 +715,10 @@ class _Summary:
     images: int = 0
     new_rows: int = 0
     problems: list[str] = attrs.field(factory=list)
-    #: Why the batch stopped submitting (a bad key, no credits), if it did.
+    #: Why the batch stopped submitting (a bad key, no credits, no service), if it did.
     stopped: str | None = None
+    #: What to do about it before running the command again.
+    remedy: str = "fix the cause"
 
 
 def _describe(item: BatchItem, source: PromptSource) -> str:
@@ -558,6 +727,37 @@ def _describe(item: BatchItem, source: PromptSource) -> str:
     error = item.error
     name = type(error).__name__ if error is not None else "?"
     return f"{where} (key {item.key}): {item.status}: {name}: {error}"
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    """The service root the run will use, checked (the client would refuse it later)."""
+    if args.base_url:
+        url, origin = args.base_url, "--base-url"
+    else:
+        url = os.environ.get(BASE_URL_ENV, "").strip()
+        origin = f"${BASE_URL_ENV}"
+        if not url:
+            return DEFAULT_BASE_URL
+    if not is_http_url(url):
+        raise InputError(f"{origin} {url!r} is not an http:// or https:// URL")
+    return str(url)
+
+
+def emulator_missing() -> str | None:
+    """Why the emulator cannot be imported (Pillow is missing), or None when it can."""
+    try:
+        from . import emulator  # noqa: F401 - imported to see that it can be
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
+def _require_emulator(what: str, extra: str) -> None:
+    problem = emulator_missing()
+    if problem is not None:
+        raise InputError(
+            f"{what} needs the embedded emulator, which needs Pillow: {extra} ({problem})"
+        )
 
 
 def _api_key(args: argparse.Namespace) -> str:
@@ -576,13 +776,9 @@ async def _service(args: argparse.Namespace) -> AsyncIterator[tuple[str, str, fl
     if not args.emulator:
         yield args.base_url, _api_key(args), args.poll_scale
         return
-    try:
-        from .emulator import DEFAULT_KEY, EmulatorConfig, serve
-    except ImportError as exc:  # Pillow missing
-        raise InputError(
-            f"--emulator needs the emulator's dependencies: pip install 'dreambooth-async[cli]' "
-            f"({exc})"
-        ) from None
+    _require_emulator("--emulator", CLI_EXTRA)
+    from .emulator import DEFAULT_KEY, EmulatorConfig, serve
+
     scale = args.emulator_time_scale
     config = EmulatorConfig(
         time_scale=scale, queue_limit=args.emulator_queue_limit, workers=args.emulator_workers
@@ -625,7 +821,10 @@ async def _run_generate(
             )
             show = not args.quiet and not args.no_progress
             progress = ProgressReporter(
-                source.count, stream=sys.stderr, bar=None if show else False
+                source.count,
+                stream=sys.stderr,
+                bar=None if show else False,
+                redact=client._transport.redact,
             )
             hooks = [progress] if show else []
             try:
@@ -651,6 +850,20 @@ async def _run_generate(
                         # The batch stopped submitting; accepted jobs were collected above.
                         summary.stopped = client._transport.redact(
                             f"{type(error).__name__}: {error}"
+                        )
+                        summary.remedy = (
+                            "top up the wallet"
+                            if isinstance(error, InsufficientCredits)
+                            else "use a valid key"
+                        )
+                    except TransportError as error:
+                        # Connections kept failing: the batch gave up on the service rather
+                        # than fail every item one by one; nothing more was sent.
+                        summary.stopped = client._transport.redact(
+                            f"cannot reach {client.base_url}: {error}"
+                        )
+                        summary.remedy = (
+                            "check --base-url (or $" + BASE_URL_ENV + ") and the network"
                         )
             finally:
                 if show:
@@ -700,8 +913,8 @@ def _print_summary(
         print(f"  ... and {len(summary.problems) - 20} more (see {manifest})", file=stdout)
     if summary.stopped is not None:
         print(
-            f"stopped submitting: {summary.stopped}; the items not sent stay pending: fix the "
-            "cause (top up the wallet, or use a valid key) and run the same command again",
+            f"stopped submitting: {summary.stopped}; the items not sent stay pending: "
+            f"{summary.remedy}, then run the same command again",
             file=stdout,
         )
     if summary.failed:
@@ -725,14 +938,30 @@ def _generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
         kind=args.kind,
         derive_seeds=not args.random_seeds,
     )
-    # Everything is checked before anything is written: a bad file leaves no trace.
+    # Everything is checked before anything is written or sent: a bad file, a missing key or
+    # extra, or an output folder that cannot take the images leaves no trace.
     source.validate()
-    if not args.emulator:
-        _api_key(args)  # fail before the output folder exists
+    if args.emulator:
+        _require_emulator("--emulator", CLI_EXTRA)
+    else:
+        _api_key(args)
+        _base_url(args)
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out, "--out")
+    if args.manifest:
+        check_output_folder(Path(args.manifest).resolve().parent, "--manifest")
+    _make_output_folder(out, "--out")
     lock = OutputLock(out)
     try:
+        # Under the lock: no other run changes the record between the check and the save.
+        options = run_options(args)
+        record = RunRecord.read(out)
+        has_images = _has_images(out)
+        record.check(options, has_images=has_images, allow_mixed=args.allow_mixed)
+        try:
+            record.save(options, has_images=has_images)
+        except OSError as exc:
+            raise InputError(f"--out {out}: cannot write in it ({exc.strerror or exc})") from None
         return _run_async(_run_generate(args, source, out, stdout))
     finally:
         lock.close()
@@ -767,7 +996,8 @@ def _demo_prompts() -> Path:
 
 def _demo(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     stdout = stdout or sys.stdout
-    parser = build_parser()
+    _require_emulator("demo", CLI_EXTRA)
+    parser = build_parser(emulator_options=False)
     argv = [
         "generate",
         str(_demo_prompts()),
@@ -796,16 +1026,17 @@ def _demo(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    try:
-        from .emulator import config_from_args, run
-    except ImportError as exc:
+    problem = emulator_missing()
+    if problem is not None:
         raise InputError(
-            f"the emulator needs Pillow: pip install 'dreambooth-async[cli]' ({exc})"
-        ) from None
+            f"the emulator needs Pillow: {EMULATOR_EXTRA} (or [cli], which has it too) ({problem})"
+        )
+    from .emulator import config_from_args, run
+
     try:
         config = config_from_args(args)
     except (ValueError, TypeError) as exc:
-        raise InputError(f"emulator: {exc}") from None
+        raise InputError(f"emulator: {_in_flag_names(str(exc), args.emulator_flags)}") from None
     try:
         asyncio.run(run(config))
     except KeyboardInterrupt:
@@ -814,6 +1045,51 @@ def _emulator(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_PARTIAL
     return EXIT_OK
+
+
+def _emulator_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Configuration field name -> the emulator option that sets it."""
+    by_dest = {
+        action.dest: max(action.option_strings, key=len)
+        for action in parser._actions
+        if action.option_strings and action.dest != "help"
+    }
+    flags = dict(by_dest)
+    # config_from_args's nesting: cost_base -> CostModel.base, fault_5xx -> FaultConfig.rate_5xx;
+    # list-valued options are plural in the configuration (--key -> keys).
+    for dest, flag in by_dest.items():
+        if dest.startswith("cost_"):
+            flags[dest.removeprefix("cost_")] = flag
+        elif dest.startswith("fault_") and dest != "fault_seed":
+            flags["rate_" + dest.removeprefix("fault_")] = flag
+    return flags
+
+
+def _in_flag_names(message: str, flags: Mapping[str, str]) -> str:
+    """An emulator configuration error in the words of its command line: ``'queue_limit'
+    must be >= 1`` becomes ``--queue-limit must be >= 1``."""
+    for name in sorted(flags, key=len, reverse=True):
+        message = re.sub(rf"(?<![\w-])'?{re.escape(name)}'?(?![\w-])", flags[name], message)
+    return message
+
+
+class _AllDefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows the default of every option that takes a value, options without a help text of
+    their own too; a list default reads as the comma-separated text the option takes."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.option_strings and action.nargs != 0 and action.default is not argparse.SUPPRESS:
+            action = copy.copy(action)  # the parser's own action stays as it is
+            if isinstance(action.default, tuple | list):
+                action.default = ",".join(map(str, action.default)) or "none"
+            if not action.help:
+                action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0 or (action.help and "default" in action.help):
+            return action.help  # a switch, or a help text that names its default already
+        return super()._get_help_string(action)
 
 
 # --- the parser -------------------------------------------------------------------------------
@@ -845,6 +1121,9 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
         "account's queue limit, never paying twice.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv)")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="show the version"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = commands.add_parser(
@@ -853,7 +1132,12 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
         description="Generate an image set from PROMPTS into DIR. Running the same command "
         "again resumes: done items are skipped, accepted ones fetched by id.",
     )
-    gen.add_argument("prompts", metavar="PROMPTS", help="text (a prompt a line), .jsonl or .csv")
+    gen.add_argument(
+        "prompts",
+        metavar="PROMPTS",
+        help="a text file, a prompt a line (blank lines and lines starting with # are "
+        "skipped), or .jsonl (an object a line) or .csv (a header with a prompt column)",
+    )
     gen.add_argument("--out", required=True, metavar="DIR", help="output folder")
     gen.add_argument(
         "--format",
@@ -923,6 +1207,12 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
         "was lost (default: 10x the longest poll interval, 300 s)",
     )
     gen.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="add images made with other options (model, size, steps, seeds, API version...) "
+        "to a folder that has images already (default: refuse, so two sets do not mix)",
+    )
+    gen.add_argument(
         "--no-retry-failed",
         action="store_true",
         help="on resume, leave items that failed earlier as failed",
@@ -987,15 +1277,30 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
         help="run the emulator of the service",
         description="A local emulator of the Dreambooth API. Durations are service seconds; "
         "--time-scale turns them into real seconds.",
+        formatter_class=_AllDefaultsShown,
     )
+    flags: dict[str, str] = {}
     if emulator_options:
         try:
             from .emulator import build_arg_parser
-        except ImportError:  # Pillow missing: the subcommand says so when used
-            pass
+        except ImportError:  # Pillow missing: the subcommand says what to install when used
+            emulator.description = (
+                f"A local emulator of the Dreambooth API. Not available: it needs Pillow "
+                f"({EMULATOR_EXTRA})."
+            )
         else:
             build_arg_parser(emulator)
-    emulator.set_defaults(func=_emulator)
+            flags = _emulator_flags(emulator)
+        if "-v" not in emulator._option_string_actions:
+            emulator.add_argument(
+                "-v",
+                "--verbose",
+                dest="emulator_verbose",
+                action="count",
+                default=0,
+                help="log every request to stderr (-vv: more)",
+            )
+    emulator.set_defaults(func=_emulator, emulator_flags=flags)
     return parser
 
 
@@ -1014,8 +1319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     # Only the emulator subcommand needs its options described (and the emulator imported).
     parser = build_parser(emulator_options="emulator" in arguments)
-    args = parser.parse_args(arguments)
-    _configure_logging(args.verbose)
+    args, unknown = parser.parse_known_args(arguments)
+    if unknown and not (args.command == "emulator" and emulator_missing() is not None):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    # Without Pillow the emulator's options are unknown: its command says what to install
+    # (exit 2) rather than argparse calling them unrecognized.
+    _configure_logging(args.verbose + getattr(args, "emulator_verbose", 0))
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
