@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import attrs as _attrs
 
 from ._batch import AmbiguousSubmission, BatchItem, BatchRun, request_key
+from ._cache import CachedResult, CacheStats, ResultCache
 from ._client import DEFAULT_BASE_URL, DreamboothClient
 from ._download import safe_file_name
 from ._errors import (
@@ -56,6 +57,7 @@ from ._models import (
     WalletBalance,
 )
 from ._poller import Job, PollPolicy
+from ._shard import shard
 from ._transport import RetryPolicy, Timeouts
 from ._webhooks import WebhookReceiver, WebhookStats
 
@@ -74,6 +76,8 @@ __all__ = [
     "BatchEvent",
     "BatchItem",
     "BatchRun",
+    "CacheStats",
+    "CachedResult",
     "ClientClosedError",
     "DownloadError",
     "DreamboothClient",
@@ -97,6 +101,7 @@ __all__ = [
     "Processing",
     "RateLimitError",
     "RequestValidationError",
+    "ResultCache",
     "RetryPolicy",
     "Scheduler",
     "ServerError",
@@ -111,6 +116,7 @@ __all__ = [
     "read_manifest",
     "request_key",
     "safe_file_name",
+    "shard",
 ]
 
 
