@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, Unpack
 
+from ._cache import ResultCache
 from ._download import DEFAULT_MAX_BYTES
 from ._errors import (
     APIError,
@@ -144,6 +145,10 @@ class DreamboothClient:
     :param http_session: an ``aiohttp.ClientSession`` of your own (your connector, proxy and
         TLS settings) to use instead of the client's; it is left open when the client closes.
         ``timeout``, ``trust_env`` and ``max_concurrency``'s connection limit are then yours.
+    :param cache: a SQLite file (created if missing; several processes may share it) that
+        keeps the result of every request with an explicit seed, and its images: the same
+        seeded request is then never paid for twice, across runs and processes, and identical
+        ones in flight at once share one submission (see :class:`ResultCache`).
     """
 
     def __init__(
@@ -161,6 +166,7 @@ class DreamboothClient:
         trust_env: bool = True,
         headers: Mapping[str, str] | None = None,
         http_session: aiohttp.ClientSession | None = None,
+        cache: str | os.PathLike[str] | None = None,
     ) -> None:
         key = api_key if api_key is not None else api_key_from_env()
         # Stray whitespace (a trailing newline from a secrets file) is never part of a key.
@@ -204,6 +210,8 @@ class DreamboothClient:
         self._webhooks = webhooks
         self._state = "new"
         self._retry_listeners: list[Callable[[int, Exception, float], None]] = []
+        self._cache = ResultCache(cache) if cache is not None else None
+        self._flights: dict[str, Any] = {}  # cache key -> its shared _Flight (see _cache)
         _warn_if_plain_http(self.base_url)
 
     def __repr__(self) -> str:
@@ -255,10 +263,24 @@ class DreamboothClient:
         self._state = "closed"
         self._poller.close()
         cancelled = False
-        for step in (self._stop_poller, self._stop_webhooks, self._transport.close):
+        for step in (
+            self._stop_flights,
+            self._stop_poller,
+            self._stop_webhooks,
+            self._transport.close,
+        ):
             cancelled |= await _to_the_end(step)
         if cancelled:
             raise asyncio.CancelledError
+
+    async def _stop_flights(self) -> None:
+        tasks = [flight.task for flight in self._flights.values() if flight.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        if self._cache is not None:
+            self._cache.close()
 
     async def _stop_poller(self) -> None:
         task = self._poller_task
@@ -310,7 +332,9 @@ class DreamboothClient:
         bounds the job (default: the poll policy's ``job_timeout``). ``retry`` overrides the
         retry policy for this call.
         """
-        answer = await self._send(request, timeout=timeout, retry=retry)
+        answer = await self._cached(request, timeout=timeout, retry=retry, final=False)
+        if answer is None:
+            answer = await self._send(request, timeout=timeout, retry=retry)
         if isinstance(answer, GenerationResult):
             return self._poller.resolved(answer, request)
         return answer
@@ -322,9 +346,29 @@ class DreamboothClient:
 
         ``timeout`` bounds the wait for the job; on expiry :class:`JobTimeout` carries the job id.
         """
-        answer = await self._send(request, timeout=timeout, retry=None)
+        answer = await self._cached(request, timeout=timeout, retry=None, final=True)
+        if answer is None:
+            answer = await self._send(request, timeout=timeout, retry=None)
         # An answer that is already final needs no Job: this is the hot path of fast models.
         return answer if isinstance(answer, GenerationResult) else await answer.wait()
+
+    async def _cached(
+        self,
+        request: GenerationRequest,
+        *,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+        final: bool,
+    ) -> GenerationResult | Job | None:
+        """The answer from (or through) the result cache; None when it has no part in it."""
+        if self._cache is None:
+            return None
+        self._check_open()
+        from ._cache import cached_answer
+
+        return await cached_answer(
+            self, self._cache, request, timeout=timeout, retry=retry, final=final
+        )
 
     async def _send(
         self, request: GenerationRequest, *, timeout: float | None, retry: RetryPolicy | None
@@ -561,6 +605,12 @@ class DreamboothClient:
         self._check_open()
         from ._download import download_result
 
+        if self._cache is not None:
+            from ._cache import copy_files
+
+            cached = self._cache.done_for(result, self)
+            if cached is not None and all(path.is_file() for path in cached.files):
+                return copy_files(cached, directory)  # the stored copies: no download
         return await download_result(
             result, directory, client=self, not_found_grace=not_found_grace, max_bytes=max_bytes
         )
