@@ -19,15 +19,16 @@ Shape (structured concurrency without yielding from inside a task group):
   not by the number of requests.
 
 Adaptive concurrency (``concurrency=None``): start at ``initial_concurrency``, grow by one for
-every acceptance that filled the window (slow start) until the first "queue full" answer. That
-answer bounds the limit from above by the number of *other* slots the batch holds at that moment
-(the service counted at least as many), so the window drops straight to it instead of halving.
-From then on it probes one slot higher after a run of acceptances at a full window, and the run
-it waits for doubles after every probe the service refuses: the limit is found in a few
-rejections and held with very few. A rejected submission provably did not land (the transport's
-rule), so it is sent again, ahead of fresh items, as soon as the service has room: when one of
-the batch's own jobs ends (the client sees it) or the service's ``retry_after`` passes, whichever
-comes first; without either, when the client expects its next job to end.
+every acceptance that filled the window with nothing else on the wire (slow start) until the
+first "queue full" answer. That answer bounds the limit from above by the number of jobs the
+batch has on the service at that moment (the service counted at least as many), so the window
+drops straight to it instead of halving. From then on it probes one slot higher after a run of
+acceptances at a full window (six turns of it), and the run it waits for doubles after every
+probe the service refuses: the limit is found with one rejection and held with very few.
+A rejected submission provably did not land (the transport's rule), so it is sent again, ahead
+of fresh items, as soon as the service has room: when one of the batch's own jobs ends (the
+client sees it) or the service's ``retry_after`` passes, whichever comes first; without either,
+when the client expects its next job to end.
 """
 
 from __future__ import annotations
@@ -203,7 +204,10 @@ class SlotWindow:
         self._probe_level: int | None = None
         self._normal: deque[asyncio.Future[None]] = deque()
         self._priority: deque[asyncio.Future[None]] = deque()
-        self._release_waiters: list[asyncio.Future[None]] = []
+        #: Items the service turned away for a full queue, waiting (with their slots) for one
+        #: of the batch's jobs to end: first in, first out.
+        self.parked = 0
+        self._parked: deque[asyncio.Future[None]] = deque()
 
     def __repr__(self) -> str:
         mode = "adaptive" if self.adaptive else "fixed"
@@ -233,26 +237,33 @@ class SlotWindow:
         self.held += 1
 
     def release(self) -> None:
-        """Give a slot back."""
+        """Give a slot back. The service counts one job of ours fewer: the first parked item
+        may go again."""
         self.held -= 1
-        waiters, self._release_waiters = self._release_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        while self._parked:
+            parked = self._parked.popleft()
+            if not parked.done():
+                parked.set_result(None)
+                break
         self._wake()
 
-    async def next_release(self) -> None:
-        """Wait until a slot is given back: one of the batch's jobs ended (or a submission was
-        answered), so the service counts one job fewer."""
+    async def park(self, timeout: float) -> None:
+        """Wait, keeping the slot, until another slot is given back (one of the batch's jobs
+        ended) or ``timeout`` passes; each item parked ahead adds one ``timeout``, so that a
+        service's ``retry_after`` does not send them all back into the same free slot."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._release_waiters.append(future)
+        ahead = sum(not waiting.done() for waiting in self._parked)
+        self._parked.append(future)
+        self.parked += 1
         try:
-            await future
+            with anyio.move_on_after(timeout * (ahead + 1)):
+                await future
         finally:
+            self.parked -= 1
             if not future.done():
                 future.cancel()
                 with contextlib.suppress(ValueError):
-                    self._release_waiters.remove(future)
+                    self._parked.remove(future)
 
     def _wake(self) -> None:
         while self.held < self.limit:
@@ -278,25 +289,31 @@ class SlotWindow:
             self._refused_probes = 0  # the probed slot was granted: the limit is higher
             self._probe_level = None
         if self.slow_start:
-            self._set_limit(self.limit + 1)
+            # One slot more per acceptance, but one at a time: with several submissions on
+            # the wire, each acceptance would add one more, and the first "queue full" would
+            # come with others behind it.
+            if self.submitting == 0:
+                self._set_limit(self.limit + 1)
             return
         self._streak += 1
-        # Probe after a run of full-window acceptances, four turns of the window (a probe
-        # the service refuses costs a rejected submission); the run doubles per refused probe.
-        if self._streak >= max(4, 4 * self.limit) * 2 ** min(self._refused_probes, 4):
+        # Probe after a run of full-window acceptances, six turns of the window (a probe the
+        # service refuses costs a rejected submission); the run doubles per refused probe.
+        if self._streak >= max(4, 6 * self.limit) * 2 ** min(self._refused_probes, 4):
             self._streak = 0
             self._probe_level = self.limit + 1
             self._set_limit(self.limit + 1)
 
     def on_queue_full(self) -> None:
-        """The service said the queue is full (the rejected submission still holds its slot).
+        """The service said the queue is full (the rejected submission still holds its slot,
+        and is still counted in ``submitting``).
 
-        The service was counting at least as many jobs as the batch's *other* slots, so the
-        limit is at most that: drop the window there.
+        The service was counting at least the batch's accepted jobs, so the limit is at most
+        that many: drop the window there. Submissions on the wire and items already turned
+        away are not jobs the service counts.
         """
         if not self.adaptive:
             return
-        others = self.held - 1
+        others = self.held - self.submitting - self.parked
         if self._probe_level is not None:
             self._refused_probes += 1
             self._probe_level = None
@@ -763,12 +780,12 @@ class _Engine:
                     slot.release()
                     return self._failed(entry, error)
                 self._emit("rate_limited", entry, eta=delay, detail=str(error))
-                if error.queue_full and self.window.held > 1:
-                    # The batch holds other slots: when one of its jobs ends, the service has
-                    # room. The item keeps its slot meanwhile (the window already dropped to
-                    # the others), so it goes next, ahead of fresh items.
-                    with anyio.move_on_after(delay):
-                        await self.window.next_release()
+                window = self.window
+                if error.queue_full and window.held - 1 - window.submitting - window.parked > 0:
+                    # The batch has jobs on the service: when one of them ends, the service
+                    # has room. The item keeps its slot meanwhile (the window already dropped to
+                    # the jobs), so it goes next, ahead of fresh items.
+                    await window.park(delay)
                     continue
                 slot.release()
                 await anyio.sleep(delay)
