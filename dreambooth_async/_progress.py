@@ -5,6 +5,12 @@ The time-to-finish estimate uses what the service says, not only the rate so far
 job's ETA tells when its slot frees up, and the items not yet submitted will each take about a
 job's duration on one of the batch's slots. Early in a batch, before anything has finished, that
 is the only estimate there is; later the observed durations take over from the ETAs.
+
+The display shows that one estimate and nothing else of the kind: tqdm's own time-left and
+rate, which count every ``update`` (items a resumed run skips arrive by the hundred in the first
+second), are left out of the bar. The rate shown counts the items this run submitted and saw
+finish. While failures are the latest news (nothing has succeeded since), the last error is
+shown too, so a batch that cannot reach the service says why instead of only counting.
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ from typing import Any, TextIO
 from ._events import BatchEvent
 
 __all__ = ["ProgressReporter", "format_duration"]
+
+#: Longest error text the display shows (the summary at the end has the whole of it).
+_ERROR_WIDTH = 100
+#: tqdm's layout without its own remaining-time and rate: the postfix carries ours.
+_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+_BAR_FORMAT_NO_TOTAL = "{desc}: {n_fmt} [{elapsed}{postfix}]"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -45,6 +57,8 @@ class ProgressReporter:
     :param bar: ``True`` for tqdm, ``False`` for plain lines, ``None`` (default) for tqdm when it
         is installed and ``stream`` is a terminal.
     :param interval: seconds between plain status lines.
+    :param redact: applied to error texts before they are shown (events carry the library's
+        redacted messages already; a command line passes its client's redactor as well).
     """
 
     def __init__(
@@ -55,6 +69,7 @@ class ProgressReporter:
         bar: bool | None = None,
         interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self.total = total
         self._stream = stream if stream is not None else sys.stderr
@@ -66,7 +81,13 @@ class ProgressReporter:
         self.failed = 0
         self.ambiguous = 0
         self.rate_limited = 0
+        #: Items done that an earlier run had submitted (attached to by id): not this run's work.
+        self.attached_done = 0
         self.concurrency: int | None = None
+        #: The latest error text, until an item succeeds again.
+        self.last_error: str | None = None
+        self._redact = redact
+        self._attached: set[int] = set()
         self._submitted_at: dict[int, float] = {}
         self._finish_at: dict[int, float | None] = {}  # in-flight items: expected finish
         self._durations: deque[float] = deque(maxlen=64)
@@ -85,7 +106,12 @@ class ProgressReporter:
                 bar = False
             else:
                 self._bar = tqdm(
-                    total=total, unit="item", dynamic_ncols=True, file=self._stream, desc="batch"
+                    total=total,
+                    unit="item",
+                    dynamic_ncols=True,
+                    file=self._stream,
+                    desc="batch",
+                    bar_format=_BAR_FORMAT if total is not None else _BAR_FORMAT_NO_TOTAL,
                 )
 
     # --- the hook -----------------------------------------------------------------------------
@@ -99,6 +125,8 @@ class ProgressReporter:
         if kind == "submitted" or kind == "attached":
             self._submitted_at[index] = event.time
             self._finish_at[index] = None
+            if kind == "attached":
+                self._attached.add(index)
         elif kind == "queued":
             if event.eta is not None:
                 self._finish_at[index] = event.time + event.eta
@@ -106,23 +134,44 @@ class ProgressReporter:
                     self._first_etas.append(event.eta + event.time - self._submitted_at[index])
         elif kind == "rate_limited":
             self.rate_limited += 1
-        elif kind in ("done", "failed", "ambiguous", "skipped"):
+        elif kind == "retried" and event.detail:
+            self._note_error(event.detail)
+            if self._bar is not None:
+                # No item ended, so no update() redraws the bar: show the error now.
+                self._bar.set_postfix_str(self._postfix())
+        if kind in ("done", "failed", "ambiguous", "skipped"):
             started = self._submitted_at.pop(index, None)
             self._finish_at.pop(index, None)
+            attached = index in self._attached
+            self._attached.discard(index)
             if kind == "done":
                 self.done += 1
-                if started is not None:
+                self.last_error = None
+                if attached:
+                    # Submitted (and maybe finished) during an earlier run: its time here says
+                    # nothing about this run's pace.
+                    self.attached_done += 1
+                elif started is not None:
                     self._durations.append(event.time - started)
             elif kind == "skipped":
                 self.done += 1
                 self.skipped += 1
             elif kind == "failed":
                 self.failed += 1
+                self._note_error(event.detail or "failed")
             else:
                 self.ambiguous += 1
+                self._note_error(event.detail or "ambiguous")
             self._advance()
             return
         self._maybe_line()
+
+    def _note_error(self, detail: str) -> None:
+        text = self._redact(detail) if self._redact is not None else detail
+        text = " ".join(text.split())  # one line, whatever the service put in it
+        if len(text) > _ERROR_WIDTH:
+            text = text[: _ERROR_WIDTH - 3] + "..."
+        self.last_error = text
 
     # --- figures ------------------------------------------------------------------------------
 
@@ -132,9 +181,12 @@ class ProgressReporter:
         return self.done + self.failed + self.ambiguous
 
     def rate(self) -> float:
-        """Items finished per second in this run (items done in an earlier run left out)."""
+        """Items this run submitted that finished, per second: items an earlier run finished
+        (skipped) or submitted (attached to by id) are left out, so a resumed run does not
+        report hundreds of items a second."""
         elapsed = self._clock() - self.started
-        return (self.finished - self.skipped) / elapsed if elapsed > 0 else 0.0
+        own = self.finished - self.skipped - self.attached_done
+        return own / elapsed if elapsed > 0 else 0.0
 
     def job_duration(self) -> float | None:
         """Seconds a job takes from submission to result: observed, else the service's ETAs."""
@@ -177,6 +229,8 @@ class ProgressReporter:
         if self.concurrency is not None:
             parts.append(f"slots {self.concurrency}")
         parts.append(f"~{format_duration(self.estimate())} left")
+        if self.last_error is not None:
+            parts.append(f"last error: {self.last_error}")
         return " | ".join(parts)
 
     # --- output -------------------------------------------------------------------------------
@@ -194,7 +248,10 @@ class ProgressReporter:
             text += f" ambiguous={self.ambiguous}"
         if self.concurrency is not None:
             text += f" slots={self.concurrency}"
-        return text + f" left≈{format_duration(self.estimate())}"
+        text += f" {self.rate():.2f} items/s left≈{format_duration(self.estimate())}"
+        if self.last_error is not None:
+            text += f" last error: {self.last_error}"
+        return text
 
     def _maybe_line(self) -> None:
         if self._bar is not None or self._closed:

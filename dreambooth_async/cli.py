@@ -517,6 +517,7 @@ class OutputLock:
 
 # --- the options a folder's images were made with ---------------------------------------------
 
+
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options that shape the requests of a ``generate`` run, by flag. Every request
     default counts, even one that cannot change a picture (``--webhook``), and a value
