@@ -1,0 +1,360 @@
+"""``dreambooth-async merge OUT... --out DIR``: several output folders as one dataset.
+
+Each ``generate`` output (a shard's, say) is a folder of images with a ``metadata.jsonl`` whose
+``file_name`` names them. The merge is a Hugging Face *imagefolder*: the images side by side and
+one ``metadata.jsonl`` whose ``file_name``\\ s match, readable by
+``datasets.load_dataset("imagefolder", data_dir=DIR)``. Optionally (``--parquet``, needs
+pyarrow) the same rows go into Parquet files with the image bytes embedded, the layout the Hub
+serves directly.
+
+Rules, so that a merge can be rerun as more shards finish:
+
+- A name taken by an earlier folder with other bytes gets a suffix (``a.png`` -> ``a-2.png``);
+  the same name with the same bytes is the same image (a folder given twice) and is kept once.
+- A row whose image is missing is left out and reported; images without a row are not part of
+  the dataset and are not copied.
+- The merge is built beside ``DIR`` and put in place whole, so ``DIR`` never shows half a
+  dataset. An existing ``DIR`` is replaced only when an earlier merge made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "MergeReport",
+    "add_merge_parser",
+    "merge_command",
+    "merge_outputs",
+    "read_metadata",
+]
+
+METADATA_NAME = "metadata.jsonl"
+#: Left in a merged folder, so a later merge knows it may replace the folder.
+MARKER_NAME = ".dreambooth-merge.json"
+PARQUET_FOLDER = "parquet"
+#: Target size of one Parquet file (image bytes, roughly): the Hub's usual shard size.
+PARQUET_BYTES = 256 * 1024 * 1024
+
+EXIT_OK = 0
+EXIT_PARTIAL = 1
+EXIT_USAGE = 2
+
+
+class MergeError(Exception):
+    """A merge that cannot be done: a source that is not an output folder, a DIR in the way."""
+
+
+@attrs.frozen
+class MergeReport:
+    """What a merge did."""
+
+    out: Path
+    #: Rows (images) in the merged metadata.jsonl.
+    images: int
+    #: Rows dropped because their image file is missing, as ``folder/file_name``.
+    missing: tuple[str, ...] = ()
+    #: Rows skipped as the same image already taken from an earlier folder.
+    duplicates: int = 0
+    #: Images renamed because an earlier folder had another image of that name.
+    renamed: int = 0
+    #: The Parquet files written (``--parquet``).
+    parquet: tuple[Path, ...] = ()
+
+
+def read_metadata(folder: Path) -> Iterator[dict[str, Any]]:
+    """The rows of ``folder/metadata.jsonl``; a last line torn by a crash is ignored."""
+    path = folder / METADATA_NAME
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise MergeError(f"{folder}: no {METADATA_NAME} (not an output folder?)") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                return  # torn by a crash: generate cuts it off on resume too
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                raise MergeError(f"{path}:{number}: not a metadata row") from None
+            if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+                raise MergeError(f"{path}:{number}: a row without a file_name")
+            yield row
+
+
+def _digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def _free_name(name: str, taken: Mapping[str, str]) -> str:
+    stem, dot, suffix = name.rpartition(".")
+    if not dot:
+        stem, suffix = name, ""
+    number = 2
+    while True:
+        candidate = f"{stem}-{number}{dot}{suffix}"
+        if candidate not in taken:
+            return candidate
+        number += 1
+
+
+def _place(source: Path, target: Path) -> None:
+    # A hard link costs no space for a million images on one disk; else a copy.
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _check_out(out: Path, sources: Sequence[Path]) -> None:
+    for source in sources:
+        if out == source or out in source.parents or source in out.parents:
+            raise MergeError(f"--out {out} overlaps the folder {source} being merged")
+    if out.exists() and not out.is_dir():
+        raise MergeError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER_NAME).exists():
+        raise MergeError(
+            f"--out {out}: a folder with other files in it; merge into a new or empty folder "
+            "(an earlier merge's folder is replaced)"
+        )
+
+
+def merge_outputs(
+    sources: Sequence[Path | str],
+    out: Path | str,
+    *,
+    parquet: bool = False,
+    parquet_bytes: int = PARQUET_BYTES,
+) -> MergeReport:
+    """Join the output folders ``sources`` into one imagefolder dataset at ``out``.
+
+    See the module notes for names, duplicates and missing images. ``parquet=True`` also writes
+    ``out/parquet/train-NNNNN-of-NNNNN.parquet`` with the images embedded (needs pyarrow).
+
+    :raises MergeError: a source is no output folder, or ``out`` holds other files.
+    """
+    folders = [Path(s).resolve() for s in sources]
+    if not folders:
+        raise MergeError("nothing to merge: name at least one output folder")
+    target = Path(out).resolve()
+    for folder in folders:
+        if not folder.is_dir():
+            raise MergeError(f"{folder}: not a folder")
+    _check_out(target, folders)
+    if parquet:
+        _require_pyarrow()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.merging-", dir=target.parent))
+    try:
+        report = _build(folders, building, target)
+        files: tuple[Path, ...] = ()
+        if parquet:
+            written = _write_parquet(building, parquet_bytes)
+            files = tuple(target / p.relative_to(building) for p in written)
+        _swap_in(building, target)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return attrs.evolve(report, parquet=files)
+
+
+def _build(folders: Sequence[Path], building: Path, target: Path) -> MergeReport:
+    taken: dict[str, str] = {}  # merged file name -> sha256 of its bytes
+    missing: list[str] = []
+    duplicates = renamed = 0
+    metadata = building / METADATA_NAME
+    with metadata.open("w", encoding="utf-8") as rows_out:
+        for folder in folders:
+            for row in read_metadata(folder):
+                name = row["file_name"]
+                image = folder / name
+                # A file_name that climbs out of its folder is not one of its images.
+                if ".." in Path(name).parts or Path(name).is_absolute() or not image.is_file():
+                    missing.append(f"{folder}/{name}")
+                    continue
+                digest = _digest(image)
+                merged_name = Path(name).name
+                if merged_name in taken:
+                    if taken[merged_name] == digest:
+                        duplicates += 1
+                        continue
+                    merged_name = _free_name(merged_name, taken)
+                    renamed += 1
+                taken[merged_name] = digest
+                _place(image, building / merged_name)
+                rows_out.write(json.dumps({**row, "file_name": merged_name}) + "\n")
+        rows_out.flush()
+        os.fsync(rows_out.fileno())
+    (building / MARKER_NAME).write_text(
+        json.dumps({"format": "dreambooth-async-merge", "sources": [str(f) for f in folders]})
+        + "\n"
+    )
+    return MergeReport(
+        out=target,
+        images=len(taken),
+        missing=tuple(missing),
+        duplicates=duplicates,
+        renamed=renamed,
+    )
+
+
+def _swap_in(building: Path, target: Path) -> None:
+    """Put the built folder at ``target``; an earlier merge there is moved away first."""
+    old: Path | None = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    try:
+        os.replace(building, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --- Parquet ----------------------------------------------------------------------------------
+
+
+def _require_pyarrow() -> None:
+    if importlib.util.find_spec("pyarrow") is None:
+        raise MergeError("--parquet needs pyarrow: pip install 'dreambooth-async[parquet]'")
+
+
+def _feature(arrow_type: Any) -> Any:
+    """The ``datasets`` feature description of a metadata column's Arrow type."""
+    import pyarrow as pa  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    if pa.types.is_list(arrow_type):
+        return {"feature": _feature(arrow_type.value_type), "_type": "Sequence"}
+    if pa.types.is_struct(arrow_type):
+        return {field.name: _feature(field.type) for field in arrow_type}
+    names = {
+        pa.string(): "string",
+        pa.large_string(): "large_string",
+        pa.int64(): "int64",
+        pa.float64(): "float64",
+        pa.bool_(): "bool",
+        pa.null(): "null",
+    }
+    return {"dtype": names.get(arrow_type, str(arrow_type)), "_type": "Value"}
+
+
+def _write_parquet(folder: Path, target_bytes: int) -> list[Path]:
+    import pyarrow as pa  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    rows = list(read_metadata(folder))
+    columns = [c for c in dict.fromkeys(k for row in rows for k in row) if c != "file_name"]
+    # One schema for every file, inferred from all rows: files with different column types
+    # would not load as one dataset.
+    meta_schema = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows]).schema
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([pa.field("image", image_type), *meta_schema])
+    features = {"image": {"_type": "Image"}}
+    features.update({f.name: _feature(f.type) for f in meta_schema})
+    schema = schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+    # Rows are split into files of about target_bytes of images, by file size on disk.
+    groups: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for row in rows:
+        image_size = (folder / row["file_name"]).stat().st_size
+        if groups[-1] and size + image_size > target_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(row)
+        size += image_size
+    out = folder / PARQUET_FOLDER
+    out.mkdir()
+    paths = []
+    for number, group in enumerate(groups):
+        path = out / f"train-{number:05d}-of-{len(groups):05d}.parquet"
+        table = pa.Table.from_pylist(
+            [
+                {
+                    "image": {
+                        "bytes": (folder / row["file_name"]).read_bytes(),
+                        "path": row["file_name"],
+                    },
+                    **{c: row.get(c) for c in columns},
+                }
+                for row in group
+            ],
+            schema=schema,
+        )
+        pq.write_table(table, path)
+        paths.append(path)
+    return paths
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def add_merge_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``merge OUT... --out DIR [--parquet]`` to the subcommands (runs ``merge_command``)."""
+    parser = subparsers.add_parser(
+        "merge",
+        help="join output folders (shards) into one Hugging Face imagefolder dataset",
+        description="Join the output folders of several `generate` runs (the shards of one "
+        "run, say) into DIR: the images and one metadata.jsonl, loadable with "
+        "datasets.load_dataset('imagefolder', data_dir=DIR). Names taken twice get a suffix; "
+        "an image given twice is kept once. An earlier merge at DIR is replaced whole.",
+    )
+    parser.add_argument("sources", nargs="+", metavar="OUT", help="an output folder of generate")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the merged folder")
+    parser.add_argument(
+        "--parquet",
+        action="store_true",
+        help=f"also write DIR/{PARQUET_FOLDER}/train-*.parquet with the images embedded, for "
+        "the Hub (needs pyarrow: the [parquet] extra)",
+    )
+    parser.set_defaults(func=merge_command)
+
+
+def merge_command(args: argparse.Namespace) -> int:
+    """``dreambooth-async merge``: exit 0 merged, 1 merged with rows whose image is missing,
+    2 nothing merged (a source is no output folder, DIR is in the way, pyarrow missing)."""
+    try:
+        report = merge_outputs(args.sources, args.out, parquet=args.parquet)
+    except MergeError as exc:
+        print(f"dreambooth-async: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"dreambooth-async: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return EXIT_USAGE
+    extra = []
+    if report.duplicates:
+        extra.append(f"{report.duplicates} given twice kept once")
+    if report.renamed:
+        extra.append(f"{report.renamed} renamed")
+    note = f" ({', '.join(extra)})" if extra else ""
+    print(f"merged {report.images} images from {len(args.sources)} folders{note} into {report.out}")
+    for path in report.parquet:
+        print(f"  {path}")
+    for name in report.missing[:20]:
+        print(f"  missing image, row left out: {name}")
+    if len(report.missing) > 20:
+        print(f"  ... and {len(report.missing) - 20} more missing")
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+    return EXIT_PARTIAL if report.missing else EXIT_OK
