@@ -44,7 +44,7 @@ import re
 import shutil
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sized
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypedDict
@@ -411,6 +411,7 @@ class _Engine:
         durable: bool,
         on_finish: Callable[[], None] | None = None,
         recover_ambiguous: float | None = None,
+        max_images: int | None = None,
     ) -> None:
         self.client = client
         self._on_finish = on_finish
@@ -454,6 +455,11 @@ class _Engine:
         self._grace_handle: asyncio.TimerHandle | None = None
         self._occurrences: dict[str, int] = {}
         self._explicit_keys: set[str] = set()
+        # The budget: images (samples) paid for or in flight, those reserved by each item.
+        self._max_images = max_images
+        self._images = 0
+        self._reserved: dict[int, int] = {}
+        self._over_budget = False
         self.error: BaseException | None = None
         #: Counters for reports and benchmarks.
         self.counts: dict[str, int] = {
@@ -500,6 +506,8 @@ class _Engine:
                     redact=self.client._transport.redact,
                     durable=self._durable,
                 )
+                if self._max_images is not None:
+                    self._images = _images_paid(self.manifest)
             with self._root:
                 async with anyio.create_task_group() as tg:
                     with self._spawner:
@@ -644,6 +652,15 @@ class _Engine:
                             break
                     entry = self._entry(index, raw)
                     self.counts["items"] += 1
+                    if entry.plan == "submit" and not self._within_budget(entry):
+                        self.counts["unsent"] += 1
+                        if self.manifest is not None and entry.prior is None:
+                            self.manifest.pending(entry.key, index)
+                        self._permits.release()
+                        if not isinstance(source, Sized):
+                            break  # a stream may never end: stop reading at the budget
+                        index += 1
+                        continue
                     if entry.plan == "submit":
                         if self.manifest is not None and entry.prior is None:
                             self.manifest.pending(entry.key, index)
@@ -662,6 +679,25 @@ class _Engine:
                 with anyio.CancelScope(shield=True):
                     await closer()
 
+    def _within_budget(self, entry: _Entry) -> bool:
+        """Reserve ``entry``'s images under ``max_images``; False once the budget is spent
+        (the item is not sent, and stays pending for a rerun with a larger budget)."""
+        if self._max_images is None:
+            return True
+        samples = entry.request.samples
+        if self._over_budget or self._images + samples > self._max_images:
+            if not self._over_budget:
+                self._over_budget = True
+                logger.info(
+                    "batch stops submitting: max_images=%d reached (%d paid for or in flight)",
+                    self._max_images,
+                    self._images,
+                )
+            return False
+        self._images += samples
+        self._reserved[entry.index] = samples
+        return True
+
     # --- one item -----------------------------------------------------------------------------
 
     async def _work(self, entry: _Entry) -> None:
@@ -674,6 +710,9 @@ class _Engine:
                 # on. The first such error wins; siblings are cancelled.
                 self._abort(error)
                 return
+            if item is None or (item.job_id is None and item.status != "done"):
+                # Never accepted: its images are no longer in flight.
+                self._images -= self._reserved.pop(entry.index, 0)
             if item is None:
                 return  # never sent: the batch stopped submitting (see _stop_submitting)
             self.counts[item.status] += 1
@@ -1190,6 +1229,18 @@ class BatchRun(AsyncIterator[BatchItem]):
         raise StopAsyncIteration
 
 
+def _images_paid(manifest: Manifest) -> int:
+    """Images a manifest says earlier runs paid for: outputs of done items, one per job
+    still in flight (its samples are not recorded)."""
+    total = 0
+    for state in manifest:
+        if state.status == "done":
+            total += max(1, len(state.output))
+        elif state.status == "submitted":
+            total += 1
+    return total
+
+
 def _retrieve(task: asyncio.Task[None]) -> None:
     # The engine stores its own errors; this only keeps asyncio from logging a native
     # cancellation or an escaped BaseException as "never retrieved".
@@ -1217,6 +1268,7 @@ class MapOptions(TypedDict, total=False):
     cancel_grace: float
     durable: bool
     on_finish: Callable[[], None] | None
+    max_images: int | None
 
 
 def map_requests(
@@ -1241,6 +1293,7 @@ def map_requests(
     cancel_grace: float = 10.0,
     durable: bool = True,
     on_finish: Callable[[], None] | None = None,
+    max_images: int | None = None,
 ) -> BatchRun:
     """Run many generation requests under the account's queue-slot limit.
 
@@ -1280,6 +1333,12 @@ def map_requests(
     :param durable: fsync the manifest where it matters (turn off only for throwaway runs).
     :param on_finish: called once in the event loop when the batch has stopped, however it
         ended (``client.map(progress=True)`` closes its progress display with it).
+    :param max_images: a budget: submit no more once this many images (``samples`` count)
+        are paid for or in flight; with a manifest, images done in earlier runs count too.
+        Items past it are not sent, end quietly (no error) and stay pending in the manifest
+        (``run.stats["unsent"]`` counts them), so a rerun with a larger budget continues. A
+        sized input (a list) is read to its end, so done items are still reported; a stream
+        is read no further.
     """
     if concurrency is not None and concurrency < 1:
         raise ValueError("concurrency must be at least 1, or None to adapt")
@@ -1288,6 +1347,8 @@ def map_requests(
         raise ValueError("max_concurrency must be at least 1")
     if initial_concurrency < 1:
         raise ValueError("initial_concurrency must be at least 1")
+    if max_images is not None and (isinstance(max_images, bool) or max_images < 0):
+        raise ValueError("max_images must be a number of images (0 or more), or None")
     hooks: tuple[EventHook, ...]
     if on_event is None:
         hooks = ()
@@ -1316,5 +1377,6 @@ def map_requests(
         cancel_grace=cancel_grace,
         durable=durable,
         on_finish=on_finish,
+        max_images=max_images,
     )
     return BatchRun(engine)
