@@ -1,4 +1,4 @@
-"""The ``dreambooth-async`` command: ``generate``, ``demo`` and ``emulator``.
+"""The ``dreambooth-async`` command: ``generate``, ``demo``, ``emulator`` and ``merge``.
 
 ``generate PROMPTS --model-id M --out DIR`` turns a prompts file into a folder of images with a
 ``metadata.jsonl`` in the Hugging Face imagefolder convention, through a resumable batch: run the
@@ -37,7 +37,7 @@ from typing import Any, TextIO
 import attrs
 
 from . import __version__
-from ._batch import BatchItem
+from ._batch import BatchItem, request_key
 from ._client import (
     API_KEY_ENV,
     API_KEY_ENV_FALLBACK,
@@ -55,6 +55,7 @@ from ._errors import (
     TransportError,
 )
 from ._manifest import ManifestError
+from ._merge import add_merge_parser
 from ._models import (
     API_VERSIONS,
     GenerationRequest,
@@ -66,6 +67,7 @@ from ._models import (
 )
 from ._poller import PollPolicy
 from ._progress import ProgressReporter, format_duration
+from ._shard import add_shard_argument, shard_manifest_name, shard_of
 from ._webhooks import WebhookReceiver
 
 try:
@@ -374,6 +376,8 @@ class PromptSource:
     defaults: Mapping[str, Any]
     kind: str | None
     derive_seeds: bool
+    #: (I, N): only the rows of shard I of N (``--shard``), split by the key the batch uses.
+    shard: tuple[int, int] | None = None
     count: int = 0
     lines: array.array[int] = attrs.field(factory=lambda: array.array("L"))
 
@@ -426,23 +430,35 @@ class PromptSource:
         keys: set[str] = set()
         self.count = 0
         self.lines = array.array("L")
+        rows = 0
         for row in _rows(self.path, self.fmt):
-            key, _request = self._request(row, seeds)
+            key, request = self._request(row, seeds)
             if key is not None:
                 if key in keys:
                     raise InputError(f"{self.path}:{row.line}: duplicate key {key!r}")
                 keys.add(key)
-            self.count += 1
-            self.lines.append(row.line)
-        if self.count == 0:
+            rows += 1
+            if self._in_shard(key, request):
+                self.count += 1
+                self.lines.append(row.line)
+        if rows == 0:
             raise InputError(f"{self.path}: no prompts in the file")
 
     def requests(self) -> Iterator[GenerationRequest | tuple[str, GenerationRequest]]:
         """The requests, read lazily (the batch pulls them as slots free up)."""
         seeds = _SeedDeriver()
         for row in _rows(self.path, self.fmt):
+            # Seeds are derived from every row, in the shard or not, so a shard's requests
+            # are the very ones an unsharded run would send.
             key, request = self._request(row, seeds)
-            yield request if key is None else (key, request)
+            if self._in_shard(key, request):
+                yield request if key is None else (key, request)
+
+    def _in_shard(self, key: str | None, request: GenerationRequest) -> bool:
+        if self.shard is None:
+            return True
+        index, count = self.shard
+        return shard_of(key if key is not None else request_key(request), count) == index
 
     def line_of(self, index: int) -> int | None:
         return self.lines[index] if 0 <= index < len(self.lines) else None
@@ -518,6 +534,15 @@ class OutputLock:
 # --- the options a folder's images were made with ---------------------------------------------
 
 
+def manifest_name(args: argparse.Namespace) -> str:
+    """The default manifest's name in DIR: a shard's has the shard in it, so that each shard
+    keeps (and resumes from) its own."""
+    if getattr(args, "shard", None) is None:
+        return MANIFEST_NAME
+    index, count = args.shard
+    return shard_manifest_name(MANIFEST_NAME, index, count)
+
+
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options that shape the requests of a ``generate`` run, by flag. Every request
     default counts, even one that cannot change a picture (``--webhook``), and a value
@@ -529,6 +554,8 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.kind is not None:
         options["--kind"] = args.kind
+    if getattr(args, "shard", None) is not None:
+        options["--shard"] = "{}/{}".format(*args.shard)
     for name, value in _defaults_from_args(args).items():
         options[_option_name(name)] = value
     return options
@@ -806,7 +833,7 @@ async def _run_generate(
     args: argparse.Namespace, source: PromptSource, out: Path, stdout: TextIO
 ) -> int:
     started = time.monotonic()
-    manifest = Path(args.manifest) if args.manifest else out / MANIFEST_NAME
+    manifest = Path(args.manifest) if args.manifest else out / manifest_name(args)
     summary = _Summary()
     metadata = MetadataWriter(out / METADATA_NAME)
     try:
@@ -938,6 +965,7 @@ def _generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
         defaults=_defaults_from_args(args),
         kind=args.kind,
         derive_seeds=not args.random_seeds,
+        shard=getattr(args, "shard", None),
     )
     # Everything is checked before anything is written or sent: a bad file, a missing key or
     # extra, or an output folder that cannot take the images leaves no trace.
@@ -1181,7 +1209,10 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
         help=f"the account key (default: ${API_KEY_ENV}, else ${API_KEY_ENV_FALLBACK})",
     )
     gen.add_argument(
-        "--manifest", metavar="PATH", help=f"batch manifest (default DIR/{MANIFEST_NAME})"
+        "--manifest",
+        metavar="PATH",
+        help=f"batch manifest (default DIR/{MANIFEST_NAME}; with --shard I/N "
+        f"DIR/{shard_manifest_name(MANIFEST_NAME, 1, 2).replace('1-of-2', 'I-of-N')})",
     )
     gen.add_argument(
         "--resubmit-ambiguous",
@@ -1252,6 +1283,7 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
     )
     gen.add_argument("--no-progress", action="store_true", help="no progress display")
     gen.add_argument("-q", "--quiet", action="store_true", help="only the summary")
+    add_shard_argument(gen)
     _add_request_options(gen)
     gen.set_defaults(func=_generate)
 
@@ -1302,6 +1334,7 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
                 help="log every request to stderr (-vv: more)",
             )
     emulator.set_defaults(func=_emulator, emulator_flags=flags)
+    add_merge_parser(commands)
     return parser
 
 
