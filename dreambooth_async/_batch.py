@@ -1229,7 +1229,7 @@ class BatchRun(AsyncIterator[BatchItem]):
         raise StopAsyncIteration
 
 
-def _images_paid(manifest: Manifest) -> int:
+def _images_paid(manifest: Iterable[ItemState]) -> int:
     """Images a manifest says earlier runs paid for: outputs of done items, one per job
     still in flight (its samples are not recorded)."""
     total = 0

@@ -20,6 +20,7 @@ and whose ``files`` name the stored copies; its ``save()`` copies them, with no 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import hashlib
@@ -27,9 +28,10 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +48,16 @@ if TYPE_CHECKING:
     from ._poller import Job
     from ._transport import RetryPolicy
 
-__all__ = ["CacheStats", "CachedResult", "ResultCache", "cache_key"]
+__all__ = [
+    "CacheStats",
+    "CachedResult",
+    "ResultCache",
+    "RunPlan",
+    "add_cache_parser",
+    "cache_command",
+    "cache_key",
+    "plan_run",
+]
 
 # Not part of what a request asks for: who is asking and where the answer goes.
 _NOT_THE_REQUEST = ("key", "webhook", "track_id")
@@ -490,3 +501,132 @@ async def _store(
         # The image was paid for and is here: a cache that cannot keep it must not lose it.
         logger.warning("cache: could not store job %s: %s", result.id, error)
         return result
+
+
+# --- what a run would cost (``--dry-run``) -----------------------------------------------------
+
+
+@attrs.frozen
+class RunPlan:
+    """What a batch would do, without submitting: ``items`` read; ``submissions`` it would
+    send and their ``images`` (samples count); ``cached`` items the result cache answers;
+    ``done`` and ``in_flight`` items an earlier run's manifest covers; ``over_budget`` items
+    ``max_images`` would leave pending."""
+
+    items: int = 0
+    submissions: int = 0
+    images: int = 0
+    cached: int = 0
+    done: int = 0
+    in_flight: int = 0
+    over_budget: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return attrs.asdict(self)
+
+
+def plan_run(
+    requests: Iterable[GenerationRequest | tuple[str, GenerationRequest]],
+    *,
+    api_version: ApiVersion,
+    base_url: str,
+    cache: str | os.PathLike[str] | None = None,
+    manifest: str | os.PathLike[str] | None = None,
+    max_images: int | None = None,
+) -> RunPlan:
+    """The :class:`RunPlan` of ``client.map(requests, manifest=..., max_images=...)`` with a
+    client using ``cache``: reads the files, contacts nobody. Items are keyed as the batch keys
+    them (``request_key``, repeats numbered, when no explicit key is given)."""
+    from ._batch import _images_paid, request_key
+    from ._manifest import read_manifest
+
+    states = read_manifest(manifest) if manifest is not None and Path(manifest).exists() else {}
+    store = ResultCache(cache) if cache is not None and Path(cache).exists() else None
+    counts = dict.fromkeys(attrs.fields_dict(RunPlan), 0)
+    spent = 0
+    if max_images is not None and states:
+        spent = _images_paid(states.values())
+    seen: dict[str, int] = {}
+    try:
+        for raw in requests:
+            counts["items"] += 1
+            if isinstance(raw, tuple):
+                key, request = raw
+            else:
+                request = raw
+                key = request_key(request)
+                seen[key] = seen.get(key, 0) + 1
+                if manifest is not None and seen[key] > 1:
+                    key = f"{key}.{seen[key]}"
+            state = states.get(key)
+            if state is not None and state.status == "done":
+                counts["done"] += 1
+                continue
+            if state is not None and state.status == "submitted":
+                counts["in_flight"] += 1
+                continue
+            hit = cache_key(request, api_version, base_url) if store is not None else None
+            if store is not None and hit is not None:
+                row = store._row(hit)
+                if row is not None and row.state != "claimed":
+                    counts["cached"] += 1
+                    continue
+            if max_images is not None and spent + request.samples > max_images:
+                counts["over_budget"] += 1
+                continue
+            spent += request.samples
+            counts["submissions"] += 1
+            counts["images"] += request.samples
+    finally:
+        if store is not None:
+            store.close()
+    return RunPlan(**counts)
+
+
+# --- ``dreambooth-async cache stats|prune`` ----------------------------------------------------
+
+
+def add_cache_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``cache stats PATH`` and ``cache prune PATH --older-than DAYS`` (runs
+    :func:`cache_command`)."""
+    parser = subparsers.add_parser(
+        "cache",
+        help="inspect or trim a result cache (generate --cache PATH)",
+        description="Inspect or trim the result cache of `generate --cache PATH`.",
+    )
+    parser.add_argument("action", choices=("stats", "prune"))
+    parser.add_argument("path", metavar="PATH", help="the cache file")
+    parser.add_argument(
+        "--older-than",
+        type=float,
+        default=30.0,
+        metavar="DAYS",
+        help="prune: drop results stored more than DAYS ago, and unused images (default 30)",
+    )
+    parser.set_defaults(func=cache_command)
+
+
+def cache_command(args: argparse.Namespace) -> int:
+    """``dreambooth-async cache stats|prune PATH``: print what the cache holds (JSON) or
+    trim it; exit 2 when PATH is not a cache file."""
+    path = Path(args.path)
+    if not path.is_file():
+        print(f"dreambooth-async: error: no cache file at {path}", file=sys.stderr)
+        return 2
+    try:
+        cache = ResultCache(path)
+    except sqlite3.Error as exc:
+        print(f"dreambooth-async: error: {path} is not a cache file ({exc})", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "prune":
+            if not args.older_than >= 0:
+                print("dreambooth-async: error: --older-than must be 0 or more", file=sys.stderr)
+                return 2
+            dropped = cache.prune(args.older_than * 86400.0)
+            print(json.dumps({"dropped": dropped, **attrs.asdict(cache.stats())}))
+        else:
+            print(json.dumps(attrs.asdict(cache.stats())))
+    finally:
+        cache.close()
+    return 0

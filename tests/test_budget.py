@@ -91,3 +91,32 @@ async def test_max_images_is_checked() -> None:
     async with env() as (_emu, client):
         with pytest.raises(ValueError, match="max_images"):
             client.map(prompts(1), max_images=-1)
+
+
+async def test_a_dry_run_plan_counts_what_the_manifest_covers_and_submits_nothing(
+    tmp_path: Path,
+) -> None:
+    from dreambooth_async._cache import plan_run
+
+    manifest = tmp_path / "run.jsonl"
+    requests = prompts(50)
+    async with env() as (emu, client):
+        await client.gather(requests, manifest=manifest, max_images=10)
+        accepted = emu.stats.submissions_accepted
+        plan = plan_run(
+            requests,
+            api_version=client.api_version,
+            base_url=client.base_url,
+            manifest=manifest,
+            max_images=20,
+        )
+        assert emu.stats.submissions_accepted == accepted == 10
+    assert plan.to_json() == {
+        "items": 50,
+        "submissions": 10,
+        "images": 10,
+        "cached": 0,
+        "done": 10,
+        "in_flight": 0,
+        "over_budget": 30,
+    }

@@ -194,3 +194,31 @@ def test_stats_and_prune(tmp_path: Path) -> None:
     assert cache.prune(older_than=3600) == 1
     assert cache.stats() == dba.CacheStats(results=0, pending=0, images=0, image_bytes=0)
     cache.close()
+
+
+async def test_plan_and_cache_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from dreambooth_async._cache import cache_command, plan_run
+
+    db = tmp_path / "cache.sqlite"
+    requests = [req(seed=i, prompt=f"p {i}") for i in range(3)] + [req(seed=None)]
+    async with emulator() as emu, client_for(emu, db) as client:
+        await client.generate(requests[0])
+        plan = plan_run(
+            requests, api_version=client.api_version, base_url=client.base_url, cache=db
+        )
+    assert (plan.items, plan.cached, plan.submissions, plan.images) == (4, 1, 3, 3)
+
+    assert cache_command(argparse.Namespace(action="stats", path=str(db), older_than=30)) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "results": 1,
+        "pending": 0,
+        "images": 1,
+        "image_bytes": (next((tmp_path / "cache-images").iterdir())).stat().st_size,
+    }
+    assert cache_command(argparse.Namespace(action="prune", path=str(db), older_than=0)) == 0
+    assert json.loads(capsys.readouterr().out)["dropped"] == 1
+    assert not any((tmp_path / "cache-images").iterdir())
+    missing = argparse.Namespace(action="stats", path=str(tmp_path / "nope"), older_than=1)
+    assert cache_command(missing) == 2
