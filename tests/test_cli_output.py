@@ -20,6 +20,7 @@ SCALE = 0.005
 
 def _config() -> EmulatorConfig:
     return EmulatorConfig(
+        keys=(SECRET,),
         time_scale=SCALE,
         workers=8,
         queue_limit=8,
