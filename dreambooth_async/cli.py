@@ -1273,8 +1273,20 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
         metavar="X",
         help="emulator seconds per service second (%(default)s)",
     )
-    gen.add_argument("--emulator-queue-limit", type=_positive_int, default=5, metavar="N")
-    gen.add_argument("--emulator-workers", type=_positive_int, default=4, metavar="N")
+    gen.add_argument(
+        "--emulator-queue-limit",
+        type=_positive_int,
+        default=5,
+        metavar="N",
+        help="the embedded emulator's queue slots per key (default %(default)s)",
+    )
+    gen.add_argument(
+        "--emulator-workers",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="the embedded emulator's simulated GPU workers (default %(default)s)",
+    )
     gen.add_argument(
         "--poll-scale",
         type=_positive_float,
