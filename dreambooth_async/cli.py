@@ -38,6 +38,7 @@ import attrs
 
 from . import __version__
 from ._batch import BatchItem, request_key
+from ._cache import add_cache_parser, plan_run
 from ._client import (
     API_KEY_ENV,
     API_KEY_ENV_FALLBACK,
@@ -846,6 +847,7 @@ async def _run_generate(
                 poll=poll,
                 max_concurrency=args.max_concurrency,
                 webhooks=_webhook_receiver(args),
+                cache=args.cache,
             )
             show = not args.quiet and not args.no_progress
             progress = ProgressReporter(
@@ -869,6 +871,7 @@ async def _run_generate(
                         recover_ambiguous=args.recover_seconds,
                         retry_failed=not args.no_retry_failed,
                         job_timeout=args.job_timeout,
+                        max_images=args.max_images,
                     ) as run,
                 ):
                     try:
@@ -976,6 +979,8 @@ def _generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
         _api_key(args)
         _base_url(args)
     out = Path(args.out).resolve()
+    if args.dry_run:
+        return _dry_run(args, source, out, stdout)
     check_output_folder(out, "--out")
     if args.manifest:
         check_output_folder(Path(args.manifest).resolve().parent, "--manifest")
@@ -994,6 +999,27 @@ def _generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
         return _run_async(_run_generate(args, source, out, stdout))
     finally:
         lock.close()
+
+
+def _dry_run(args: argparse.Namespace, source: PromptSource, out: Path, stdout: TextIO) -> int:
+    """``generate --dry-run``: what the run would submit and what is already covered, from
+    the files alone; nothing is sent or written."""
+    plan = plan_run(
+        source.requests(),
+        api_version=args.api_version,
+        # The embedded emulator's address is new every run: nothing cached matches it.
+        base_url="" if args.emulator else _base_url(args),
+        cache=args.cache,
+        manifest=Path(args.manifest) if args.manifest else out / manifest_name(args),
+        max_images=args.max_images,
+    )
+    print(
+        f"dry run: {plan.submissions} submissions, {plan.images} images; covered: "
+        f"{plan.done} done and {plan.in_flight} in flight (manifest), {plan.cached} cached; "
+        f"{plan.over_budget} over --max-images",
+        file=stdout,
+    )
+    return EXIT_OK
 
 
 def _run_async(coro: Any) -> int:
@@ -1295,6 +1321,22 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
     )
     gen.add_argument("--no-progress", action="store_true", help="no progress display")
     gen.add_argument("-q", "--quiet", action="store_true", help="only the summary")
+    gen.add_argument(
+        "--cache",
+        metavar="PATH",
+        help="a result cache (SQLite): seeded requests answered before are not paid again",
+    )
+    gen.add_argument(
+        "--max-images",
+        type=_positive_int,
+        metavar="N",
+        help="submit no more once N images are paid for or in flight (reruns continue)",
+    )
+    gen.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say how many submissions and images the run would make; send nothing",
+    )
     add_shard_argument(gen)
     _add_request_options(gen)
     gen.set_defaults(func=_generate)
@@ -1347,6 +1389,7 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
             )
     emulator.set_defaults(func=_emulator, emulator_flags=flags)
     add_merge_parser(commands)
+    add_cache_parser(commands)
     return parser
 
 

@@ -120,3 +120,31 @@ async def test_a_dry_run_plan_counts_what_the_manifest_covers_and_submits_nothin
         "in_flight": 0,
         "over_budget": 30,
     }
+
+
+def test_cli_dry_run_sends_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dreambooth_async.cli import main
+
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("".join(f"a painting number {i}\n" for i in range(7)))
+    out = tmp_path / "out"
+    code = main(
+        [
+            "generate",
+            str(prompts_file),
+            "--out",
+            str(out),
+            "--emulator",
+            "--dry-run",
+            "--max-images",
+            "5",
+            "--model-id",
+            "midjourney",
+        ]
+    )
+    assert code == 0
+    said = capsys.readouterr().out
+    assert "5 submissions, 5 images" in said and "2 over --max-images" in said
+    assert not out.exists()
