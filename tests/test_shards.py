@@ -4,24 +4,30 @@ against the emulator's own record), each shard resuming on its own after a SIGKI
 
 from __future__ import annotations
 
+import json
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
+from anyio.abc import Process
 from hypothesis import given
 from hypothesis import strategies as st
 
 import dreambooth_async as dba
 from dreambooth_async._shard import parse_shard, shard_manifest_name, shard_of
-from dreambooth_async.emulator import Emulator, EmulatorConfig
+from dreambooth_async.emulator import CostModel, Emulator, EmulatorConfig
 
 SECRET = "sk-shards-0b9e4d71c2a85f36"
 SCALE = 0.01
 
 
 def _requests(n: int, start: int = 0) -> list[dba.Text2Img]:
-    return [dba.Text2Img(model_id="midjourney", prompt=f"prompt {i}", seed=i) for i in range(start, n)]
+    return [
+        dba.Text2Img(model_id="midjourney", prompt=f"prompt {i}", seed=i) for i in range(start, n)
+    ]
 
 
 # --- the library function ---------------------------------------------------------------------
@@ -129,3 +135,173 @@ async def test_library_shards_in_parallel_do_each_request_once(tmp_path: Path, c
     keys = [k for part in done.values() for k in part]
     assert sorted(keys) == sorted(map(dba.request_key, requests))
     assert all(done[i] for i in done)
+
+
+# --- generate --shard I/N as separate processes -----------------------------------------------
+
+CLI_PROMPTS = 48
+
+
+def _generate(prompts: Path, out: Path, base_url: str, index: int, count: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dreambooth_async.cli",
+        "generate",
+        str(prompts),
+        "--model-id",
+        "midjourney",
+        "--out",
+        str(out),
+        "--shard",
+        f"{index}/{count}",
+        "--base-url",
+        base_url,
+        "--api-key",
+        SECRET,
+        "--poll-scale",
+        str(SCALE),
+        "--no-progress",
+    ]
+
+
+def _state(pid: int) -> str:
+    # The third field of /proc/<pid>/stat: R, S, T (stopped), Z, ...
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+async def _stopped(pid: int) -> None:
+    with anyio.fail_after(5):
+        while True:
+            if _state(pid) == "T":
+                return
+            await anyio.sleep(0.001)
+
+
+async def _kill_mid_batch(process: Process, manifest: Path) -> dict[str, dba.ItemState]:
+    """SIGKILL the process once its manifest shows done and submitted items and no POST on the
+    wire (frozen with SIGSTOP first, so what the manifest says is final; see
+    test_cli_resume.py)."""
+    with anyio.fail_after(40):
+        while True:
+            await anyio.sleep(0.01)
+            if process.returncode is not None:
+                pytest.fail("the shard finished before the test could kill it")
+            states = dba.read_manifest(manifest) if manifest.exists() else {}
+            statuses = [s.status for s in states.values()]
+            if statuses.count("done") < 2 or statuses.count("submitted") < 1:
+                continue
+            process.send_signal(signal.SIGSTOP)
+            await _stopped(process.pid)
+            states = dba.read_manifest(manifest)
+            statuses = [s.status for s in states.values()]
+            if "submitting" in statuses or statuses.count("submitted") < 1:
+                process.send_signal(signal.SIGCONT)
+                continue
+            process.kill()
+            await process.wait()
+            return states
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("count", [2, 3])
+async def test_cli_shards_as_processes_do_every_prompt_once_and_a_killed_one_resumes(
+    tmp_path: Path, count: int
+) -> None:
+    texts = [
+        f"shard prompt {i}: a {['red', 'green', 'blue'][i % 3]} thing" for i in range(CLI_PROMPTS)
+    ]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(texts) + "\n")
+    outs = [tmp_path / f"shard-{i}-of-{count}" for i in range(1, count + 1)]
+    manifests = [
+        out / f"dreambooth-manifest.shard-{i}-of-{count}.jsonl"
+        for i, out in enumerate(outs, start=1)
+    ]
+    config = EmulatorConfig(
+        keys=(SECRET,),
+        queue_limit=9,
+        workers=9,
+        time_scale=SCALE,
+        cost=CostModel(base=25, per_step=0, per_sample=0, per_megapixel=0, noise=0),
+    )
+    async with Emulator(config) as emu:
+        commands = [
+            _generate(prompts, out, emu.base_url, i, count) for i, out in enumerate(outs, start=1)
+        ]
+        processes = [await anyio.open_process(c, stdout=None, stderr=None) for c in commands]
+        # The last shard is killed mid-batch while the others run on.
+        killed_at = await _kill_mid_batch(processes[-1], manifests[-1])
+        for process in processes[:-1]:
+            assert await process.wait() == 0
+            await process.aclose()
+        await processes[-1].aclose()
+        done_before = [k for k, s in killed_at.items() if s.status == "done"]
+        assert done_before
+
+        rerun = await anyio.run_process(commands[-1], check=False)
+        stdout = rerun.stdout.decode()
+        assert rerun.returncode == 0, stdout + rerun.stderr.decode()
+        assert f"({len(done_before)} from an earlier run)" in stdout
+
+        # The emulator's own record: every prompt accepted exactly once, over all shards.
+        assert emu.stats.submissions_accepted == CLI_PROMPTS
+        assert emu.stats.duplicate_submissions() == {}
+        assert emu.stats.duplicate_requests() == {}
+        assert sorted(p for _m, p, _s in emu.stats.accepted_by_fingerprint) == sorted(texts)
+
+    per_shard = []
+    for out, manifest in zip(outs, manifests, strict=True):
+        rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+        per_shard.append(sorted(row["prompt"] for row in rows))
+        states = dba.read_manifest(manifest)
+        assert {s.status for s in states.values()} == {"done"} and len(states) == len(rows)
+        assert not (out / "dreambooth-manifest.jsonl").exists()
+    assert all(per_shard)  # every shard had work
+    assert sorted(p for part in per_shard for p in part) == sorted(texts)
+
+    # The shards' folders merge into one dataset with every prompt once.
+    merged = tmp_path / "dataset"
+    done = await anyio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "dreambooth_async.cli",
+            "merge",
+            *map(str, outs),
+            "--out",
+            str(merged),
+        ],
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    rows = [json.loads(line) for line in (merged / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(row["prompt"] for row in rows) == sorted(texts)
+    for row in rows:
+        assert (merged / row["file_name"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_rerun_with_another_shard_split_into_the_same_folder_is_refused(tmp_path: Path) -> None:
+    # The shard is a run option: images of shard 1/2 and of 1/3 do not mix in one folder.
+    from dreambooth_async.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"prompt {i}\n" for i in range(12)))
+    out = tmp_path / "out"
+    common = [
+        "generate",
+        str(prompts),
+        "--model-id",
+        "midjourney",
+        "--out",
+        str(out),
+        "--emulator",
+        "--emulator-time-scale",
+        "0.002",
+        "--no-progress",
+        "-q",
+    ]
+    assert main([*common, "--shard", "1/2"]) == 0
+    assert (out / "dreambooth-manifest.shard-1-of-2.jsonl").exists()
+    assert main([*common, "--shard", "1/3"]) == 2
+    assert main([*common, "--shard", "1/2"]) == 0  # the same shard resumes
