@@ -55,6 +55,7 @@ from ._errors import (
     RequestValidationError,
     TransportError,
 )
+from ._fsout import FsOutput, OutputURLError, RemoteMirror, is_url, state_folder
 from ._manifest import ManifestError
 from ._merge import add_merge_parser
 from ._models import (
@@ -831,11 +832,18 @@ def _webhook_receiver(args: argparse.Namespace) -> WebhookReceiver | None:
 
 
 async def _run_generate(
-    args: argparse.Namespace, source: PromptSource, out: Path, stdout: TextIO
+    args: argparse.Namespace,
+    source: PromptSource,
+    out: Path,
+    stdout: TextIO,
+    remote: FsOutput | None = None,
 ) -> int:
     started = time.monotonic()
     manifest = Path(args.manifest) if args.manifest else out / manifest_name(args)
     summary = _Summary()
+    # A URL --out: the batch fills the local state folder, each item's images are uploaded
+    # (then dropped locally) before the metadata that names them.
+    mirror = RemoteMirror(out, remote) if remote is not None else None
     metadata = MetadataWriter(out / METADATA_NAME)
     try:
         async with _service(args) as (base_url, key, scale):
@@ -877,6 +885,9 @@ async def _run_generate(
                     try:
                         async for item in run:
                             _tally(item, summary, metadata, source, client)
+                            if mirror is not None and item.ok:
+                                await asyncio.to_thread(mirror.add, item.files)
+                                await asyncio.to_thread(mirror.metadata)
                     except (AuthenticationError, InsufficientCredits) as error:
                         # The batch stopped submitting; accepted jobs were collected above.
                         summary.stopped = client._transport.redact(
@@ -901,7 +912,11 @@ async def _run_generate(
                     progress.close()
     finally:
         metadata.close()
-    _print_summary(summary, out, manifest, time.monotonic() - started, stdout)
+    if mirror is not None:
+        mirror.metadata(force=True)
+        mirror.gallery(manifest=manifest)
+    shown = str(remote.url) if remote is not None else out
+    _print_summary(summary, shown, manifest, time.monotonic() - started, stdout)
     ok = summary.failed == 0 and summary.ambiguous == 0 and summary.stopped is None
     return EXIT_OK if ok else EXIT_PARTIAL
 
@@ -928,7 +943,7 @@ def _tally(
 
 
 def _print_summary(
-    summary: _Summary, out: Path, manifest: Path, elapsed: float, stdout: TextIO
+    summary: _Summary, out: Path | str, manifest: Path, elapsed: float, stdout: TextIO
 ) -> None:
     earlier = f" ({summary.resumed} from an earlier run)" if summary.resumed else ""
     print(
@@ -959,6 +974,16 @@ def _print_summary(
     stdout.flush()
 
 
+def _remote_output(url: str) -> FsOutput:
+    """The fsspec output at ``url``, proven writable before anything is submitted."""
+    try:
+        remote = FsOutput(url)
+        remote.probe()
+    except OutputURLError as exc:
+        raise InputError(str(exc)) from None
+    return remote
+
+
 def _generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     stdout = stdout or sys.stdout
     path = Path(args.prompts)
@@ -978,9 +1003,12 @@ def _generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     else:
         _api_key(args)
         _base_url(args)
-    out = Path(args.out).resolve()
+    # A URL --out keeps its manifest and staged images in a local state folder.
+    url = is_url(args.out)
+    out = state_folder(args.out).resolve() if url else Path(args.out).resolve()
     if args.dry_run:
         return _dry_run(args, source, out, stdout)
+    remote = _remote_output(args.out) if url else None
     check_output_folder(out, "--out")
     if args.manifest:
         check_output_folder(Path(args.manifest).resolve().parent, "--manifest")
@@ -996,7 +1024,7 @@ def _generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
             record.save(options, has_images=has_images)
         except OSError as exc:
             raise InputError(f"--out {out}: cannot write in it ({exc.strerror or exc})") from None
-        return _run_async(_run_generate(args, source, out, stdout))
+        return _run_async(_run_generate(args, source, out, stdout, remote))
     finally:
         lock.close()
 
@@ -1193,7 +1221,13 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
         help="a text file, a prompt a line (blank lines and lines starting with # are "
         "skipped), or .jsonl (an object a line) or .csv (a header with a prompt column)",
     )
-    gen.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    gen.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder, or an fsspec URL (s3://bucket/run/, file://...; needs the "
+        "[fsspec] or [s3] extra) whose manifest stays in a local ./.dreambooth-state folder",
+    )
     gen.add_argument(
         "--format",
         choices=("auto", "text", "jsonl", "csv"),

@@ -154,3 +154,39 @@ async def test_generate_output_to_s3(tmp_path: Path, s3_endpoint: str) -> None:
     fs.invalidate_cache()
     listing = [key.rsplit("/", 1)[-1] for key in fs.ls("images/run-1", detail=False)]
     _check_output(listing, lambda n: fs.cat_file(f"images/run-1/{n}"), 6)
+
+
+def test_cli_generate_to_a_file_url_and_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dreambooth_async.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the default state folder is ./.dreambooth-state
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"url prompt {i}\n" for i in range(5)))
+    remote = tmp_path / "remote" / "run"
+    common = [
+        "generate",
+        str(prompts),
+        "--model-id",
+        "midjourney",
+        "--out",
+        remote.as_uri(),
+        "--emulator",
+        "--emulator-time-scale",
+        "0.002",
+        "--no-progress",
+        "-q",
+    ]
+    assert main(common) == 0
+    rows = [json.loads(line) for line in (remote / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt"] for r in rows) == [f"url prompt {i}" for i in range(5)]
+    names = sorted(p.name for p in remote.iterdir())
+    assert sorted(r["file_name"] for r in rows) == [n for n in names if n.endswith(".png")]
+    assert "index.html" in names and not [n for n in names if ".tmp-" in n]
+    # The manifest stayed local; the images did not.
+    (state,) = (tmp_path / ".dreambooth-state").iterdir()
+    assert (state / "dreambooth-manifest.jsonl").exists() and not list(state.glob("*.png"))
+    # A rerun resumes from the local manifest: nothing new, the same rows.
+    assert main(common) == 0
+    assert (remote / "metadata.jsonl").read_text().count("\n") == 5
