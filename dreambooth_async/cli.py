@@ -56,6 +56,7 @@ from ._errors import (
     TransportError,
 )
 from ._fsout import FsOutput, OutputURLError, RemoteMirror, is_url, state_folder
+from ._gallery import add_gallery_parser, write_gallery
 from ._manifest import ManifestError
 from ._merge import add_merge_parser
 from ._models import (
@@ -917,6 +918,13 @@ async def _run_generate(
         mirror.gallery(manifest=manifest)
     shown = str(remote.url) if remote is not None else out
     _print_summary(summary, shown, manifest, time.monotonic() - started, stdout)
+    if mirror is None:
+        try:
+            gallery = write_gallery(out, manifest=manifest)
+        except OSError as exc:  # the images are fine; only the page could not be written
+            print(f"could not write the gallery: {exc}", file=stdout)
+        else:
+            print(f"gallery: {gallery.as_uri()}", file=stdout)
     ok = summary.failed == 0 and summary.ambiguous == 0 and summary.stopped is None
     return EXIT_OK if ok else EXIT_PARTIAL
 
@@ -1424,6 +1432,7 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
     emulator.set_defaults(func=_emulator, emulator_flags=flags)
     add_merge_parser(commands)
     add_cache_parser(commands)
+    add_gallery_parser(commands)
     return parser
 
 
