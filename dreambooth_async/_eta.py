@@ -13,6 +13,7 @@ loosely placed jobs gain precision as the model does, instead of widening it for
 
 from __future__ import annotations
 
+import bisect
 import statistics
 from collections import deque
 from collections.abc import Iterator
@@ -35,6 +36,9 @@ class FinishedJob:
     by: float
     #: Fetched early on purpose (see :class:`EtaModel`).
     probe: bool = False
+    #: First fetched before it could possibly be done, whatever its speed: a probe, or a job
+    #: of a new client whose model knew nothing yet. Its measurement is unbiased.
+    early: bool = False
 
     def finish(self, bounds: tuple[float, float]) -> tuple[float, float]:
         """Where the real finish lies, ``(earliest, latest)``: between the last "processing"
@@ -72,8 +76,10 @@ class EtaModel:
 
     Measurements come from jobs that needed more than one fetch, and those are the slower ones:
     a job done at its first fetch yields none. That would bias the low end upward, so the low
-    end is taken from jobs whose first fetch came before the model's low end (a new client's
-    first jobs, and *probes*: jobs fetched early on purpose whatever their speed).
+    end is taken from jobs first fetched before they could be done (a new client's first jobs,
+    fetched before the model knew anything, and *probes*: jobs fetched early on purpose).
+    Deciding that from the model itself would feed on itself: a low end placed too high would
+    count slow jobs as unbiased, and rise further.
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class EtaModel:
         min_samples: int = 4,
         max_width: float = 0.25,
         precise_width: float = 0.02,
+        low_pad: float = 0.75,
     ) -> None:
         self._prior = prior
         self._jobs: deque[FinishedJob] = deque(maxlen=window)
@@ -97,10 +104,12 @@ class EtaModel:
         self._min_samples = min_samples
         self._max_width = max_width
         self._precise_width = precise_width
+        self._low_pad = low_pad
         self._cached: tuple[float, float] | None = None
         self._last: tuple[float, float] | None = None
         self._samples = 0
         self._low_samples = 0
+        self._unbiased: list[float] = []
 
     @property
     def samples(self) -> int:
@@ -114,13 +123,24 @@ class EtaModel:
         self.bounds()
         return self._low_samples
 
+    @property
+    def at_prior(self) -> bool:
+        """True while the model knows nothing: its range is the prior's."""
+        return self.bounds() == self._prior and self._samples == 0
+
+    def share_below(self, rho: float) -> float | None:
+        """The share of unbiased measurements below ``rho``: how many jobs the model expects
+        done by then (None with fewer than three)."""
+        self.bounds()
+        if len(self._unbiased) < 3:
+            return None
+        return bisect.bisect_right(self._unbiased, rho) / len(self._unbiased)
+
     def observe_job(self, job: FinishedJob) -> None:
         """A finished job, as the poller saw it."""
         if not job.anchors:
             return
-        at, eta = job.anchors[0]
-        lo = (self._cached or self._fallback())[0]
-        if job.probe or (job.first_fetch - at) / eta <= lo:
+        if job.early or job.probe:
             self._early.append(job)
         else:
             self._jobs.append(job)
@@ -135,9 +155,11 @@ class EtaModel:
     def _fallback(self) -> tuple[float, float]:
         if len(self._trends) < 3:
             return self._prior
-        # Each reading is off by the noise of two ETAs: keep a margin.
+        # Each reading is off by the noise of two ETAs, and noisy ETAs make readings that
+        # scatter: keep a margin of half their spread, and at least 8%.
         lo, hi = min(self._trends), max(self._trends)
-        return (max(0.0, lo * 0.92, self._prior[0] * lo), hi * 1.08)
+        margin = max(0.5 * (hi - lo), 0.08 * hi)
+        return (max(self._prior[0] * lo, lo - margin), hi + margin)
 
     def _measure(self, bounds: tuple[float, float]) -> Iterator[_Sample]:
         for job in (*self._early, *self._jobs):
@@ -154,8 +176,7 @@ class EtaModel:
                 rho = (finished - at) / eta
                 width = (latest - earliest) / eta
                 if rho > 0 and width <= self._max_width * rho:
-                    early = job.probe or (job.first_fetch - at) / eta <= bounds[0]
-                    yield _Sample(rho, width, n == 0 and early)
+                    yield _Sample(rho, width, n == 0 and (job.early or job.probe))
 
     def _estimate(self, bounds: tuple[float, float]) -> tuple[tuple[float, float] | None, int, int]:
         samples = list(self._measure(bounds))
@@ -174,12 +195,20 @@ class EtaModel:
             if len(pool) >= 3
         ]
         lows = [_extreme(pool, high=False) for pool in pools] or [_extreme(used, high=False)]
-        lo, low_count, _ = min(lows, key=lambda low: (hi - low[0]) / (low[1] + 1) + low[2])
+        # Judged on a common range, or the pool whose low end is highest would look best.
+        common = hi - min(low[0] for low in lows)
+        lo, low_count, _ = min(lows, key=lambda low: common / (low[1] + 1) + low[2])
+        self._unbiased = sorted(s.rho for s in samples if s.unbiased)
         spread = max(0.0, hi - lo)
         return (
-            (max(0.0, lo - spread / (low_count + 1)), hi + spread / (count + 1)),
+            # The low end is drawn from fewer, and placed too high it keeps results waiting
+            # past their budget: half as much again.
+            (
+                max(0.0, lo - self._low_pad * (1 + 3 * spread / hi) * spread / (low_count + 1)),
+                hi + spread / (count + 1),
+            ),
             len(used),
-            low_count if pools else 0,
+            max((len(pool) for pool in pools), default=0),
         )
 
     def bounds(self) -> tuple[float, float]:

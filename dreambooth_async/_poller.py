@@ -59,6 +59,9 @@ logger = logging.getLogger("dreambooth_async")
 #: One fetch call for a job id: returns the result or the processing status, or raises.
 FetchFn = Callable[[str, str | None], Awaitable[GenerationResult | Processing]]
 
+#: Below this many unbiased measurements of the ETA's low end, the poller probes more often.
+_LOW_SAMPLES = 4
+
 #: "Not found" is asked about at least this many times before the job is given up on.
 _NOT_FOUND_TRIES = 3
 
@@ -131,6 +134,7 @@ class _State:
         "fetch_url",
         "fetches",
         "first_fetch",
+        "first_unbiased",
         "future",
         "id",
         "last_fetch",
@@ -160,6 +164,8 @@ class _State:
         self.due = 0.0
         self.last_fetch: float | None = None
         self.first_fetch: float | None = None
+        #: The first fetch came while the ETA model knew nothing yet (its wide prior).
+        self.first_unbiased = False
         #: When the service last said "processing" (the midpoint of that exchange).
         self.last_processing: float | None = None
         # (time, eta) for each processing answer with an ETA: material for the ETA model.
@@ -273,6 +279,7 @@ class Poller:
         self._wakeup = asyncio.Event()
         self._closed = False
         self._since_probe = 0
+        self._surprise = 0.0
         #: The share of recent jobs done at their first fetch (an average that forgets).
         self._done_at_first = 1.0
         self._on_done: list[
@@ -280,6 +287,9 @@ class Poller:
         ] = []
         #: Total fetch calls made (for benchmarks and tests).
         self.fetch_calls = 0
+        #: The round trip of a fetch (an average that forgets): the service looks at a job
+        #: about half of it after the request leaves, and its ETA was that old on arrival.
+        self._round_trip = 0.0
 
     # --- registration -------------------------------------------------------------------------
 
@@ -328,7 +338,7 @@ class Poller:
                 # Attached by id: no answer was seen yet, so nothing is known of the job.
                 self._schedule(state, self._plan(state, now))
             else:
-                self._observe_processing(state, processing, now, now)
+                self._observe_processing(state, processing, now - self._round_trip / 2, now)
         return Job(state, request=request, poller=self)
 
     def _probe_next(self) -> bool:
@@ -340,8 +350,11 @@ class Poller:
         # are mostly done at their first fetch, little when most need a second anyway. While
         # the low end rests on few measurements, probe more.
         every = max(2, min(explore, round(explore * self._done_at_first)))
-        if self.eta_model.low_samples < 4:
+        low_samples = self.eta_model.low_samples
+        if low_samples < _LOW_SAMPLES:
             every = min(every, max(2, explore // 4))
+        elif low_samples >= 16:
+            every *= 4  # the low end is well placed: probes only keep it fresh
         self._since_probe += 1
         if self._since_probe < every:
             return False
@@ -456,7 +469,9 @@ class Poller:
                 # shortest it may have, so that a job finishing early is not kept waiting.
                 start = max(now, earliest)
                 allowed = policy.delay_budget * (start - state.submitted_at)
-                wait = (latest if latest - start <= allowed else start + allowed) - now
+                target = latest if latest - start <= allowed else start + allowed
+                # The service looks at the job half a round trip after the request leaves.
+                wait = max(0.0, target - now - self._round_trip / 2)
         else:
             wait = self._backoff(state, now, known=window is not None, step=state.overdue)
             state.overdue += 1
@@ -505,9 +520,25 @@ class Poller:
             after=state.last_processing,
             by=finished_by,
             probe=state.probe,
+            early=state.first_unbiased,
         )
         if not state.probe and state.anchors:
-            self._done_at_first += 0.1 * (float(state.fetches == 1) - self._done_at_first)
+            done_at_first = float(state.fetches == 1)
+            self._done_at_first += 0.1 * (done_at_first - self._done_at_first)
+            at, eta = state.anchors[0]
+            expected = self.eta_model.share_below((state.first_fetch - at) / eta)
+            if expected is not None:
+                # More jobs done at their first fetch than the unbiased measurements foresee:
+                # those are few and may sit too high, and results then wait past their
+                # budget. Probe to find out.
+                self._surprise += 0.2 * (done_at_first - expected - self._surprise)
+                if self._surprise > 0.15:
+                    self._surprise = 0.0
+                    self._since_probe = self.policy.explore_every
+        elif state.probe and state.fetches == 1:
+            # A probe that came too late (the job was done): the model's low end is too
+            # high, and results wait past their budget. Probe again at once.
+            self._since_probe = self.policy.explore_every
         before = self.eta_model.bounds()
         self.eta_model.observe_job(seen)
         after = self.eta_model.bounds()
@@ -571,6 +602,7 @@ class Poller:
         state.last_fetch = now
         if state.first_fetch is None:
             state.first_fetch = now
+            state.first_unbiased = bool(state.anchors) and self.eta_model.at_prior
         state.fetches += 1
         self.fetch_calls += 1
         try:
@@ -619,6 +651,7 @@ class Poller:
         received = time.monotonic()
         # The service answered somewhere between the request and its answer.
         at = (now + received) / 2
+        self._round_trip += 0.2 * (received - now - self._round_trip)
         state.failures = state.puzzled = 0
         state.puzzled_age = None
         if isinstance(answer, Processing):

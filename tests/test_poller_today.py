@@ -214,9 +214,10 @@ def test_scaled_keeps_working_and_scales_only_absolute_settings() -> None:
 # --- learning ---------------------------------------------------------------------------------
 
 
-def _job(rho: float, *, eta: float = 10.0, first: float, probe: bool = False) -> FinishedJob:
-    """A job given ``eta`` at 0 that finished at ``rho * eta``, first fetched at ``first``,
-    seen again with a short ETA (off by the same factor) just before it finished."""
+def _job(rho: float, *, eta: float = 10.0, first: float, early: bool = False) -> FinishedJob:
+    """A job given ``eta`` at 0 that finished at ``rho * eta``, first fetched at ``first``
+    (``early``: while the model knew nothing), seen again with a short ETA (off by the same
+    factor) just before it finished."""
     finish = rho * eta
     seen = finish - 0.02 * eta
     return FinishedJob(
@@ -224,7 +225,7 @@ def _job(rho: float, *, eta: float = 10.0, first: float, probe: bool = False) ->
         first_fetch=first,
         after=seen,
         by=finish + 0.001 * eta,
-        probe=probe,
+        early=early,
     )
 
 
@@ -237,7 +238,7 @@ def test_the_first_jobs_finished_give_the_bias(bias: float) -> None:
     # A new client fetches its first jobs early (wide prior): they are measured whatever their
     # speed. Six of them, spread as a sample of six would be.
     for k in range(6):
-        model.observe_job(_job(low + width * (k + 0.5) / 6, first=0.4 * low * 10))
+        model.observe_job(_job(low + width * (k + 0.5) / 6, first=0.4 * low * 10, early=True))
     lo, hi = model.bounds()
     assert low - 0.3 * width < lo <= low + 0.1 * width
     assert high - 0.1 * width <= hi < high + 0.3 * width
@@ -250,7 +251,7 @@ def test_the_low_end_stays_put_when_only_slow_jobs_are_measured() -> None:
     rng = random.Random(9)
     model = EtaModel()
     for k in range(8):
-        model.observe_job(_job(0.73 + 0.08 * (k + 0.5) / 8, first=4.0))
+        model.observe_job(_job(0.73 + 0.08 * (k + 0.5) / 8, first=4.0, early=True))
     start = model.bounds()[0]
     for _ in range(100):
         model.observe_job(_job(rng.uniform(0.795, 0.81), first=7.95))
