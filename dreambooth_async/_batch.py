@@ -63,6 +63,7 @@ from ._errors import (
     TransportError,
 )
 from ._events import BatchEvent, EventHook, EventKind, emit
+from ._keys import KeyRing, pinned
 from ._manifest import ItemState, Manifest
 from ._models import GenerationRequest, GenerationResult, Img2Img, Inpaint, Text2Img
 from ._poller import Job
@@ -79,6 +80,7 @@ __all__ = [
     "BatchInput",
     "BatchItem",
     "BatchRun",
+    "SlotPool",
     "SlotWindow",
     "map_requests",
     "request_key",
@@ -208,6 +210,9 @@ class SlotWindow:
         #: of the batch's jobs to end: first in, first out.
         self.parked = 0
         self._parked: deque[asyncio.Future[None]] = deque()
+        #: Told whenever a slot may have come free (a pool of several keys' windows hands
+        #: slots out itself: see :class:`SlotPool`).
+        self.on_room: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         mode = "adaptive" if self.adaptive else "fixed"
@@ -269,12 +274,14 @@ class SlotWindow:
         while self.held < self.limit:
             queue = self._priority or self._normal
             if not queue:
-                return
+                break
             future = queue.popleft()
             if future.done():
                 continue
             future.set_result(None)
             self.held += 1  # handed over now, so that nobody can take it in between
+        if self.on_room is not None:
+            self.on_room()
 
     def _set_limit(self, limit: int) -> None:
         self.limit = max(1, min(self.maximum, limit))
@@ -320,6 +327,115 @@ class SlotWindow:
         self.slow_start = False
         self._streak = 0
         self._set_limit(min(self.limit, others))
+
+
+class SlotPool:
+    """The slot windows of a batch, one per API key: each account has its own queue slots.
+
+    With one key this is that key's :class:`SlotWindow`, unchanged. With several, a slot is
+    taken on the live key with a free slot and the fewest held (so the work spreads across
+    the keys and each window learns its own account's limit); waiters are served first in
+    first out, items sent back by the service ahead of fresh ones. A retired key hands out
+    no more slots; once every key is retired, waiters are let through so that they see the
+    batch has stopped.
+    """
+
+    def __init__(self, windows: list[SlotWindow], keys: KeyRing) -> None:
+        self.windows = windows
+        self._keys = keys
+        self._normal: deque[asyncio.Future[int]] = deque()
+        self._priority: deque[asyncio.Future[int]] = deque()
+        #: The most slots each key held at once (jobs, submissions on the wire, parked items).
+        self.peak_held = [0] * len(windows)
+        if len(windows) > 1:
+            for window in windows:
+                window.on_room = self.wake
+
+    def __repr__(self) -> str:
+        return f"<SlotPool keys={len(self.windows)} limit={self.limit} held={self.held}>"
+
+    @property
+    def single(self) -> bool:
+        return len(self.windows) == 1
+
+    @property
+    def limit(self) -> int:
+        """Slots the batch may hold now: the sum over the live keys."""
+        if self.single:
+            return self.windows[0].limit
+        live = self._keys.live()
+        return sum(self.windows[index].limit for index in live) if live else 0
+
+    @property
+    def held(self) -> int:
+        return sum(window.held for window in self.windows)
+
+    @property
+    def peak(self) -> int:
+        if self.single:
+            return self.windows[0].peak
+        return sum(window.peak for window in self.windows)
+
+    @property
+    def maximum(self) -> int:
+        return sum(window.maximum for window in self.windows)
+
+    def _took(self, index: int) -> int:
+        self.peak_held[index] = max(self.peak_held[index], self.windows[index].held)
+        return index
+
+    def _free(self) -> int | None:
+        live = self._keys.live()
+        if not live:
+            return 0  # every key is retired: the waiter goes on to find the batch stopped
+        room = [index for index in live if self.windows[index].held < self.windows[index].limit]
+        if not room:
+            return None
+        return min(room, key=lambda index: (self.windows[index].held, index))
+
+    async def acquire(self, *, priority: bool = False) -> int:
+        """Wait for a slot on some key; returns the key's index."""
+        if self.single:
+            await self.windows[0].acquire(priority=priority)
+            return self._took(0)
+        if not self._priority and (priority or not self._normal):
+            index = self._free()
+            if index is not None:
+                self.windows[index].held += 1
+                return self._took(index)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        queue = self._priority if priority else self._normal
+        queue.append(future)
+        try:
+            return self._took(await future)
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.windows[future.result()].release()  # handed a slot as we were cancelled
+            else:
+                future.cancel()
+                with contextlib.suppress(ValueError):
+                    queue.remove(future)
+            raise
+
+    def wake(self) -> None:
+        """Hand free slots to waiters (a slot came back, a limit grew, a key was retired)."""
+        while True:
+            queue = self._priority or self._normal
+            if not queue:
+                return
+            if queue[0].done():
+                queue.popleft()
+                continue
+            index = self._free()
+            if index is None:
+                return
+            queue.popleft().set_result(index)
+            self.windows[index].held += 1  # handed over now: nobody can take it in between
+
+    def force(self, index: int) -> None:
+        """Take a slot of key ``index`` past its limit (a job already on the service)."""
+        self.windows[index].force()
+        self._took(index)
 
 
 class _Pacer:
@@ -375,6 +491,21 @@ UNREACHABLE_AFTER = 3
 
 _Plan: TypeAlias = Literal["submit", "attach", "skip", "ambiguous", "failed"]
 
+#: What the run counts for each key.
+_KEY_COUNTS = (
+    "submissions",
+    "accepted",
+    "images",
+    "rejected_queue_full",
+    "rejected_other",
+    "retried",
+    "attached",
+    "cache_hits",
+    "done",
+    "failed",
+    "ambiguous",
+)
+
 
 @attrs.define(slots=True)
 class _Entry:
@@ -383,6 +514,8 @@ class _Entry:
     request: GenerationRequest
     prior: ItemState | None
     plan: _Plan
+    #: The key (0-based) whose slot the item holds, once it has one.
+    key_index: int | None = None
 
 
 class _Engine:
@@ -416,8 +549,15 @@ class _Engine:
         self.client = client
         self._on_finish = on_finish
         self._requests = requests
-        self.window = SlotWindow(
-            fixed=concurrency, initial=initial_concurrency, maximum=max_concurrency
+        self._ring: KeyRing = client._keys
+        # One window per key: each account has its own queue slots (a fixed concurrency is
+        # per key too).
+        self.slots = SlotPool(
+            [
+                SlotWindow(fixed=concurrency, initial=initial_concurrency, maximum=max_concurrency)
+                for _ in range(self._ring.count)
+            ],
+            self._ring,
         )
         self._fail_fast = fail_fast
         self._pacer = _Pacer(rate_limit)
@@ -441,7 +581,7 @@ class _Engine:
         # Submissions handle "queue full" themselves; every other retry stays the client's.
         self._retry = attrs.evolve(client._transport.retry, retry_rate_limited=False)
         # Task permits bound the tasks alive (and so memory) whatever the input length.
-        permits = max(self.window.maximum, self.window.limit) + buffer
+        permits = max(self.slots.maximum, self.slots.limit) + buffer
         self._permits = anyio.Semaphore(permits)
         self.send: MemoryObjectSendStream[BatchItem]
         self.receive: MemoryObjectReceiveStream[BatchItem]
@@ -475,7 +615,14 @@ class _Engine:
             "skipped": 0,
             "attached": 0,
             "unsent": 0,
+            "cache_hits": 0,
+            "retried": 0,
+            "images": 0,
         }
+        #: The same per key (by position), for the run's accounting.
+        self.key_counts: list[dict[str, int]] = [
+            dict.fromkeys(_KEY_COUNTS, 0) for _ in range(self._ring.count)
+        ]
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -562,15 +709,22 @@ class _Engine:
                     kind=kind,
                     index=entry.index,
                     key=entry.key,
-                    concurrency=self.window.limit,
-                    in_flight=self.window.held,
+                    concurrency=self.slots.limit,
+                    in_flight=self.slots.held,
                     **fields,
                 ),
             )
 
+    def _count(self, name: str, entry: _Entry, amount: int = 1) -> None:
+        """Count ``name`` for the run and for the key ``entry`` holds, if any."""
+        self.counts[name] += amount
+        if entry.key_index is not None:
+            self.key_counts[entry.key_index][name] += amount
+
     def _on_retry(self, attempt: int, error: Exception, delay: float) -> None:
         current = _CURRENT.get()
         if current is not None and current[0] is self:
+            self._count("retried", current[1])
             self._emit("retried", current[1], eta=delay, detail=f"attempt {attempt}: {error}")
 
     # --- input --------------------------------------------------------------------------------
@@ -664,9 +818,12 @@ class _Engine:
                     if entry.plan == "submit":
                         if self.manifest is not None and entry.prior is None:
                             self.manifest.pending(entry.key, index)
-                        await self.window.acquire()
+                        entry.key_index = await self.slots.acquire()
                     elif entry.plan == "attach":
-                        self.window.force()
+                        assert entry.prior is not None
+                        entry.key_index = self._prior_key(entry.prior)
+                        # The job holds one of its account's slots until it ends.
+                        self.slots.force(entry.key_index or 0)
                 except BaseException:
                     self._permits.release()
                     raise
@@ -678,6 +835,14 @@ class _Engine:
             if closer is not None:
                 with anyio.CancelScope(shield=True):
                     await closer()
+
+    def _prior_key(self, prior: ItemState) -> int | None:
+        """The key (0-based) that paid for an earlier run's job; None when this run has no
+        key at that position."""
+        index = prior.key_index
+        if not isinstance(index, int) or isinstance(index, bool):
+            return 0
+        return index if 0 <= index < self._ring.count else None
 
     def _within_budget(self, entry: _Entry) -> bool:
         """Reserve ``entry``'s images under ``max_images``; False once the budget is spent
@@ -715,7 +880,7 @@ class _Engine:
                 self._images -= self._reserved.pop(entry.index, 0)
             if item is None:
                 return  # never sent: the batch stopped submitting (see _stop_submitting)
-            self.counts[item.status] += 1
+            self._count(item.status, entry)
             if item.resumed and item.status == "done":
                 self.counts["skipped"] += 1
             if self._fail_fast and item.status != "done":
@@ -765,15 +930,37 @@ class _Engine:
                 job_id=prior.job_id,
                 resumed=True,
             )
-        slot = _Slot(self.window)  # the spawner took it (or forced it, for "attach")
+        # The spawner took the slot (or forced it, for "attach").
+        slot = _Slot(self.slots, entry.key_index or 0)
         try:
             if plan == "attach":
                 prior = entry.prior
                 assert prior is not None and prior.job_id is not None
+                if entry.key_index is None:
+                    # Fetching with another account's key would find no such job.
+                    error = DreamboothError(
+                        f"job {prior.job_id} was paid for with key #{prior.key_index + 1} "
+                        f"(manifest), and this run has {self._ring.count} key(s): run with "
+                        "the same keys, in the same order, to fetch it"
+                        if isinstance(prior.key_index, int)
+                        else f"job {prior.job_id}: no key to fetch it with"
+                    )
+                    self._emit("failed", entry, job_id=prior.job_id, detail=str(error))
+                    return BatchItem(
+                        index=entry.index,
+                        request=entry.request,
+                        key=entry.key,
+                        error=error,
+                        job_id=prior.job_id,
+                        resumed=True,
+                    )
                 job = self.client.attach(
-                    prior.job_id, timeout=self._job_timeout, fetch_url=prior.fetch_url
+                    prior.job_id,
+                    timeout=self._job_timeout,
+                    fetch_url=prior.fetch_url,
+                    key_index=entry.key_index if self._ring.several else None,
                 )
-                self.counts["attached"] += 1
+                self._count("attached", entry)
                 self._emit("attached", entry, job_id=job.id)
             else:
                 outcome = await self._submit(entry, slot)
@@ -782,7 +969,15 @@ class _Engine:
                 job = outcome
             try:
                 result = await job.wait()
-            except (ClientClosedError, AuthenticationError):
+            except AuthenticationError as error:
+                if not self._ring.several:
+                    raise  # the only key is refused: nothing can go on
+                # One key refused on a fetch: retire it; the job, paid for, stays in the
+                # manifest for a rerun with a key that works.
+                self._ring.retire(slot.index, error)
+                slot.release()
+                return self._failed(entry, error, job_id=job.id)
+            except ClientClosedError:
                 raise
             except DreamboothError as error:
                 slot.release()
@@ -803,10 +998,13 @@ class _Engine:
                 slot.release()
                 self.counts["unsent"] += 1
                 return None
+            if slot.index in self._ring.retired and self._ring.live():
+                await self._move(entry, slot)  # its key was retired meanwhile
+                continue
             attempt += 1
             if self.manifest is not None:
                 self.manifest.submitting(entry.key, attempt)
-            job, error = await self._submit_once(entry)
+            job, error = await self._submit_once(entry, slot)
             if job is not None:
                 return job
             assert error is not None
@@ -819,7 +1017,7 @@ class _Engine:
                     slot.release()
                     return self._failed(entry, error)
                 self._emit("rate_limited", entry, eta=delay, detail=str(error))
-                window = self.window
+                window = slot.window
                 if error.queue_full and window.held - 1 - window.submitting - window.parked > 0:
                     # The batch has jobs on the service: when one of them ends, the service
                     # has room. The item keeps its slot meanwhile (the window already dropped to
@@ -828,17 +1026,22 @@ class _Engine:
                     continue
                 slot.release()
                 await anyio.sleep(delay)
-                await self.window.acquire(priority=True)
-                slot.take()
+                entry.key_index = await self.slots.acquire(priority=True)
+                slot.take(entry.key_index)
                 continue
             if isinstance(error, _STOPS_SUBMITTING):
-                # Every other submission would be refused the same way. Nothing was accepted,
-                # so the item stays pending for a rerun (after topping up, or with a good key);
-                # jobs already accepted finish and are collected.
+                # Every other submission with this key would be refused the same way. Nothing
+                # was accepted. With another key live, the key is retired and the item goes
+                # again, first in line; otherwise it stays pending for a rerun (after topping
+                # up, or with a good key); jobs already accepted finish and are collected.
                 if self.manifest is not None:
                     self.manifest.not_landed(entry.key, type(error).__name__)
+                if self._ring.retire(slot.index, error):
+                    await self._move(entry, slot)
+                    continue
                 slot.release()
                 self._stop_submitting(error)
+                self.slots.wake()  # items waiting for a slot go on to find the batch stopped
                 return None
             if isinstance(error, AmbiguousSubmission | TransportError | ServerError) and (
                 isinstance(error, AmbiguousSubmission) or error.may_have_landed
@@ -861,14 +1064,26 @@ class _Engine:
                 )
                 return self._ambiguous(entry, wrapped)
             slot.release()
-            if isinstance(error, TransportError) and self._unreachable(error):
-                # The service cannot be reached (nothing listening, DNS, a firewall): stop
-                # rather than spend minutes failing every item the same way. Nothing landed.
+            if isinstance(error, TransportError):
+                # Never connected (the transport had retried): nothing landed, so the item stays
+                # pending for a rerun whatever retry_failed says.
                 if self.manifest is not None:
                     self.manifest.not_landed(entry.key, "unreachable")
-                self._stop_submitting(error)
-                return None
+                if self._unreachable(error):
+                    # Nothing listening, DNS, a firewall: stop rather than spend minutes
+                    # failing every item the same way.
+                    self._stop_submitting(error)
+                    return None
+                return self._failed(entry, error, recorded=True)
             return self._failed(entry, error)
+
+    async def _move(self, entry: _Entry, slot: _Slot) -> None:
+        """Give back the slot of a retired key and wait, first in line, for one on a live
+        key."""
+        slot.release()
+        self.slots.wake()  # the retired key's waiters move on too
+        entry.key_index = await self.slots.acquire(priority=True)
+        slot.take(entry.key_index)
 
     def _unreachable(self, error: TransportError) -> bool:
         """True once ``UNREACHABLE_AFTER`` submissions in a row could not connect at all
@@ -886,50 +1101,79 @@ class _Engine:
         # held it would starve the batch. If this one did land, the service may turn the next
         # submission away as "queue full", which the window handles.
         slot.release()
-        job = await self.client.recover(error, timeout=self._recover_ambiguous)
+        sent_with = slot.index
+        job = await self.client.recover(
+            error,
+            timeout=self._recover_ambiguous,
+            key_index=sent_with if self._ring.several else None,
+        )
         if job is None:
-            await self.window.acquire(priority=True)
+            entry.key_index = await self.slots.acquire(priority=True)
         else:
-            self.window.force()  # the job holds one of the account's slots until it ends
-        slot.take()
+            entry.key_index = sent_with
+            self.slots.force(sent_with)  # the job holds one of the account's slots until it ends
+        slot.take(entry.key_index)
         if job is None:
             return None
         self.counts["recovered"] += 1
         if self.manifest is not None:
-            self.manifest.submitted(entry.key, job.id, fetch_url=None, eta=None)
+            self.manifest.submitted(
+                entry.key, job.id, fetch_url=None, eta=None, key_index=self._paid_with(slot)
+            )
         self._emit("submitted", entry, job_id=job.id, detail="recovered from its webhook call")
         return job
 
-    async def _submit_once(self, entry: _Entry) -> tuple[Job | None, DreamboothError | None]:
+    def _paid_with(self, slot: _Slot) -> int | None:
+        # Recorded only with several keys: a single-key manifest reads as it always did.
+        return slot.index if self._ring.several else None
+
+    async def _submit_once(
+        self, entry: _Entry, slot: _Slot
+    ) -> tuple[Job | None, DreamboothError | None]:
         # Shielded: once the POST may be on the wire, a cancelled batch still waits (for up to
         # cancel_grace) for the answer and records the job id, so a rerun can attach to it.
         scope = anyio.CancelScope(shield=True)
         self._submit_scopes.add(scope)
-        self.counts["submissions"] += 1
-        self.window.submitting += 1
+        self._count("submissions", entry)
+        window = slot.window
+        window.submitting += 1
         job: Job | None = None
         try:
             with scope:
                 try:
-                    job = await self.client.submit(
-                        entry.request, retry=self._retry, timeout=self._job_timeout
-                    )
+                    # The submission goes out with the key whose slot the item holds.
+                    with pinned(slot.index):
+                        job = await self.client.submit(
+                            entry.request, retry=self._retry, timeout=self._job_timeout
+                        )
                 except DreamboothError as error:
                     if isinstance(error, RateLimitError):
                         if error.queue_full:
-                            self.counts["rejected_queue_full"] += 1
-                            self.window.on_queue_full()
+                            self._count("rejected_queue_full", entry)
+                            window.on_queue_full()
                         else:
-                            self.counts["rejected_other"] += 1
+                            self._count("rejected_other", entry)
                     return None, error
                 finally:
-                    self.window.submitting -= 1
-                self.counts["accepted"] += 1
+                    window.submitting -= 1
                 self._connect_failures = 0
-                self.window.on_accepted()
+                if _from_cache(job):
+                    # Nothing was sent (a stored result) or paid by this run (another's job,
+                    # followed): not a submission, and no image spent from the budget.
+                    self._count("submissions", entry, -1)
+                    self._count("cache_hits" if job.done() else "attached", entry)
+                    self._images -= self._reserved.pop(entry.index, 0)
+                else:
+                    self._count("accepted", entry)
+                    self._count("images", entry, entry.request.samples)
+                    window.on_accepted()
                 if self.manifest is not None:
                     self.manifest.submitted(
-                        entry.key, job.id, fetch_url=job._state.fetch_url, eta=job.eta
+                        entry.key,
+                        job.id,
+                        fetch_url=job._state.fetch_url,
+                        eta=job.eta,
+                        key_index=self._paid_with(slot),
                     )
         finally:
             self._submit_scopes.discard(scope)
@@ -1048,9 +1292,15 @@ class _Engine:
         )
 
     def _failed(
-        self, entry: _Entry, error: BaseException, *, job_id: str | None = None
+        self,
+        entry: _Entry,
+        error: BaseException,
+        *,
+        job_id: str | None = None,
+        recorded: bool = False,
     ) -> BatchItem:
-        if self.manifest is not None:
+        """The item ends failed; ``recorded`` when the manifest already holds its state."""
+        if self.manifest is not None and not recorded:
             self.manifest.failed(entry.key, error, job_id=job_id)
         self._emit("failed", entry, job_id=job_id, detail=f"{type(error).__name__}: {error}")
         return BatchItem(
@@ -1070,22 +1320,41 @@ class _Engine:
 
 
 class _Slot:
-    """One item's hold on a window slot; release is idempotent."""
+    """One item's hold on a slot of key ``index``'s window; release is idempotent."""
 
-    __slots__ = ("_held", "_window")
+    __slots__ = ("_held", "_pool", "index")
 
-    def __init__(self, window: SlotWindow) -> None:
-        self._window = window
+    def __init__(self, pool: SlotPool, index: int) -> None:
+        self._pool = pool
+        self.index = index
         self._held = True
+
+    @property
+    def window(self) -> SlotWindow:
+        return self._pool.windows[self.index]
 
     def release(self) -> None:
         if self._held:
             self._held = False
-            self._window.release()
+            self.window.release()
 
-    def take(self) -> None:
-        # Called right after window.acquire() returned: the slot is already counted.
+    def take(self, index: int) -> None:
+        # Called right after pool.acquire() returned ``index``: the slot is already counted.
+        self.index = index
         self._held = True
+
+
+def _from_cache(job: Job) -> bool:
+    """True when the client's result cache answered: a stored result, or a job another
+    process paid for (attached by id, so it has no request of ours)."""
+    if job.request is None:
+        return True
+    future = job._state.future
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return False
+    from ._cache import CachedResult
+
+    return isinstance(job.result(), CachedResult)
 
 
 def _is_spam(error: RateLimitError) -> bool:
@@ -1141,25 +1410,49 @@ class BatchRun(AsyncIterator[BatchItem]):
 
     def __repr__(self) -> str:
         state = "finished" if self._finished else ("running" if self._task else "not started")
-        return f"<BatchRun {state} concurrency={self._engine.window.limit}>"
+        return f"<BatchRun {state} concurrency={self._engine.slots.limit}>"
 
     # --- introspection ------------------------------------------------------------------------
 
     @property
     def concurrency(self) -> int:
-        """The current slot limit (it moves while an adaptive batch learns the account's)."""
-        return self._engine.window.limit
+        """The current slot limit (it moves while an adaptive batch learns the account's);
+        with several keys, the sum over the live keys."""
+        return self._engine.slots.limit
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: items, submissions, accepted, rejected_queue_full, rejected_other, done,
-        failed, ambiguous, recovered (named by a webhook after a lost answer), skipped, attached,
-        and peak_concurrency / concurrency."""
+        """Counters: items, submissions (sent to the service), accepted, images (samples of
+        the accepted jobs), rejected_queue_full, rejected_other, retried (calls the transport
+        tried again), done, failed, ambiguous, recovered (named by a webhook after a lost
+        answer), skipped, attached, cache_hits (answered by the client's result cache, not
+        sent), unsent (left pending by a budget or a stop), and peak_concurrency /
+        concurrency."""
         return {
             **self._engine.counts,
-            "concurrency": self._engine.window.limit,
-            "peak_concurrency": self._engine.window.peak,
+            "concurrency": self._engine.slots.limit,
+            "peak_concurrency": self._engine.slots.peak,
         }
+
+    @property
+    def key_stats(self) -> list[dict[str, Any]]:
+        """The same counters per API key, in the order of the client's keys (never the keys
+        themselves): ``key`` (``"#1"``...), ``key_index`` (0-based), submissions, accepted,
+        images, rejected_queue_full, rejected_other, retried, attached, done, failed,
+        ambiguous, ``retired`` (the error's type name, or None), ``concurrency`` (its
+        window's limit) and ``peak_in_flight`` (the most slots it held at once)."""
+        engine = self._engine
+        return [
+            {
+                "key": f"#{index + 1}",
+                "key_index": index,
+                **counts,
+                "retired": engine._ring.retired.get(index),
+                "concurrency": engine.slots.windows[index].limit,
+                "peak_in_flight": engine.slots.peak_held[index],
+            }
+            for index, counts in enumerate(engine.key_counts)
+        ]
 
     # --- lifecycle ----------------------------------------------------------------------------
 

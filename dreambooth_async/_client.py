@@ -7,7 +7,15 @@ import ipaddress
 import os
 import sys
 import urllib.parse
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sized
+from collections.abc import (
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+    Sized,
+)
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, Unpack
@@ -16,13 +24,16 @@ from ._cache import ResultCache
 from ._download import DEFAULT_MAX_BYTES
 from ._errors import (
     APIError,
+    AuthenticationError,
     ClientClosedError,
     DreamboothError,
     GenerationFailed,
+    InsufficientCredits,
     JobNotFound,
     RequestValidationError,
     TransportError,
 )
+from ._keys import KeyRing, pinned_index, position
 from ._models import (
     API_VERSIONS,
     ApiVersion,
@@ -120,14 +131,63 @@ def api_key_from_env() -> str | None:
     return None
 
 
+def api_keys_from_env() -> list[str]:
+    """The keys of ``api_key_from_env()``, split at commas (``key1,key2``): several keys
+    pool their queue slots. Empty when neither variable is set."""
+    value = api_key_from_env()
+    return [] if value is None else [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _checked_keys(api_key: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The keys to use, stripped and checked; errors name a key by position, never by value."""
+    if api_key is None:
+        given: list[object] = list(api_keys_from_env())
+    elif isinstance(api_key, str):
+        given = [api_key]
+    elif isinstance(api_key, Sequence):
+        given = list(api_key)
+    else:
+        given = []
+    keys: list[str] = []
+    for index, key in enumerate(given):
+        # Stray whitespace (a trailing newline from a secrets file) is never part of a key.
+        text = key.strip() if isinstance(key, str) else ""
+        if not text:
+            where = f" ({position(index)} is empty or not a string)" if len(given) > 1 else ""
+            raise RequestValidationError(
+                "api_key",
+                None,
+                f"a non-empty string or a sequence of them{where} (pass api_key= or set "
+                f"{API_KEY_ENV} or {API_KEY_ENV_FALLBACK})",
+            )
+        if text in keys:
+            raise RequestValidationError(
+                "api_key",
+                None,
+                f"distinct keys ({position(index)} repeats {position(keys.index(text))}: one "
+                "account's queue slots would be counted twice)",
+            )
+        keys.append(text)
+    if not keys:
+        raise RequestValidationError(
+            "api_key",
+            None,
+            f"a non-empty string (pass api_key= or set {API_KEY_ENV} or {API_KEY_ENV_FALLBACK})",
+        )
+    return tuple(keys)
+
+
 class DreamboothClient:
     """An asyncio client for the Dreambooth API.
 
     Use it as ``async with DreamboothClient(...) as client:``; the block owns the HTTP session
     and the background poller, and nothing is left running after it.
 
-    :param api_key: the account's key; None reads ``DREAMBOOTH_API_KEY``, then
-        ``MODELSLAB_API_KEY``. Never logged or shown.
+    :param api_key: the account's key, or a sequence of keys (several accounts pool their
+        queue slots: a batch gives each key its own window, submissions are spread across
+        them, and a key refused with 401 or 402 is retired while the others carry on); None
+        reads ``DREAMBOOTH_API_KEY``, then ``MODELSLAB_API_KEY`` (keys separated by commas).
+        Never logged or shown: warnings and records name a key by position (``key #2``).
     :param base_url: the service (or an emulator) root; None reads ``DREAMBOOTH_BASE_URL``,
         else ``https://modelslab.com``.
     :param api_version: ``"v6"`` (default), ``"v7"``, or the legacy ``"v3"``/``"v4"`` of the
@@ -153,7 +213,7 @@ class DreamboothClient:
 
     def __init__(
         self,
-        api_key: str | None = None,
+        api_key: str | Sequence[str] | None = None,
         *,
         base_url: str | None = None,
         api_version: ApiVersion = DEFAULT_API_VERSION,
@@ -168,16 +228,7 @@ class DreamboothClient:
         http_session: aiohttp.ClientSession | None = None,
         cache: str | os.PathLike[str] | None = None,
     ) -> None:
-        key = api_key if api_key is not None else api_key_from_env()
-        # Stray whitespace (a trailing newline from a secrets file) is never part of a key.
-        key = key.strip() if isinstance(key, str) else None
-        if not key:
-            raise RequestValidationError(
-                "api_key",
-                None,
-                f"a non-empty string (pass api_key= or set {API_KEY_ENV} or "
-                f"{API_KEY_ENV_FALLBACK})",
-            )
+        keys = _checked_keys(api_key)
         if api_version not in API_VERSIONS:
             raise RequestValidationError(
                 "api_version", api_version, "one of " + ", ".join(map(repr, API_VERSIONS))
@@ -195,7 +246,7 @@ class DreamboothClient:
         self.poll_policy = poll or PollPolicy()
         host = urllib.parse.urlsplit(self.base_url).hostname or ""
         self._transport = Transport(
-            key,
+            keys[0] if len(keys) == 1 else keys,
             retry=retry or RetryPolicy(max_retries=max_retries),
             timeouts=timeouts,
             connection_limit=max_concurrency + self.poll_policy.fetch_concurrency,
@@ -206,6 +257,10 @@ class DreamboothClient:
             session=http_session,
         )
         self._poller = Poller(self._fetch_for_poller, self.poll_policy)
+        #: Which key each call uses, which are retired, which submitted each job.
+        self._keys = KeyRing(len(keys))
+        if self._keys.several:
+            self._poller.subscribe(lambda job_id, _result, _error: self._keys.ended(job_id))
         self._poller_task: asyncio.Task[None] | None = None
         self._webhooks = webhooks
         self._state = "new"
@@ -310,6 +365,25 @@ class DreamboothClient:
             listener(attempt, error, delay)
 
     @property
+    def key_count(self) -> int:
+        """How many API keys this client uses (they are never shown; see ``api_key``)."""
+        return self._keys.count
+
+    @property
+    def retired_keys(self) -> dict[int, str]:
+        """Keys retired in this client (0-based position -> the error's type name): the
+        service refused them (401) or they could not pay (402)."""
+        return dict(self._keys.retired)
+
+    def _key_index(self, index: int) -> int:
+        valid = isinstance(index, int) and not isinstance(index, bool)
+        if not valid or not 0 <= index < self._keys.count:
+            raise RequestValidationError(
+                "key_index", index, f"a key position from 0 to {self._keys.count - 1}"
+            )
+        return index
+
+    @property
     def poller(self) -> Poller:
         """The background poller (its ``fetch_calls`` and ``pending`` counts are handy)."""
         return self._poller
@@ -387,9 +461,7 @@ class DreamboothClient:
                 body["track_id"] = token
         url = self._url(_PATHS[self.api_version][request.kind])
         try:
-            answer = await self._transport.call(
-                url, body, idempotent=False, parse=self._parse, retry=retry
-            )
+            answer, key_index = await self._submit_with_a_key(url, body, retry)
         except (TransportError, APIError) as error:
             if token is not None and self._webhooks is not None:
                 if error.may_have_landed:
@@ -406,6 +478,8 @@ class DreamboothClient:
             if token is not None and self._webhooks is not None:
                 self._webhooks.forget(token)
             return answer
+        # Bound before the poller's first fetch: the job is fetched with the key that paid.
+        self._keys.bind(answer.id, key_index)
         job = self._poller.track(
             answer, request=request, timeout=timeout, webhook=token is not None
         )
@@ -413,6 +487,27 @@ class DreamboothClient:
             self._webhooks.bind(token, job.id)
         logger.debug("job %s queued, eta %s", job.id, job.eta)
         return job
+
+    async def _submit_with_a_key(
+        self, url: str, body: Mapping[str, Any], retry: RetryPolicy | None
+    ) -> tuple[GenerationResult | Processing, int]:
+        """POST a submission with the key chosen for it; (the answer, the key's index).
+
+        With several keys, a key refused (401) or unable to pay (402) is retired; a submission
+        no batch pinned to that key then goes to the next live key (nothing was accepted, so
+        nothing is paid twice)."""
+        while True:
+            key_index = self._keys.choose()
+            try:
+                answer = await self._transport.call(
+                    url, body, idempotent=False, parse=self._parse, retry=retry, key_index=key_index
+                )
+            except (AuthenticationError, InsufficientCredits) as error:
+                others = self._keys.retire(key_index, error)
+                if others and pinned_index() is None:
+                    continue
+                raise
+            return answer, key_index
 
     async def text2img(self, **fields: Unpack[Text2ImgFields]) -> GenerationResult:
         """``generate(Text2Img(**fields))``."""
@@ -469,15 +564,25 @@ class DreamboothClient:
                     ) from None
                 raise
 
-        return await self._transport.call(url, body, idempotent=True, parse=parse)
+        # The key that submitted the job: the service answers another account's job like a
+        # missing one.
+        return await self._transport.call(
+            url, body, idempotent=True, parse=parse, key_index=self._keys.key_of(job_id)
+        )
 
     async def fetch(
-        self, job: str | int | Job, *, fetch_url: str | None = None
+        self,
+        job: str | int | Job,
+        *,
+        fetch_url: str | None = None,
+        key_index: int | None = None,
     ) -> GenerationResult | Processing:
         """One fetch call for a queued job, no waiting: its result, or its processing status.
 
         Follows the ``fetch_result`` URL the service gave (``fetch_url``, or the job's own)
-        when it is on the client's origin.
+        when it is on the client's origin. With several keys, the job is fetched with the key
+        that submitted it when this client knows it, else with ``key_index`` (0-based; default
+        the first key).
         """
         self._check_open()
         if isinstance(job, Job):
@@ -487,6 +592,8 @@ class DreamboothClient:
             job_id = str(job).strip()
         if not job_id or isinstance(job, bool):
             raise RequestValidationError("job_id", job, "a non-empty job id")
+        if key_index is not None:
+            self._keys.bind(job_id, self._key_index(key_index))
         return await self._fetch_for_poller(job_id, fetch_url)
 
     async def wait_for(
@@ -495,29 +602,45 @@ class DreamboothClient:
         *,
         timeout: float | None = None,
         fetch_url: str | None = None,
+        key_index: int | None = None,
     ) -> GenerationResult:
         """Attach to a job submitted earlier (by this or another process) and wait for it."""
-        return await self.attach(job_id, timeout=timeout, fetch_url=fetch_url).wait()
+        return await self.attach(
+            job_id, timeout=timeout, fetch_url=fetch_url, key_index=key_index
+        ).wait()
 
     def attach(
-        self, job_id: str | int, *, timeout: float | None = None, fetch_url: str | None = None
+        self,
+        job_id: str | int,
+        *,
+        timeout: float | None = None,
+        fetch_url: str | None = None,
+        key_index: int | None = None,
     ) -> Job:
-        """A :class:`Job` handle for a job submitted earlier; polling starts at once."""
+        """A :class:`Job` handle for a job submitted earlier; polling starts at once.
+
+        ``key_index``: with several keys, the position (0-based) of the key that submitted
+        the job: it is fetched with that key (default: the first)."""
         self._check_open()
         text = str(job_id).strip()
         if not text:
             raise RequestValidationError("job_id", job_id, "a non-empty job id")
+        if key_index is not None:
+            self._keys.bind(text, self._key_index(key_index))
         job = self._poller.track(Processing(id=text, fetch_result=fetch_url), timeout=timeout)
         self._poller.nudge(text)
         return job
 
-    async def recover(self, error: DreamboothError, *, timeout: float) -> Job | None:
+    async def recover(
+        self, error: DreamboothError, *, timeout: float, key_index: int | None = None
+    ) -> Job | None:
         """For a submission that may have landed (``error.may_have_landed``): wait up to
         ``timeout`` seconds for the service's webhook call to reveal its job, and attach to it.
 
-        Works only with a :class:`WebhookReceiver`; returns None when there is none, or when no
-        delivery came in time (the submission may then never have landed: the caller decides
-        whether to send it again).
+        ``key_index``: with several keys, the one the submission was sent with (the job is
+        fetched with it). Works only with a :class:`WebhookReceiver`; returns None when there
+        is none, or when no delivery came in time (the submission may then never have
+        landed: the caller decides whether to send it again).
         """
         token = getattr(error, "webhook_token", None)
         if token is None or self._webhooks is None:
@@ -526,7 +649,7 @@ class DreamboothClient:
         if not job_id:
             return None
         logger.info("recovered job %s of a submission whose answer was lost", job_id)
-        return self.attach(job_id)
+        return self.attach(job_id, key_index=key_index)
 
     def _parse(
         self, http_status: int, headers: Mapping[str, str], body: bytes
@@ -536,20 +659,30 @@ class DreamboothClient:
 
     # --- other endpoints ----------------------------------------------------------------------
 
-    async def request_count(self) -> int:
+    async def request_count(self, *, key_index: int = 0) -> int:
         """How many of the account's requests the service is processing now
-        (``/api/v6/processing/request_count``; the service allows 30 calls a minute)."""
+        (``/api/v6/processing/request_count``; the service allows 30 calls a minute).
+        ``key_index``: which key's account, with several keys (0-based)."""
         self._check_open()
         body = await self._transport.call(
-            self._url(_REQUEST_COUNT), {}, idempotent=True, parse=parse_json
+            self._url(_REQUEST_COUNT),
+            {},
+            idempotent=True,
+            parse=parse_json,
+            key_index=self._key_index(key_index),
         )
         return request_count_from(body)
 
-    async def wallet_balance(self) -> WalletBalance:
-        """The account's balance (``/api/wallet_balance``)."""
+    async def wallet_balance(self, *, key_index: int = 0) -> WalletBalance:
+        """The account's balance (``/api/wallet_balance``). ``key_index``: which key's
+        account, with several keys (0-based)."""
         self._check_open()
         body = await self._transport.call(
-            self._url(_WALLET_BALANCE), {}, idempotent=True, parse=parse_json
+            self._url(_WALLET_BALANCE),
+            {},
+            idempotent=True,
+            parse=parse_json,
+            key_index=self._key_index(key_index),
         )
         if not isinstance(body, Mapping):
             raise APIError("wallet_balance did not answer with a JSON object")

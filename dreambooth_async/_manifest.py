@@ -62,7 +62,9 @@ class ItemState:
     """What a manifest says about one item: its last state and what earlier lines established.
 
     ``job_id`` survives later lines (a ``failed`` after ``submitted`` keeps it), so a restart
-    can tell a job that exists on the service from one that never did.
+    can tell a job that exists on the service from one that never did. ``key_index`` is the
+    position (0-based) of the key that paid for the job, recorded when a batch runs with
+    several keys (None: the first key), so that a restart fetches the job with that key.
     """
 
     key: str
@@ -75,6 +77,7 @@ class ItemState:
     seed: int | None = None
     error: str | None = None
     message: str | None = None
+    key_index: int | None = None
 
 
 def _fold(previous: ItemState | None, record: Mapping[str, Any]) -> ItemState:
@@ -86,8 +89,8 @@ def _fold(previous: ItemState | None, record: Mapping[str, Any]) -> ItemState:
         # A new submission attempt: whatever an earlier attempt failed with is history.
         changes.update(error=None, message=None)
     if status == "submitting" and base.status in ("failed", "ambiguous", "not_landed"):
-        changes.update(job_id=None, fetch_url=None)
-    for name in ("index", "job_id", "fetch_url", "seed", "error", "message"):
+        changes.update(job_id=None, fetch_url=None, key_index=None)
+    for name in ("index", "job_id", "fetch_url", "seed", "error", "message", "key_index"):
         if record.get(name) is not None:
             changes[name] = record[name]
     for name in ("files", "output"):
@@ -288,10 +291,25 @@ class Manifest:
         self._record(key, "not_landed", sync=False, reason=reason)
 
     def submitted(
-        self, key: str, job_id: str, *, fetch_url: str | None = None, eta: float | None = None
+        self,
+        key: str,
+        job_id: str,
+        *,
+        fetch_url: str | None = None,
+        eta: float | None = None,
+        key_index: int | None = None,
     ) -> None:
-        """The service accepted the item as job ``job_id``: durable at once."""
-        self._record(key, "submitted", sync=True, job_id=job_id, fetch_url=fetch_url, eta=eta)
+        """The service accepted the item as job ``job_id`` (paid with key ``key_index``, by
+        position, when there are several): durable at once."""
+        self._record(
+            key,
+            "submitted",
+            sync=True,
+            job_id=job_id,
+            fetch_url=fetch_url,
+            eta=eta,
+            key_index=key_index,
+        )
 
     def done(
         self,

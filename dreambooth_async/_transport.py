@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
@@ -80,32 +80,38 @@ class Timeouts:
 
 
 class _Redactor:
-    """Replaces the API key in any text meant for logs or error messages."""
+    """Replaces every API key in any text meant for logs or error messages."""
 
-    def __init__(self, secret: str) -> None:
-        self._secret = secret
+    def __init__(self, secret: str | Sequence[str]) -> None:
+        secrets = [secret] if isinstance(secret, str) else list(secret)
+        # Longest first: a key that contains another is masked whole, not around the other.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def body(self, raw: bytes) -> bytes:
-        """A response body with any echo of the key masked, before anything reads it: so no
-        result, error message or log line built from it can carry the key."""
-        if not self._secret:
+        """A response body with any echo of a key masked, before anything reads it: so no
+        result, error message or log line built from it can carry a key."""
+        if not self._secrets:
             return raw
-        raw = raw.replace(self._secret.encode(), b"***")
+        for secret in self._secrets:
+            raw = raw.replace(secret.encode(), b"***")
         if b"\\" not in raw:
             return raw
-        # A JSON escape ("\u0073k-...") spells the key in other bytes, and decoding would
+        # A JSON escape ("\u0073k-...") spells a key in other bytes, and decoding would
         # bring it back: look at the decoded text too, and mask it there.
         try:
             text = json.dumps(json.loads(raw), ensure_ascii=False)
         except (ValueError, RecursionError):
             return raw  # not JSON: nothing will decode the escapes
-        spelled = json.dumps(self._secret, ensure_ascii=False)[1:-1]
-        if spelled not in text:
+        masked = text
+        for secret in self._secrets:
+            masked = masked.replace(json.dumps(secret, ensure_ascii=False)[1:-1], "***")
+        if masked == text:
             return raw
-        masked = text.replace(spelled, "***")
         try:
             return json.dumps(json.loads(masked)).encode()  # ASCII: lone surrogates survive
         except (ValueError, RecursionError):  # pragma: no cover - masking kept it JSON
@@ -127,7 +133,7 @@ class Transport:
 
     def __init__(
         self,
-        api_key: str,
+        api_key: str | Sequence[str],
         *,
         retry: RetryPolicy,
         timeouts: Timeouts,
@@ -137,20 +143,26 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        self._key = api_key
+        # One key, or several (each call names the one it uses by position).
+        self._keys: tuple[str, ...] = (api_key,) if isinstance(api_key, str) else tuple(api_key)
         self.retry = retry
         self.timeouts = timeouts
         self._limit = connection_limit
         self._on_retry = on_retry
         self._trust_env = trust_env
         self._headers = dict(headers or {})
-        self.redact = _Redactor(api_key)
+        self.redact = _Redactor(self._keys)
         # A session the caller passed in is theirs: used, never closed here.
         self._own_session = session is None
         self._session: aiohttp.ClientSession | None = session
 
     def __repr__(self) -> str:
         return f"<Transport retry={self.retry!r}>"
+
+    @property
+    def key_count(self) -> int:
+        """How many keys this transport can send (by position, never shown)."""
+        return len(self._keys)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -184,10 +196,12 @@ class Transport:
         idempotent: bool,
         parse: Callable[[int, Mapping[str, str], bytes], T],
         retry: RetryPolicy | None = None,
+        key_index: int = 0,
     ) -> T:
-        """POST ``body`` plus the key to ``url`` and ``parse`` the answer, retrying per policy."""
+        """POST ``body`` plus key number ``key_index`` (0-based) to ``url`` and ``parse`` the
+        answer, retrying per policy."""
         policy = retry or self.retry
-        payload = {"key": self._key, **body}
+        payload = {"key": self._keys[key_index], **body}
         deadline = None if self.timeouts.total is None else time.monotonic() + self.timeouts.total
         attempt = 0
         while True:

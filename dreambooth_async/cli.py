@@ -46,7 +46,7 @@ from ._client import (
     DEFAULT_API_VERSION,
     DEFAULT_BASE_URL,
     DreamboothClient,
-    api_key_from_env,
+    api_keys_from_env,
 )
 from ._errors import (
     AuthenticationError,
@@ -791,19 +791,27 @@ def _require_emulator(what: str, extra: str) -> None:
         )
 
 
-def _api_key(args: argparse.Namespace) -> str:
-    key = args.api_key or api_key_from_env()
-    if not key:
+def _api_key(args: argparse.Namespace) -> str | list[str]:
+    """The key, or the keys (``--api-key`` repeated, or commas in the variable)."""
+    given = args.api_key or []
+    keys = [part.strip() for value in given for part in str(value).split(",") if part.strip()]
+    keys = keys or api_keys_from_env()
+    if not keys:
         raise InputError(
             f"no API key: pass --api-key or set {API_KEY_ENV} or {API_KEY_ENV_FALLBACK} "
             "(or use --emulator)"
         )
-    return str(key)
+    if len(set(keys)) < len(keys):
+        raise InputError("--api-key: the same key is given twice (name each account once)")
+    return keys[0] if len(keys) == 1 else keys
 
 
 @contextlib.asynccontextmanager
-async def _service(args: argparse.Namespace) -> AsyncIterator[tuple[str, str, float | None]]:
-    """(base URL, key, time scale) of the service to use: the embedded emulator or the real."""
+async def _service(
+    args: argparse.Namespace,
+) -> AsyncIterator[tuple[str, str | list[str], float | None]]:
+    """(base URL, key or keys, time scale) of the service to use: the embedded emulator or
+    the real."""
     if not args.emulator:
         yield args.base_url, _api_key(args), args.poll_scale
         return
@@ -1274,7 +1282,11 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--api-key",
-        help=f"the account key (default: ${API_KEY_ENV}, else ${API_KEY_ENV_FALLBACK})",
+        action="append",
+        metavar="KEY",
+        help="the account key; repeat it for several accounts, whose queue slots the run "
+        "pools (a key refused or out of credit is retired, the others carry on) "
+        f"(default: ${API_KEY_ENV}, else ${API_KEY_ENV_FALLBACK}; keys separated by commas)",
     )
     gen.add_argument(
         "--manifest",
