@@ -673,15 +673,18 @@ class DreamboothClient:
         )
         return request_count_from(body)
 
-    async def wallet_balance(self, *, key_index: int = 0) -> WalletBalance:
+    async def wallet_balance(
+        self, *, key_index: int = 0, retry: RetryPolicy | None = None
+    ) -> WalletBalance:
         """The account's balance (``/api/wallet_balance``). ``key_index``: which key's
-        account, with several keys (0-based)."""
+        account, with several keys (0-based); ``retry`` overrides the retry policy."""
         self._check_open()
         body = await self._transport.call(
             self._url(_WALLET_BALANCE),
             {},
             idempotent=True,
             parse=parse_json,
+            retry=retry,
             key_index=self._key_index(key_index),
         )
         if not isinstance(body, Mapping):

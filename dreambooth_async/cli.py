@@ -55,7 +55,15 @@ from ._errors import (
     RequestValidationError,
     TransportError,
 )
-from ._fsout import FsOutput, OutputURLError, RemoteMirror, is_url, state_folder
+from ._fsout import (
+    FsOutput,
+    OutputURLError,
+    RemoteMirror,
+    UploadError,
+    is_url,
+    restore_state,
+    state_folder,
+)
 from ._gallery import add_gallery_parser, write_gallery
 from ._manifest import ManifestError
 from ._merge import add_merge_parser
@@ -70,7 +78,9 @@ from ._models import (
 )
 from ._poller import PollPolicy
 from ._progress import ProgressReporter, format_duration
+from ._report import accounting_lines, build_report, report_path, write_report
 from ._shard import add_shard_argument, shard_manifest_name, shard_of
+from ._spend import read_balances
 from ._webhooks import WebhookReceiver
 
 try:
@@ -750,6 +760,8 @@ class _Summary:
     stopped: str | None = None
     #: What to do about it before running the command again.
     remedy: str = "fix the cause"
+    #: What the run sent and spent (see ``_report``).
+    accounting: list[str] = attrs.field(factory=list)
 
 
 def _describe(item: BatchItem, source: PromptSource) -> str:
@@ -851,11 +863,18 @@ async def _run_generate(
     manifest = Path(args.manifest) if args.manifest else out / manifest_name(args)
     summary = _Summary()
     # A URL --out: the batch fills the local state folder, each item's images are uploaded
-    # (then dropped locally) before the metadata that names them.
-    mirror = RemoteMirror(out, remote) if remote is not None else None
+    # (then dropped locally) before the metadata that names them; a copy of the manifest
+    # follows it there, for a rerun whose state folder is gone.
+    mirror = (
+        RemoteMirror(out, remote, manifest=manifest, record=RUN_NAME)
+        if remote is not None
+        else None
+    )
     metadata = MetadataWriter(out / METADATA_NAME)
     try:
-        async with _service(args) as (base_url, key, scale):
+        # The manifest's copy is kept current until the batch has ended, then saved whole.
+        state = mirror.keeping_state() if mirror is not None else contextlib.nullcontext()
+        async with state, _service(args) as (base_url, key, scale):
             poll = PollPolicy().scaled(scale) if scale else PollPolicy()
             client = DreamboothClient(
                 key,
@@ -873,11 +892,14 @@ async def _run_generate(
                 bar=None if show else False,
                 redact=client._transport.redact,
             )
-            hooks = [progress] if show else []
+            hooks: list[Callable[[Any], None]] = [progress] if show else []
+            if mirror is not None:
+                hooks.append(mirror.on_event)
             try:
-                async with (
-                    client,
-                    client.map(
+                async with client:
+                    # For the report: what the accounts had before anything was sent.
+                    before = await read_balances(client)
+                    run = client.map(
                         source.requests(),
                         args.concurrency,
                         manifest=manifest,
@@ -889,43 +911,72 @@ async def _run_generate(
                         retry_failed=not args.no_retry_failed,
                         job_timeout=args.job_timeout,
                         max_images=args.max_images,
-                    ) as run,
-                ):
+                    )
+                    async with run:
+                        try:
+                            async for item in run:
+                                _tally(item, summary, metadata, source, client)
+                                if mirror is not None:
+                                    await mirror.upload(item.files if item.ok else ())
+                        except (AuthenticationError, InsufficientCredits) as error:
+                            # The batch stopped submitting; accepted jobs were collected above.
+                            summary.stopped = client._transport.redact(
+                                f"{type(error).__name__}: {error}"
+                            )
+                            summary.remedy = (
+                                "top up the wallet"
+                                if isinstance(error, InsufficientCredits)
+                                else "use a valid key"
+                            )
+                        except TransportError as error:
+                            # Connections kept failing: the batch gave up on the service rather
+                            # than fail every item one by one; nothing more was sent.
+                            summary.stopped = client._transport.redact(
+                                f"cannot reach {client.base_url}: {error}"
+                            )
+                        except UploadError:
+                            # In mirror.failure, for the summary; nothing more is sent, and what
+                            # was not uploaded stays staged for the rerun.
+                            pass
+                            summary.remedy = (
+                                "check --base-url (or $" + BASE_URL_ENV + ") and the network"
+                            )
+                    after = await read_balances(client)
+                    report = build_report(
+                        stats=run.stats,
+                        key_stats=run.key_stats,
+                        before=before,
+                        after=after,
+                        elapsed=time.monotonic() - started,
+                        stopped=summary.stopped,
+                        budget={"max_images": args.max_images},
+                    )
+                    summary.accounting = accounting_lines(report)
                     try:
-                        async for item in run:
-                            _tally(item, summary, metadata, source, client)
-                            if mirror is not None and item.ok:
-                                await asyncio.to_thread(mirror.add, item.files)
-                                await asyncio.to_thread(mirror.metadata)
-                    except (AuthenticationError, InsufficientCredits) as error:
-                        # The batch stopped submitting; accepted jobs were collected above.
-                        summary.stopped = client._transport.redact(
-                            f"{type(error).__name__}: {error}"
-                        )
-                        summary.remedy = (
-                            "top up the wallet"
-                            if isinstance(error, InsufficientCredits)
-                            else "use a valid key"
-                        )
-                    except TransportError as error:
-                        # Connections kept failing: the batch gave up on the service rather
-                        # than fail every item one by one; nothing more was sent.
-                        summary.stopped = client._transport.redact(
-                            f"cannot reach {client.base_url}: {error}"
-                        )
-                        summary.remedy = (
-                            "check --base-url (or $" + BASE_URL_ENV + ") and the network"
-                        )
+                        write_report(report_path(manifest), report, client._transport.redact)
+                    except OSError as exc:  # the images are fine; only the report is lost
+                        summary.accounting.append(f"could not write the report: {exc}")
+                    else:
+                        summary.accounting.append(f"report: {report_path(manifest)}")
             finally:
                 if show:
                     progress.close()
+    except UploadError:
+        pass  # the first save of the manifest's copy failed, before anything was sent
     finally:
         metadata.close()
-    if mirror is not None:
-        mirror.metadata(force=True)
-        mirror.gallery(manifest=manifest)
+    upload_error = mirror.finish(manifest=manifest) if mirror is not None else None
+    if upload_error is not None:
+        print(f"error: {upload_error}", file=stdout)
     shown = str(remote.url) if remote is not None else out
     _print_summary(summary, shown, manifest, time.monotonic() - started, stdout)
+    if upload_error is not None and mirror is not None:
+        print(
+            f"the manifest is intact: run the same command again to upload the "
+            f"{mirror.staged()} images kept in {out} and go on (nothing is paid for "
+            "twice)",
+            file=stdout,
+        )
     if mirror is None:
         try:
             gallery = write_gallery(out, manifest=manifest)
@@ -934,6 +985,7 @@ async def _run_generate(
         else:
             print(f"gallery: {gallery.as_uri()}", file=stdout)
     ok = summary.failed == 0 and summary.ambiguous == 0 and summary.stopped is None
+    ok = ok and upload_error is None
     return EXIT_OK if ok else EXIT_PARTIAL
 
 
@@ -968,6 +1020,8 @@ def _print_summary(
         f"time {format_duration(elapsed)}",
         file=stdout,
     )
+    for line in summary.accounting:
+        print(line, file=stdout)
     print(f"images and {METADATA_NAME} in {out}", file=stdout)
     for problem in summary.problems[:20]:
         print(f"  {problem}", file=stdout)
@@ -998,6 +1052,23 @@ def _remote_output(url: str) -> FsOutput:
     except OutputURLError as exc:
         raise InputError(str(exc)) from None
     return remote
+
+
+def _restore_remote_state(
+    args: argparse.Namespace, remote: FsOutput, out: Path, stdout: TextIO
+) -> None:
+    """A URL --out whose manifest is not here (a pod restarted without its volume): restore
+    it from its copy beside the outputs, or refuse to pay for outputs already there again."""
+    manifest = Path(args.manifest) if args.manifest else out / manifest_name(args)
+    allow_new = bool(getattr(args, "new_manifest", False))
+    try:
+        notes = restore_state(remote, manifest, local=out, record=RUN_NAME, allow_new=allow_new)
+    except OutputURLError as exc:
+        raise InputError(str(exc)) from None
+    except OSError as exc:  # the state folder or --manifest could not take it
+        raise InputError(f"cannot restore {manifest}: {exc}") from None
+    for note in notes:
+        print(note, file=stdout)
 
 
 def _generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
@@ -1033,6 +1104,8 @@ def _generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     try:
         # Under the lock: no other run changes the record between the check and the save.
         options = run_options(args)
+        if remote is not None:
+            _restore_remote_state(args, remote, out, stdout)
         record = RunRecord.read(out)
         has_images = _has_images(out)
         record.check(options, has_images=has_images, allow_mixed=args.allow_mixed)
@@ -1293,6 +1366,12 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"batch manifest (default DIR/{MANIFEST_NAME}; with --shard I/N "
         f"DIR/{shard_manifest_name(MANIFEST_NAME, 1, 2).replace('1-of-2', 'I-of-N')})",
+    )
+    gen.add_argument(
+        "--new-manifest",
+        action="store_true",
+        help="with a URL --out that holds outputs but no manifest (local or its copy there): "
+        "start a new one anyway (every prompt is submitted and paid for again)",
     )
     gen.add_argument(
         "--resubmit-ambiguous",

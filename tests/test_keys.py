@@ -5,11 +5,15 @@ with the key that paid for it (also after a restart), and no key anywhere it cou
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from aiohttp import web
 
@@ -253,3 +257,73 @@ async def test_no_key_in_outputs_manifest_or_cache(tmp_path: Path) -> None:
     for path in files:
         data = path.read_bytes()
         assert K1.encode() not in data and K2.encode() not in data, path
+
+
+# --- the command line: repeated --api-key, the run's accounting --------------------------------
+
+
+def _generate(prompts: Path, out: Path, base_url: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dreambooth_async.cli",
+        "generate",
+        str(prompts),
+        "--model-id",
+        "midjourney",
+        "--out",
+        str(out),
+        "--base-url",
+        base_url,
+        "--poll-scale",
+        str(SCALE),
+        "--no-progress",
+        *extra,
+    ]
+
+
+async def _run(command: list[str], **env: str) -> tuple[int, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    with anyio.fail_after(90):
+        done = await anyio.run_process(command, check=False, env={**clean, **env})
+    return done.returncode, (done.stdout + done.stderr).decode()
+
+
+async def test_generate_with_two_keys_reports_each_and_the_balances(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt number {i}\n" for i in range(12)))
+    out = tmp_path / "out"
+    wallets = {K1: 4.0, K2: 50.0}
+    async with emulator(key_wallets=wallets, price_per_image=1.0) as emu:
+        command = _generate(prompts, out, emu.base_url, "--cache", str(tmp_path / "c.sqlite"))
+        code, text = await _run([*command, "--api-key", K1, "--api-key", K2])
+        assert code == 0, text
+        per_key = [counts.accepted for counts in emu.stats.per_key]
+        assert per_key == [4, 8]
+        report = json.loads((out / "dreambooth-report.json").read_text())
+        assert report["submissions"] >= 12 and report["accepted"] == 12
+        assert report["images"] == 12 and report["done"] == 12 and report["cache_hits"] == 0
+        assert [key["accepted"] for key in report["keys"]] == per_key
+        assert report["keys"][0]["retired"] == "InsufficientCredits"
+        assert [key["spent"] for key in report["keys"]] == [4.0, 8.0]
+        assert report["balance_before"] == 54.0 and report["balance_after"] == 42.0
+        assert report["spent"] == 12.0 and report["currency"] == "USD"
+        assert "key #1 retired" in text
+        assert "key #1: submissions" in text and "key #2: submissions" in text
+        assert "balance 54.00 USD -> 42.00 USD (spent 12.00 USD)" in text
+
+        # The same prompts into another folder: every one from the cache, nothing sent; the
+        # keys from the environment this time.
+        again = tmp_path / "again"
+        command = _generate(prompts, again, emu.base_url, "--cache", str(tmp_path / "c.sqlite"))
+        code, text = await _run(command, DREAMBOOTH_API_KEY=f"{K1},{K2}")
+        assert code == 0, text
+        report = json.loads((again / "dreambooth-report.json").read_text())
+        assert report["cache_hits"] == 12 and report["submissions"] == 0
+        assert report["spent"] == 0.0
+        assert emu.stats.submissions_accepted == 12
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert K1.encode() not in data and K2.encode() not in data, path
+    assert K1 not in text and K2 not in text
