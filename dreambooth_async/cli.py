@@ -971,10 +971,11 @@ async def _run_generate(
     shown = str(remote.url) if remote is not None else out
     _print_summary(summary, shown, manifest, time.monotonic() - started, stdout)
     if upload_error is not None and mirror is not None:
+        staged = mirror.staged()
         print(
-            f"the manifest is intact: run the same command again to upload the "
-            f"{mirror.staged()} images kept in {out} and go on (nothing is paid for "
-            "twice)",
+            f"the manifest is intact: run the same command again to upload the {staged} "
+            f"image{'' if staged == 1 else 's'} kept in {out} and go on (nothing is paid "
+            "for twice)",
             file=stdout,
         )
     if mirror is None:

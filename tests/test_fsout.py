@@ -1,24 +1,46 @@
 """Outputs through fsspec: a ``file://`` URL (whenever fsspec is installed) and an S3 API on
 loopback (moto's server mode, when moto and s3fs are installed). Every image and a consistent
-``metadata.jsonl`` arrive, and nothing is ever visible half-written under its final name."""
+``metadata.jsonl`` arrive, and nothing is ever visible half-written under its final name.
+
+A run whose local state folder is gone (a pod restarted without its volume) restores the
+manifest from its copy beside the outputs and pays for nothing twice, or, with outputs there and
+no copy, refuses; a storage that fails mid-run ends the command with one line and exit code 1,
+and the rerun uploads what was left behind."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
+import signal
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import dreambooth_async as dba
-from dreambooth_async._fsout import FsOutput, OutputURLError, RemoteMirror, is_url, state_folder
-from dreambooth_async.emulator import Emulator, EmulatorConfig
+from dreambooth_async._fsout import (
+    FsOutput,
+    OutputURLError,
+    RemoteMirror,
+    UploadError,
+    is_url,
+    restore_state,
+    state_folder,
+)
+from dreambooth_async.emulator import CostModel, Emulator, EmulatorConfig
 
-pytest.importorskip("fsspec")
+fsspec = pytest.importorskip("fsspec")
+LocalFileSystem = pytest.importorskip("fsspec.implementations.local").LocalFileSystem
 
 SCALE = 0.01
+SECRET = "sk-fsout-3c9e1a7b5d2f4e6a8c0b"
+COPY = ".dreambooth-manifest.jsonl.gz"
+MARKER = ".dreambooth-manifest.jsonl.state"
 
 
 def test_urls_and_state_folders() -> None:
@@ -96,7 +118,7 @@ def test_a_failed_upload_leaves_nothing_under_the_final_name(tmp_path: Path) -> 
     target.put_bytes("metadata.jsonl", b'{"file_name": "a.png"}\n')
     folder = tmp_path / "a folder, not a file"
     folder.mkdir()
-    with pytest.raises(OSError):
+    with pytest.raises(UploadError, match=r"upload of metadata\.jsonl to file://"):
         target.put_file(folder, "metadata.jsonl")
     # The earlier, whole object is still there, and no temporary object is left.
     assert (remote / "metadata.jsonl").read_bytes() == b'{"file_name": "a.png"}\n'
@@ -157,7 +179,7 @@ async def test_generate_output_to_s3(tmp_path: Path, s3_endpoint: str) -> None:
 
 
 def test_cli_generate_to_a_file_url_and_resume(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from dreambooth_async.cli import main
 
@@ -190,3 +212,297 @@ def test_cli_generate_to_a_file_url_and_resume(
     # A rerun resumes from the local manifest: nothing new, the same rows.
     assert main(common) == 0
     assert (remote / "metadata.jsonl").read_text().count("\n") == 5
+    # The manifest's copy is there, hidden, and says it is complete.
+    local_manifest = (state / "dreambooth-manifest.jsonl").read_bytes()
+    assert gzip.decompress((remote / COPY).read_bytes()) == local_manifest
+    assert json.loads((remote / MARKER).read_text())["complete"] is True
+    assert (remote / ".dreambooth-run.json").read_bytes() == (
+        state / "dreambooth-run.json"
+    ).read_bytes()
+
+    # The pod restarts without its volume: the state folder is gone. The rerun restores the
+    # manifest from the copy and resumes: every item done, none submitted.
+    shutil.rmtree(tmp_path / ".dreambooth-state")
+    capsys.readouterr()
+    assert main(common) == 0
+    printed = capsys.readouterr().out
+    assert "restored the manifest" in printed and "(5 from an earlier run)" in printed
+    assert "killed before" not in printed
+    assert (remote / "metadata.jsonl").read_text().count("\n") == 5
+
+
+# --- a lost state folder ----------------------------------------------------------------------
+
+
+def _command(prompts: Path, url: str, *extra: str) -> list[str]:
+    return ["generate", str(prompts), "--model-id", "midjourney", "--out", url, *extra]
+
+
+def _emulator_options() -> list[str]:
+    return ["--emulator", "--emulator-time-scale", "0.002", "--no-progress", "-q"]
+
+
+def test_outputs_without_any_manifest_are_refused_before_anything_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dreambooth_async.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"again {i}\n" for i in range(3)))
+    # An earlier run's outputs, and no manifest anywhere: its state folder went with its pod.
+    remote = tmp_path / "remote" / "run"
+    remote.mkdir(parents=True)
+    (remote / "old-0.png").write_bytes(b"\x89PNG\r\n\x1a\nold")
+    (remote / "metadata.jsonl").write_text('{"file_name": "old-0.png", "prompt": "old"}\n')
+    command = _command(prompts, remote.as_uri(), *_emulator_options())
+
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert "already holds 1 images and 1 metadata rows" in error
+    assert "--manifest PATH" in error and "--new-manifest" in error
+    assert "Traceback" not in error
+    # Nothing was sent: no manifest was even started.
+    (state,) = (tmp_path / ".dreambooth-state").iterdir()
+    assert not (state / "dreambooth-manifest.jsonl").exists()
+    assert sorted(p.name for p in remote.iterdir()) == ["metadata.jsonl", "old-0.png"]
+
+    # --new-manifest runs anyway, and keeps the rows already there.
+    assert main([*command, "--new-manifest"]) == 0
+    assert "--new-manifest: no manifest for the 1 images" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (remote / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt"] for r in rows) == ["again 0", "again 1", "again 2", "old"]
+
+
+@pytest.mark.anyio
+async def test_restore_fetches_again_what_the_copy_shows_done_but_never_uploaded(
+    tmp_path: Path,
+) -> None:
+    """A run killed between "done" in the manifest's copy and the upload of the images: the
+    restored manifest sends those items to their jobs again (free), not to a new payment."""
+    requests = [dba.Text2Img(model_id="midjourney", prompt=f"lost {i}", seed=i) for i in range(4)]
+    local = tmp_path / "state"
+    manifest = local / "dreambooth-manifest.jsonl"
+    remote = tmp_path / "remote"
+    target = FsOutput(remote.as_uri())
+    target.probe()
+    async with (
+        Emulator(EmulatorConfig(time_scale=SCALE, queue_limit=4, workers=4)) as emu,
+        dba.DreamboothClient(
+            "emulator-key", base_url=emu.base_url, poll=dba.PollPolicy().scaled(SCALE)
+        ) as client,
+    ):
+        first = await client.gather(requests, download_to=local, manifest=manifest)
+        assert all(item.ok for item in first)
+        mirror = RemoteMirror(local, target, manifest=manifest)
+        mirror.add([*first[0].files, *first[1].files])  # the other two never made it
+        mirror.save_state(complete=False)
+        shutil.rmtree(local)  # the pod's disk
+
+        notes = restore_state(target, manifest, local=local, record="dreambooth-run.json")
+        assert "restored the manifest" in notes[0]
+        assert "killed before its last save" in notes[1]
+        assert "2 items it shows done had not reached" in notes[2]
+        states = dba.read_manifest(manifest)
+        assert sorted(s.status for s in states.values()) == [
+            "done",
+            "done",
+            "submitted",
+            "submitted",
+        ]
+
+        second = await client.gather(requests, download_to=local, manifest=manifest)
+        assert all(item.ok for item in second)
+        assert emu.stats.submissions_accepted == 4  # nothing paid for twice
+        assert emu.stats.duplicate_submissions() == {}
+    for before, after in zip(first[2:], second[2:], strict=True):
+        assert after.job_id == before.job_id and not after.resumed
+        assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in after.files)
+    # A local manifest is never replaced by the copy.
+    assert restore_state(target, manifest, local=local, record="dreambooth-run.json") == []
+
+
+async def _await_copy_with_jobs(copy: Path, count: int, process: anyio.abc.Process) -> None:
+    """Until the manifest's copy beside the outputs names ``count`` jobs (polled: the copy is
+    another process's upload, with nothing to wait on but the file)."""
+    with anyio.fail_after(60):
+        while True:
+            if process.returncode is not None:
+                pytest.fail("the batch finished before the test could kill it")
+            if copy.exists():
+                lines = gzip.decompress(copy.read_bytes()).decode().splitlines()
+                jobs = {json.loads(line).get("job_id") for line in lines[1:]} - {None}
+                if len(jobs) >= count:
+                    return
+            await anyio.sleep(0.02)
+
+
+@pytest.mark.anyio
+async def test_pod_killed_and_restarted_without_its_state_folder_pays_once(
+    tmp_path: Path,
+) -> None:
+    """``kill -9`` mid-batch, the state folder deleted (a pod's ephemeral disk), the same command
+    again: the manifest comes back from its copy and every job is attached to, none resent."""
+    count = 8
+    prompts = tmp_path / "p.txt"
+    texts = [f"restart {i}" for i in range(count)]
+    prompts.write_text("\n".join(texts) + "\n")
+    remote = tmp_path / "remote" / "run"
+    # Jobs of about 3 s, all accepted at once: the copy catches up well before they end.
+    config = EmulatorConfig(
+        keys=(SECRET,),
+        queue_limit=count,
+        workers=count,
+        time_scale=SCALE,
+        cost=CostModel(base=300, per_step=0, per_sample=0, per_megapixel=0, noise=0),
+    )
+    async with Emulator(config) as emu:
+        command = [
+            sys.executable,
+            "-m",
+            "dreambooth_async.cli",
+            *_command(prompts, remote.as_uri()),
+            "--base-url",
+            emu.base_url,
+            "--api-key",
+            SECRET,
+            "--poll-scale",
+            str(SCALE),
+            "--concurrency",
+            str(count),
+            "--no-progress",
+        ]
+        first = await anyio.open_process(command, cwd=tmp_path, stdout=None, stderr=None)
+        async with first:
+            await _await_copy_with_jobs(remote / COPY, count, first)
+            first.kill()
+            await first.wait()
+        assert first.returncode == -signal.SIGKILL
+        assert emu.stats.submissions_accepted == count
+
+        shutil.rmtree(tmp_path / ".dreambooth-state")
+        second = await anyio.run_process(command, cwd=tmp_path, check=False)
+        stdout, stderr = second.stdout.decode(), second.stderr.decode()
+        assert second.returncode == 0, stdout + stderr
+        assert emu.stats.submissions_accepted == count
+        assert emu.stats.duplicate_submissions() == {}
+        assert "restored the manifest" in stdout
+        assert "was killed before its last save" in stdout
+
+    rows = [json.loads(line) for line in (remote / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt"] for r in rows) == sorted(texts)
+    images = sorted(p.name for p in remote.iterdir() if p.suffix == ".png")
+    assert images == sorted(r["file_name"] for r in rows)
+    assert json.loads((remote / MARKER).read_text())["complete"] is True
+    assert not [p for p in remote.iterdir() if ".tmp-" in p.name]
+    for path in [*remote.iterdir(), *(tmp_path / ".dreambooth-state").rglob("*")]:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in stdout + stderr
+
+
+# --- a storage that fails mid-run -------------------------------------------------------------
+
+
+class _FailingFS(LocalFileSystem):  # type: ignore[misc]
+    """A local file system whose image uploads fail once ``images_left`` of them are done:
+    storage that breaks mid-run (a quota, expired credentials, the network)."""
+
+    protocol = "dbafailing"
+    images_left: int | None = None
+
+    def put_file(self, path1: Any, path2: Any, *args: Any, **kwargs: Any) -> Any:
+        cls = type(self)
+        if cls.images_left is not None and ".png" in str(path2):
+            if cls.images_left <= 0:
+                raise PermissionError(13, "quota exceeded (the test's storage)")
+            cls.images_left -= 1
+        return super().put_file(path1, path2, *args, **kwargs)
+
+
+@pytest.fixture
+def failing_fs() -> Iterator[type[_FailingFS]]:
+    fsspec.register_implementation("dbafailing", _FailingFS, clobber=True)
+    try:
+        yield _FailingFS
+    finally:
+        _FailingFS.images_left = None
+
+
+@pytest.mark.anyio
+async def test_an_upload_failure_mid_run_ends_in_one_line_and_the_rerun_uploads_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_fs: type[_FailingFS]
+) -> None:
+    from dreambooth_async.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    count = 6
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"fail {i}\n" for i in range(count)))
+    remote = tmp_path / "remote" / "run"
+    url = f"dbafailing://{remote}"
+    config = EmulatorConfig(keys=(SECRET,), queue_limit=3, workers=3, time_scale=SCALE)
+    async with Emulator(config) as emu:
+        command = [
+            *_command(prompts, url),
+            "--base-url",
+            emu.base_url,
+            "--api-key",
+            SECRET,
+            "--poll-scale",
+            str(SCALE),
+            "--no-progress",
+        ]
+
+        def run() -> tuple[int, str, str]:
+            import contextlib
+            import io
+
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(command)
+            return code, out.getvalue(), err.getvalue()
+
+        failing_fs.images_left = 2
+        code, out, err = await anyio.to_thread.run_sync(run)
+        assert code == 1, out + err
+        assert "Traceback" not in out + err
+        (error,) = [line for line in out.splitlines() if line.startswith("error: ")]
+        assert (
+            error.startswith("error: upload of ") and f"to {url} failed: PermissionError" in error
+        )
+        assert "quota exceeded" in error
+        assert out.index("error: ") < out.index("done ")  # the error, then the summary
+        assert "the manifest is intact: run the same command again to upload the" in out
+        uploaded = sorted(p.name for p in remote.iterdir() if p.suffix == ".png")
+        assert len(uploaded) == 2
+        # What is there is consistent: every metadata row names an image that is there.
+        if (remote / "metadata.jsonl").exists():
+            for line in (remote / "metadata.jsonl").read_text().splitlines():
+                assert json.loads(line)["file_name"] in uploaded
+        assert not [p for p in remote.iterdir() if ".tmp-" in p.name]
+        (state,) = (tmp_path / ".dreambooth-state").iterdir()
+        staged = list(state.glob("*.png"))
+        assert staged and f"upload the {len(staged)} image" in out
+        done_before = {
+            k: s.job_id
+            for k, s in dba.read_manifest(state / "dreambooth-manifest.jsonl").items()
+            if s.status == "done"
+        }
+        assert len(done_before) > 2
+
+        # The storage is back: the rerun uploads the staged images and finishes the rest.
+        failing_fs.images_left = None
+        code, out, err = await anyio.to_thread.run_sync(run)
+        assert code == 0, out + err
+        assert f"({len(done_before)} from an earlier run)" in out
+        assert emu.stats.submissions_accepted == count
+        assert emu.stats.duplicate_submissions() == {}
+    rows = [json.loads(line) for line in (remote / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt"] for r in rows) == sorted(f"fail {i}" for i in range(count))
+    images = sorted(p.name for p in remote.iterdir() if p.suffix == ".png")
+    assert images == sorted(r["file_name"] for r in rows)
+    assert not list(state.glob("*.png"))
+    final = dba.read_manifest(state / "dreambooth-manifest.jsonl")
+    for key, job_id in done_before.items():
+        assert final[key].job_id == job_id
