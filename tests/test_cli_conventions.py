@@ -232,10 +232,6 @@ def test_emulator_options_show_their_defaults() -> None:
     assert "default: midjourney,sd-1.5," in entries["--models"]
 
 
-@pytest.mark.xfail(
-    reason="help texts of these options belong in dreambooth_async/emulator/_cli.py",
-    strict=False,
-)
 def test_emulator_options_have_help_texts() -> None:
     parser = argparse.ArgumentParser()
     build_arg_parser(parser)
@@ -267,11 +263,6 @@ def test_emulator_errors_use_the_option_names(
     assert not re.search(r"\b(queue_limit|time_scale|rate_5xx|cold_models|key_wallets)\b", err)
 
 
-@pytest.mark.xfail(
-    reason="the emulator logs no requests yet: dreambooth_async/emulator needs to log each "
-    "one (logger dreambooth_async.emulator, INFO) for -v to show it",
-    strict=False,
-)
 def test_emulator_logs_requests_with_v() -> None:
     secret = "sk-emulator-log-check-77a1"
     with subprocess.Popen(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +20,10 @@ from ._params import Kind, Version
 from ._service import Reply, Service
 
 SERVICE = web.AppKey("dreambooth_emulator_service", Service)
+
+#: One INFO line per request served (``-v``), DEBUG details of the faults and replies (``-vv``).
+#: Never a body, a header or a query string: the API key travels in those.
+log = logging.getLogger("dreambooth_async.emulator")
 
 _NOT_JSON = object()
 
@@ -62,6 +68,56 @@ def _abort(request: web.Request) -> web.Response:
     return web.Response(status=500)
 
 
+def _path(request: web.Request) -> str:
+    # As sent, percent-encoded: a decoded path could carry a newline into the log. Without the
+    # query string, where GET request_count takes the key.
+    return request.rel_url.raw_path
+
+
+@web.middleware
+async def _log_requests(request: web.Request, handler: WebHandler) -> web.StreamResponse:
+    if not log.isEnabledFor(logging.INFO):
+        return await handler(request)
+    started = time.perf_counter()
+    status = "500"
+    try:
+        response = await handler(request)
+        transport = request.transport
+        # The drop faults abort the connection and hand aiohttp a response it never writes.
+        if transport is None or transport.is_closing():
+            status = "- (connection dropped)"
+        else:
+            status = str(response.status)
+        return response
+    except web.HTTPException as exc:
+        status = str(exc.status)
+        raise
+    except asyncio.CancelledError:
+        status = "- (client went away)"
+        raise
+    finally:
+        elapsed = (time.perf_counter() - started) * 1000
+        log.info("%s %s %s %.1f ms", request.method, _path(request), status, elapsed)
+
+
+def _log_details(request: web.Request, fault: str | None, reply: Reply | None) -> None:
+    """``-vv``: which fault was drawn and what the service answered, by its status and job id
+    only (service texts can quote fields of the request)."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    body = reply.body if reply is not None and isinstance(reply.body, dict) else {}
+    answer = body.get("status")
+    job_id = body.get("id")
+    log.debug(
+        "%s %s: fault=%s answer=%s id=%s",
+        request.method,
+        _path(request),
+        fault or "none",
+        answer if isinstance(answer, str) else "-",
+        job_id if isinstance(job_id, int) else "-",
+    )
+
+
 def _respond(service: Service, reply: Reply) -> web.Response:
     status = 200
     headers: dict[str, str] = {}
@@ -97,6 +153,8 @@ def _api(
         fault = service.faults.draw_request() if faulty else None
         if fault is not None:
             stats.faults[fault] += 1
+            if fault in ("5xx", "drop_before", "429"):
+                _log_details(request, fault, None)
         if fault == "5xx":
             status = service.faults.last_5xx_status
             return web.Response(
@@ -120,6 +178,7 @@ def _api(
                 stats.rejected_invalid += 1
         else:
             reply = await handler(service, request, body)
+        _log_details(request, fault, reply)
         if fault == "drop_after":
             return _abort(request)
         if fault == "slow":
@@ -219,7 +278,9 @@ def build_app(
         service = Service(config or EmulatorConfig())
     elif config is not None and config is not service.config:
         raise ValueError("pass either config or service, not both")
-    app = web.Application(client_max_size=service.config.max_body_bytes)
+    app = web.Application(
+        client_max_size=service.config.max_body_bytes, middlewares=[_log_requests]
+    )
     app[SERVICE] = service
     app.on_startup.append(_start)
     app.on_cleanup.append(_close)

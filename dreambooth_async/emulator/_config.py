@@ -6,9 +6,10 @@ multiplies them by ``EmulatorConfig.time_scale`` to get real seconds.
 
 from __future__ import annotations
 
+import string
 import types
-from collections.abc import Iterable, Mapping
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import attrs
 
@@ -38,8 +39,62 @@ def _int_map(value: Mapping[str, int]) -> Mapping[str, int]:
     return types.MappingProxyType(dict(value))
 
 
-_non_negative = attrs.validators.ge(0.0)
-_probability = attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0))
+class ConfigError(ValueError):
+    """A setting the emulator cannot use.
+
+    ``fields`` are the settings at fault; ``reason`` finishes the sentence and may name further
+    settings as ``{field}`` placeholders (``values`` fills the other placeholders, so a value
+    holding braces is safe). ``str()`` names the settings by field; ``explain`` lets a command
+    line name them by its options instead.
+    """
+
+    def __init__(self, fields: Sequence[str], reason: str, **values: object) -> None:
+        self.fields = tuple(fields)
+        self.reason = reason
+        self.values = dict(values)
+        super().__init__(self.sentence(lambda field: field))
+
+    def referenced(self) -> tuple[str, ...]:
+        """The further settings ``reason`` names."""
+        names = (name for _, name, _, _ in string.Formatter().parse(self.reason) if name)
+        return tuple(name for name in names if name not in self.values)
+
+    def explain(self, name: Callable[[str], str]) -> str:
+        """``reason`` with each setting it names put as ``name`` says."""
+        return self.reason.format_map(
+            {**{field: name(field) for field in self.referenced()}, **self.values}
+        )
+
+    def sentence(self, name: Callable[[str], str]) -> str:
+        """The whole message: ``queue_limit must be >= 1 (got 0)``."""
+        return f"{' + '.join(map(name, self.fields))} {self.explain(name)}"
+
+
+def _compare(
+    holds: Callable[[Any], bool], words: str
+) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    """A validator that raises ConfigError naming the field (attrs' own ones put the name in
+    quotes inside the text, where a command line cannot swap in its option)."""
+
+    def check(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        try:
+            fine = holds(value)
+        except TypeError:
+            fine = False
+        if not fine:
+            raise ConfigError((attribute.name,), f"{words} (got {{value!r}})", value=value)
+
+    return check
+
+
+def _one_of(*options: str) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    return _compare(lambda value: value in options, f"must be one of {', '.join(options)}")
+
+
+_non_negative = _compare(lambda value: value >= 0, "must be >= 0")
+_positive = _compare(lambda value: value > 0, "must be > 0")
+_at_least_one = _compare(lambda value: value >= 1, "must be >= 1")
+_probability = _compare(lambda value: 0 <= value <= 1, "must be from 0 to 1")
 
 
 @attrs.frozen(kw_only=True)
@@ -64,6 +119,10 @@ class CostModel:
             + self.per_sample * samples
             + self.per_megapixel * megapixels * samples
         )
+
+
+#: The FaultConfig rates of the request-level kinds, which share one draw (see _faults.py).
+_REQUEST_FAULTS = ("rate_5xx", "rate_drop_before", "rate_429", "rate_drop_after", "rate_slow")
 
 
 @attrs.frozen(kw_only=True)
@@ -107,20 +166,15 @@ class FaultConfig:
     def __attrs_post_init__(self) -> None:
         # The request-level kinds are slices of one uniform draw (see _faults.py), so their
         # probabilities cannot add up to more than 1.
-        total = (
-            self.rate_5xx
-            + self.rate_drop_before
-            + self.rate_429
-            + self.rate_drop_after
-            + self.rate_slow
-        )
+        total = sum(getattr(self, name) for name in _REQUEST_FAULTS)
         if total > 1.0 + 1e-9:
-            raise ValueError(f"request-level fault rates add up to {total:.3f} > 1")
-
-
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+            involved = [name for name in _REQUEST_FAULTS if getattr(self, name) > 0]
+            raise ConfigError(
+                involved,
+                "add up to {total:.3f}, more than 1 (the request-level fault kinds are slices "
+                "of one draw per request)",
+                total=total,
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -128,19 +182,21 @@ class EmulatorConfig:
     """How the emulated service behaves. All fields have defaults; see the package docstring."""
 
     host: str = "127.0.0.1"
-    port: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    port: int = attrs.field(default=0, validator=_non_negative)
     keys: tuple[str, ...] = attrs.field(default=(DEFAULT_KEY,), converter=_names)
-    queue_limit: int = attrs.field(default=5, validator=attrs.validators.ge(1))
-    workers: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    queue_limit: int = attrs.field(default=5, validator=_at_least_one)
+    workers: int = attrs.field(default=2, validator=_at_least_one)
     time_scale: float = attrs.field(default=1.0, validator=_positive)
     cost: CostModel = attrs.field(factory=CostModel)
     sync_window: float = attrs.field(default=1.0, validator=_non_negative)
-    eta_bias: float = attrs.field(default=0.0, validator=attrs.validators.gt(-1.0))
+    eta_bias: float = attrs.field(
+        default=0.0, validator=_compare(lambda value: value > -1, "must be > -1")
+    )
     eta_noise: float = attrs.field(default=0.0, validator=_non_negative)
     #: "normal": eta_noise is a relative standard deviation; "uniform": the ETA is off by up to
     #: eta_noise either way, evenly spread ("off by up to 20% at random").
     eta_noise_kind: Literal["normal", "uniform"] = attrs.field(
-        default="normal", validator=attrs.validators.in_(("normal", "uniform"))
+        default="normal", validator=_one_of("normal", "uniform")
     )
     models: tuple[str, ...] = attrs.field(default=DEFAULT_MODELS, converter=_names)
     cold_models: tuple[str, ...] = attrs.field(default=(), converter=_names)
@@ -149,7 +205,7 @@ class EmulatorConfig:
     spam_filter: bool = True
     spam_window: float = attrs.field(default=30.0, validator=_non_negative)
     image_format: Literal["png", "jpg"] = attrs.field(
-        default="png", validator=attrs.validators.in_(("png", "jpg"))
+        default="png", validator=_one_of("png", "jpg")
     )
     webhook_drop_rate: float = attrs.field(default=0.0, validator=_probability)
     webhook_duplicate_rate: float = attrs.field(default=0.0, validator=_probability)
@@ -157,14 +213,16 @@ class EmulatorConfig:
     faults: FaultConfig = attrs.field(factory=FaultConfig)
     seed: int = 0
     # Large enough for a 1024x1024 PNG sent as base64 several times over.
-    max_body_bytes: int = attrs.field(default=32 * 1024 * 1024, validator=attrs.validators.ge(1024))
+    max_body_bytes: int = attrs.field(
+        default=32 * 1024 * 1024, validator=_compare(lambda value: value >= 1024, "must be >= 1024")
+    )
     #: Probability, per fetch answer that says processing, of answering the docs' id-less form
     #: ``{"status": "processing", "messege": "try again later.", "output": "", "tip": ...}``.
     idless_processing_rate: float = attrs.field(default=0.0, validator=_probability)
     #: How a finished job asked with ``"base64": "yes"`` (v4, v6, v7) gives its images: data
     #: URLs, bare base64 strings, or links ending in ``.base64`` whose body is base64 text.
     base64_output: Literal["data_url", "bare", "link"] = attrs.field(
-        default="data_url", validator=attrs.validators.in_(("data_url", "bare", "link"))
+        default="data_url", validator=_one_of("data_url", "bare", "link")
     )
     #: Starting balance of every key (None: unlimited). An accepted job draws
     #: ``samples * price_per_image`` at acceptance; a submission the balance cannot pay is 402.
@@ -181,10 +239,12 @@ class EmulatorConfig:
 
     def __attrs_post_init__(self) -> None:
         if not self.keys:
-            raise ValueError("keys must name at least one API key")
-        unknown = set(self.cold_models) - set(self.models)
+            raise ConfigError(("keys",), "must name at least one API key")
+        unknown = [model for model in self.cold_models if model not in self.models]
         if unknown:
-            raise ValueError(f"cold_models not in models: {sorted(unknown)}")
+            raise ConfigError(
+                ("cold_models",), "not in {models} ({unknown})", unknown=", ".join(unknown)
+            )
         # Per-key settings name keys by value; errors say which position, never the value.
         for name, per_key in (
             ("key_wallets", self.key_wallets),
@@ -192,17 +252,22 @@ class EmulatorConfig:
         ):
             strangers = sum(1 for key in per_key if key not in self.keys)
             if strangers:
-                raise ValueError(f"{name} names {strangers} key(s) that are not in keys")
+                raise ConfigError(
+                    (name,), "names {count} key(s) that are not in {keys}", count=strangers
+                )
         for key, amount in self.key_wallets.items():
             if isinstance(amount, bool) or not isinstance(amount, int | float) or not amount >= 0:
-                raise ValueError(
-                    f"key_wallets: the wallet of keys[{self.keys.index(key)}] must be >= 0"
+                raise ConfigError(
+                    ("key_wallets",),
+                    "gives {keys}[{position}] a wallet that is not a number >= 0",
+                    position=self.keys.index(key),
                 )
         for key, limit in self.key_queue_limits.items():
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-                position = self.keys.index(key)
-                raise ValueError(
-                    f"key_queue_limits: the limit of keys[{position}] must be an integer >= 1"
+                raise ConfigError(
+                    ("key_queue_limits",),
+                    "gives {keys}[{position}] a limit that is not an integer >= 1",
+                    position=self.keys.index(key),
                 )
 
     def queue_limit_of(self, key: str) -> int:
