@@ -67,6 +67,7 @@ from ._keys import KeyRing, pinned
 from ._manifest import ItemState, Manifest
 from ._models import GenerationRequest, GenerationResult, Img2Img, Inpaint, Text2Img
 from ._poller import Job
+from ._spend import SpendGuard
 from ._transport import logger
 
 if TYPE_CHECKING:
@@ -545,6 +546,7 @@ class _Engine:
         on_finish: Callable[[], None] | None = None,
         recover_ambiguous: float | None = None,
         max_images: int | None = None,
+        max_spend: float | None = None,
     ) -> None:
         self.client = client
         self._on_finish = on_finish
@@ -600,6 +602,10 @@ class _Engine:
         self._images = 0
         self._reserved: dict[int, int] = {}
         self._over_budget = False
+        # The spend budget: the wallets are read when the run starts (see _spend).
+        self._max_spend = max_spend
+        self._spend: SpendGuard | None = None
+        self._spend_held: dict[int, int] = {}  # item index -> images let through, unanswered
         self.error: BaseException | None = None
         #: Counters for reports and benchmarks.
         self.counts: dict[str, int] = {
@@ -655,6 +661,9 @@ class _Engine:
                 )
                 if self._max_images is not None:
                     self._images = _images_paid(self.manifest)
+            if self._max_spend is not None:
+                self._spend = SpendGuard(self.client, self._max_spend)
+                await self._spend.start()
             with self._root:
                 async with anyio.create_task_group() as tg:
                     with self._spawner:
@@ -806,20 +815,24 @@ class _Engine:
                             break
                     entry = self._entry(index, raw)
                     self.counts["items"] += 1
-                    if entry.plan == "submit" and not self._within_budget(entry):
-                        self.counts["unsent"] += 1
+                    within = entry.plan != "submit" or self._within_budget(entry)
+                    if within and entry.plan == "submit":
                         if self.manifest is not None and entry.prior is None:
+                            self.manifest.pending(entry.key, index)
+                        entry.key_index = await self.slots.acquire()
+                        # The spend is looked at as late as can be: just before sending.
+                        within = await self._spend_allows(entry)
+                    if not within:
+                        self.counts["unsent"] += 1
+                        written = entry.key_index is not None  # pending, before its slot
+                        if self.manifest is not None and entry.prior is None and not written:
                             self.manifest.pending(entry.key, index)
                         self._permits.release()
                         if not isinstance(source, Sized):
                             break  # a stream may never end: stop reading at the budget
                         index += 1
                         continue
-                    if entry.plan == "submit":
-                        if self.manifest is not None and entry.prior is None:
-                            self.manifest.pending(entry.key, index)
-                        entry.key_index = await self.slots.acquire()
-                    elif entry.plan == "attach":
+                    if entry.plan == "attach":
                         assert entry.prior is not None
                         entry.key_index = self._prior_key(entry.prior)
                         # The job holds one of its account's slots until it ends.
@@ -844,9 +857,31 @@ class _Engine:
             return 0
         return index if 0 <= index < self._ring.count else None
 
+    async def _spend_allows(self, entry: _Entry) -> bool:
+        """Under ``max_spend``, let ``entry`` (holding a slot) be sent, or not: then its slot
+        and its images reserved under ``max_images`` are given back."""
+        if self._spend is None:
+            return True
+        samples = entry.request.samples
+        if await self._spend.allows(samples):
+            self._spend_held[entry.index] = samples
+            return True
+        self._over_budget = True
+        self.slots.windows[entry.key_index or 0].release()
+        self._images -= self._reserved.pop(entry.index, 0)
+        return False
+
+    def _spend_settled(self, entry: _Entry, *, accepted: bool) -> None:
+        """The submission ``max_spend`` let through was answered (or will never be)."""
+        samples = self._spend_held.pop(entry.index, None)
+        if samples is not None and self._spend is not None:
+            self._spend.settled(samples, accepted=accepted)
+
     def _within_budget(self, entry: _Entry) -> bool:
         """Reserve ``entry``'s images under ``max_images``; False once the budget is spent
         (the item is not sent, and stays pending for a rerun with a larger budget)."""
+        if self._spend is not None and self._spend.exhausted:
+            return False
         if self._max_images is None:
             return True
         samples = entry.request.samples
@@ -878,6 +913,7 @@ class _Engine:
             if item is None or (item.job_id is None and item.status != "done"):
                 # Never accepted: its images are no longer in flight.
                 self._images -= self._reserved.pop(entry.index, 0)
+            self._spend_settled(entry, accepted=False)  # if it was never answered
             if item is None:
                 return  # never sent: the batch stopped submitting (see _stop_submitting)
             self._count(item.status, entry)
@@ -1157,7 +1193,9 @@ class _Engine:
                 finally:
                     window.submitting -= 1
                 self._connect_failures = 0
-                if _from_cache(job):
+                from_cache = _from_cache(job)
+                self._spend_settled(entry, accepted=not from_cache)
+                if from_cache:
                     # Nothing was sent (a stored result) or paid by this run (another's job,
                     # followed): not a submission, and no image spent from the budget.
                     self._count("submissions", entry, -1)
@@ -1562,6 +1600,7 @@ class MapOptions(TypedDict, total=False):
     durable: bool
     on_finish: Callable[[], None] | None
     max_images: int | None
+    max_spend: float | None
 
 
 def map_requests(
@@ -1587,6 +1626,7 @@ def map_requests(
     durable: bool = True,
     on_finish: Callable[[], None] | None = None,
     max_images: int | None = None,
+    max_spend: float | None = None,
 ) -> BatchRun:
     """Run many generation requests under the account's queue-slot limit.
 
@@ -1632,6 +1672,11 @@ def map_requests(
         (``run.stats["unsent"]`` counts them), so a rerun with a larger budget continues. A
         sized input (a list) is read to its end, so done items are still reported; a stream
         is read no further.
+    :param max_spend: a budget in the wallet's currency: the balance of every key is read
+        when the batch starts (it raises if none can be read) and again now and then (every
+        5 s or 10 submissions, and before a submission the measured price per image says
+        would pass the budget); no submission is sent once the balances have dropped by this
+        much, or would. The rest stays pending, as with ``max_images``.
     """
     if concurrency is not None and concurrency < 1:
         raise ValueError("concurrency must be at least 1, or None to adapt")
@@ -1642,6 +1687,10 @@ def map_requests(
         raise ValueError("initial_concurrency must be at least 1")
     if max_images is not None and (isinstance(max_images, bool) or max_images < 0):
         raise ValueError("max_images must be a number of images (0 or more), or None")
+    if max_spend is not None and (
+        isinstance(max_spend, bool) or not isinstance(max_spend, int | float) or not max_spend > 0
+    ):
+        raise ValueError("max_spend must be an amount above 0, or None")
     hooks: tuple[EventHook, ...]
     if on_event is None:
         hooks = ()
@@ -1671,5 +1720,6 @@ def map_requests(
         durable=durable,
         on_finish=on_finish,
         max_images=max_images,
+        max_spend=max_spend,
     )
     return BatchRun(engine)

@@ -128,6 +128,13 @@ def accounting_lines(report: Mapping[str, Any]) -> list[str]:
         f"{report['rejected_queue_full']}, retried {report['retried']}, unsent "
         f"{report['unsent']}"
     ]
+    budget = {name: value for name, value in report["budget"].items() if value is not None}
+    if report["unsent"] and budget and report["stopped"] is None:
+        flags = ", ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in budget.items())
+        lines.append(
+            f"budget reached ({flags}): the items not sent stay pending; run again with a "
+            "larger budget to continue"
+        )
     keys = report["keys"]
     if len(keys) > 1:
         for key in keys:

@@ -2,12 +2,13 @@
 guard behind ``max_spend``.
 
 The service bills per image, at a price the client is not told, and its wallet endpoint is the
-only measure. The guard reads every key's balance when the run starts, then again only now and
-then (every few seconds or every few submissions), and in between estimates the spend from the
-price it has measured (the drop per image accepted so far) times the images accepted since the
-last reading, plus the images of the submissions it let through that have no answer yet. A
-submission that would take the estimate past the budget is not let through: the balance is
-read once more first, and if that confirms it, the run stops submitting.
+only measure. The guard reads every key's balance when the run starts, once more after the first
+image was accepted (to measure the price: the drop per image), then only now and then (every few
+seconds or every few submissions), and in between estimates the spend from that price times the
+images accepted since the last reading, plus the images of the submissions it let through that
+have no answer yet. A submission that would take the estimate past the budget is not let
+through: the balance is read once more first, and if that confirms it, the run stops
+submitting. Before the price is known, the submissions on the wire at once are the overshoot.
 """
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ class SpendGuard:
             time.monotonic() - self._read_at >= self._every_seconds
             or self._let_through >= self._every_submissions
             or self._estimate(images) > self.amount
+            # No price yet, and an image was accepted since the last reading: this reading
+            # measures it (one, where the service bills at acceptance).
+            or (self.price is None and self._images_since > 0)
         )
         if due:
             await self._read()

@@ -911,6 +911,7 @@ async def _run_generate(
                         retry_failed=not args.no_retry_failed,
                         job_timeout=args.job_timeout,
                         max_images=args.max_images,
+                        max_spend=args.max_spend,
                     )
                     async with run:
                         try:
@@ -949,7 +950,7 @@ async def _run_generate(
                         after=after,
                         elapsed=time.monotonic() - started,
                         stopped=summary.stopped,
-                        budget={"max_images": args.max_images},
+                        budget={"max_images": args.max_images, "max_spend": args.max_spend},
                     )
                     summary.accounting = accounting_lines(report)
                     try:
@@ -1465,6 +1466,13 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
         type=_positive_int,
         metavar="N",
         help="submit no more once N images are paid for or in flight (reruns continue)",
+    )
+    gen.add_argument(
+        "--max-spend",
+        type=_positive_float,
+        metavar="AMOUNT",
+        help="submit no more once the wallets' balance has dropped by AMOUNT in this run "
+        "(read at the start and every few seconds or submissions; reruns continue)",
     )
     gen.add_argument(
         "--dry-run",
