@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import sys
@@ -356,9 +357,36 @@ class DreamboothClient:
 
     # --- observability ------------------------------------------------------------------------
 
-    def on_retry(self, callback: Callable[[int, Exception, float], None]) -> None:
-        """Call ``callback(attempt, error, delay)`` before every retry of any call."""
+    def on_retry(self, callback: Callable[[int, Exception, float], None]) -> Callable[[], None]:
+        """Call ``callback(attempt, error, delay)`` before every retry of any call; returns a
+        function that stops it."""
         self._retry_listeners.append(callback)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._retry_listeners.remove(callback)
+
+        return remove
+
+    def redact(self, text: str) -> str:
+        """``text`` with every API key of this client masked (the service may echo a key in an
+        error message: mask before printing or storing what it said)."""
+        return self._transport.redact(text)
+
+    @property
+    def is_open(self) -> bool:
+        """True between ``start()`` (or entering ``async with``) and ``aclose()``."""
+        return self._state == "open"
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy every call uses unless it is given its own."""
+        return self._transport.retry
+
+    @property
+    def http_session(self) -> aiohttp.ClientSession:
+        """The aiohttp session in use (for downloads of output links): only while open."""
+        return self._transport.session
 
     def _on_retry(self, attempt: int, error: Exception, delay: float) -> None:
         for listener in self._retry_listeners:
@@ -587,7 +615,7 @@ class DreamboothClient:
         self._check_open()
         if isinstance(job, Job):
             job_id = job.id
-            fetch_url = fetch_url or job._state.fetch_url
+            fetch_url = fetch_url or job.fetch_url
         else:
             job_id = str(job).strip()
         if not job_id or isinstance(job, bool):

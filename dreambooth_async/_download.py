@@ -62,8 +62,8 @@ def _unique(name: str, taken: set[str]) -> str:
 
 @contextlib.asynccontextmanager
 async def _session_for(client: DreamboothClient | None) -> AsyncIterator[aiohttp.ClientSession]:
-    if client is not None and client._state == "open":
-        yield client._transport.session
+    if client is not None and client.is_open:
+        yield client.http_session
         return
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
         yield session

@@ -212,6 +212,11 @@ class Job:
         return self._state.id
 
     @property
+    def fetch_url(self) -> str | None:
+        """The ``fetch_result`` URL the service gave for this job, if any."""
+        return self._state.fetch_url
+
+    @property
     def eta(self) -> float | None:
         """Seconds the service last estimated the job still needs (None when unknown)."""
         return self._state.eta

@@ -890,7 +890,7 @@ async def _run_generate(
                 source.count,
                 stream=sys.stderr,
                 bar=None if show else False,
-                redact=client._transport.redact,
+                redact=client.redact,
             )
             hooks: list[Callable[[Any], None]] = [progress] if show else []
             if mirror is not None:
@@ -921,7 +921,7 @@ async def _run_generate(
                                     await mirror.upload(item.files if item.ok else ())
                         except (AuthenticationError, InsufficientCredits) as error:
                             # The batch stopped submitting; accepted jobs were collected above.
-                            summary.stopped = client._transport.redact(
+                            summary.stopped = client.redact(
                                 f"{type(error).__name__}: {error}"
                             )
                             summary.remedy = (
@@ -932,7 +932,7 @@ async def _run_generate(
                         except TransportError as error:
                             # Connections kept failing: the batch gave up on the service rather
                             # than fail every item one by one; nothing more was sent.
-                            summary.stopped = client._transport.redact(
+                            summary.stopped = client.redact(
                                 f"cannot reach {client.base_url}: {error}"
                             )
                         except UploadError:
@@ -954,7 +954,7 @@ async def _run_generate(
                     )
                     summary.accounting = accounting_lines(report)
                     try:
-                        write_report(report_path(manifest), report, client._transport.redact)
+                        write_report(report_path(manifest), report, client.redact)
                     except OSError as exc:  # the images are fine; only the report is lost
                         summary.accounting.append(f"could not write the report: {exc}")
                     else:
@@ -1009,7 +1009,7 @@ def _tally(
         else:
             summary.failed += 1
         # The service may echo the key in an error: never print it.
-        summary.problems.append(client._transport.redact(_describe(item, source)))
+        summary.problems.append(client.redact(_describe(item, source)))
 
 
 def _print_summary(

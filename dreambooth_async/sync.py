@@ -129,11 +129,11 @@ def _detach(result: GenerationResult) -> GenerationResult:
     # A result remembers its client so that save() can reuse the session; that session lives
     # on the loop thread, and awaiting it from another loop would fail. A detached result's
     # save() opens a session of its own on whatever loop awaits it.
-    return attrs.evolve(result, client=None) if result._client is not None else result
+    return attrs.evolve(result, client=None)
 
 
 def _detach_item(item: BatchItem) -> BatchItem:
-    if item.result is None or item.result._client is None:
+    if item.result is None:
         return item
     return attrs.evolve(item, result=_detach(item.result))
 
@@ -162,6 +162,11 @@ class Job:
     def id(self) -> str:
         """The service's job id (a string)."""
         return self._job.id
+
+    @property
+    def asynchronous(self) -> AsyncJob:
+        """The :class:`dreambooth_async.Job` this one blocks on (it lives in the loop thread)."""
+        return self._job
 
     @property
     def request(self) -> GenerationRequest | None:
@@ -464,7 +469,7 @@ class DreamboothClient:
         self, job: str | int | Job | AsyncJob, *, fetch_url: str | None = None
     ) -> GenerationResult | Processing:
         """One fetch call for a queued job, no waiting: its result, or its processing status."""
-        target = job._job if isinstance(job, Job) else job
+        target = job.asynchronous if isinstance(job, Job) else job
         answer = self._loop.call(_fetch, self._client, target, fetch_url)
         return _detach(answer) if isinstance(answer, GenerationResult) else answer
 
