@@ -352,8 +352,12 @@ class RemoteMirror:
     async def keeping_state(self) -> AsyncIterator[None]:
         """Keep the manifest's copy current while the block runs (enter it before the batch
         starts and leave it after the batch has ended). The first save, before anything is
-        submitted, raises its UploadError; later failures go to ``failure``."""
-        await asyncio.to_thread(self.save_state, complete=False)
+        submitted, raises its UploadError; every failure goes to ``failure``."""
+        try:
+            await asyncio.to_thread(self.save_state, complete=False)
+        except UploadError as error:
+            self.failure = self.failure or error
+            raise
         self._stop.clear()
         copier = asyncio.create_task(self._copy_state())
         try:

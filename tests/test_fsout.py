@@ -178,6 +178,43 @@ async def test_generate_output_to_s3(tmp_path: Path, s3_endpoint: str) -> None:
     _check_output(listing, lambda n: fs.cat_file(f"images/run-1/{n}"), 6)
 
 
+@pytest.mark.anyio
+async def test_the_manifest_copy_on_s3_restores_and_its_absence_refuses(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    local = tmp_path / "state"
+    manifest = local / "m.jsonl"
+    items = await _generate_into(local, 3)
+    options = {"client_kwargs": {"endpoint_url": s3_endpoint}, "skip_instance_cache": True}
+    target = FsOutput("s3://images/run-2/", **options)
+    target.probe()
+    fresh = tmp_path / "fresh"
+    assert restore_state(target, fresh / "m.jsonl", local=fresh, record="r.json") == []
+    mirror = RemoteMirror(local, target, manifest=manifest, interval=0.0)
+    for item in items:
+        mirror.add(item.files)
+    mirror.save_state(complete=True)
+    shutil.rmtree(local)
+
+    notes = restore_state(target, manifest, local=local, record="r.json")
+    assert len(notes) == 1 and "restored the manifest" in notes[0]
+    states = dba.read_manifest(manifest)
+    assert [s.status for s in states.values()] == ["done"] * 3
+
+    # Images under another prefix, no copy: refused.
+    other = FsOutput("s3://images/run-3/", **options)
+    other.put_bytes("a.png", b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(OutputURLError, match="already holds 1 images and 0 metadata rows"):
+        restore_state(other, fresh / "m.jsonl", local=fresh, record="r.json")
+    # run-2 was not counted as run-3's (a listing is of the prefix, not of its siblings).
+    assert (
+        restore_state(
+            FsOutput("s3://images/run-", **options), fresh / "m.jsonl", local=fresh, record="r.json"
+        )
+        == []
+    )
+
+
 def test_cli_generate_to_a_file_url_and_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -405,19 +442,30 @@ async def test_pod_killed_and_restarted_without_its_state_folder_pays_once(
 
 
 class _FailingFS(LocalFileSystem):  # type: ignore[misc]
-    """A local file system whose image uploads fail once ``images_left`` of them are done:
-    storage that breaks mid-run (a quota, expired credentials, the network)."""
+    """A local file system whose image uploads fail once ``images_left`` of them are done, and
+    whose writes of names containing ``refuse`` fail: storage that breaks mid-run (a quota,
+    expired credentials, the network)."""
 
     protocol = "dbafailing"
     images_left: int | None = None
+    refuse: str | None = None
 
-    def put_file(self, path1: Any, path2: Any, *args: Any, **kwargs: Any) -> Any:
-        cls = type(self)
-        if cls.images_left is not None and ".png" in str(path2):
+    @classmethod
+    def _check(cls, path: Any) -> None:
+        if cls.refuse is not None and cls.refuse in str(path):
+            raise PermissionError(13, "access denied (the test's storage)")
+        if cls.images_left is not None and ".png" in str(path):
             if cls.images_left <= 0:
                 raise PermissionError(13, "quota exceeded (the test's storage)")
             cls.images_left -= 1
+
+    def put_file(self, path1: Any, path2: Any, *args: Any, **kwargs: Any) -> Any:
+        self._check(path2)
         return super().put_file(path1, path2, *args, **kwargs)
+
+    def pipe_file(self, path: Any, *args: Any, **kwargs: Any) -> Any:
+        self._check(path)
+        return super().pipe_file(path, *args, **kwargs)
 
 
 @pytest.fixture
@@ -426,7 +474,7 @@ def failing_fs() -> Iterator[type[_FailingFS]]:
     try:
         yield _FailingFS
     finally:
-        _FailingFS.images_left = None
+        _FailingFS.images_left = _FailingFS.refuse = None
 
 
 @pytest.mark.anyio
@@ -506,3 +554,40 @@ async def test_an_upload_failure_mid_run_ends_in_one_line_and_the_rerun_uploads_
     final = dba.read_manifest(state / "dreambooth-manifest.jsonl")
     for key, job_id in done_before.items():
         assert final[key].job_id == job_id
+
+
+@pytest.mark.anyio
+async def test_a_storage_that_refuses_the_manifest_copy_stops_the_run_before_it_sends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_fs: type[_FailingFS]
+) -> None:
+    """The probe passes, the first save of the state copy fails: nothing is submitted (a run
+    whose manifest cannot be kept beside its outputs would be one lost pod from paying twice)."""
+    from dreambooth_async.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\n")
+    url = f"dbafailing://{tmp_path / 'remote'}"
+    failing_fs.refuse = ".dreambooth-run.json"
+    async with Emulator(EmulatorConfig(keys=(SECRET,), time_scale=SCALE)) as emu:
+        command = [
+            *_command(prompts, url),
+            *("--base-url", emu.base_url, "--api-key", SECRET, "--poll-scale", str(SCALE)),
+            "--no-progress",
+        ]
+
+        def run() -> tuple[int, str]:
+            import contextlib
+            import io
+
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                code = main(command)
+            return code, out.getvalue()
+
+        code, out = await anyio.to_thread.run_sync(run)
+        assert emu.stats.submissions_accepted == 0
+    assert code == 1
+    (error,) = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert "access denied" in error and url in error
+    assert "done 0, failed 0" in out
