@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from . import _backoff
 from ._errors import DownloadError, OutputError
 from ._inline import decode_base64_image, image_extension, inline_image, is_base64_link
 from ._models import DEFAULT_MAX_BYTES
@@ -89,14 +90,13 @@ async def _download_one(
         asked = time.monotonic()
         async with session.get(url) as response:
             if response.status == 404 and time.monotonic() < deadline:
-                # A just-finished output can take a moment to appear on the CDN. How long is
-                # not a number the client knows: each retry waits as long as the output has
-                # been missing so far (at least the round trip, and the politeness floor), so
-                # a lag of any length costs a few requests and at most doubles.
-                now = time.monotonic()
+                # A just-finished output can take a moment to appear on the CDN: ask again
+                # after as long as it has been missing (see _backoff.not_there_yet).
                 if missing_since is None:
                     missing_since = asked
-                delay = max(_MIN_RETRY, now - asked, now - missing_since)
+                delay = _backoff.not_there_yet(
+                    time.monotonic(), asked=asked, missing_since=missing_since, floor=_MIN_RETRY
+                )
             elif response.status != 200:
                 raise DownloadError(f"GET {url} answered HTTP {response.status}", url=url)
             elif is_base64_link(url):
@@ -105,7 +105,7 @@ async def _download_one(
                 return _write_bytes(data, directory, name, taken, url=url)
             else:
                 return await _write(response, url, directory, fallback_name, max_bytes, taken)
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(_backoff.before_deadline(delay, deadline, time.monotonic()))
 
 
 async def _read_base64_body(response: aiohttp.ClientResponse, url: str, max_bytes: int) -> bytes:

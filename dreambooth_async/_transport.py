@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 import aiohttp
 import attrs
 
+from . import _backoff
 from ._errors import APIError, ClientClosedError, RateLimitError, ServerError, TransportError
 
 __all__ = ["RetryPolicy", "Timeouts", "Transport", "logger"]
@@ -58,9 +58,8 @@ class RetryPolicy:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
-            # A little jitter still, so that many waiters do not come back in the same instant.
-            return min(float(retry_after), self.max_retry_after) * random.uniform(1.0, 1.1)
-        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+            return _backoff.retry_after(retry_after, cap=self.max_retry_after)
+        return _backoff.exponential(attempt, base=self.backoff_base, cap=self.backoff_cap)
 
 
 @attrs.frozen(kw_only=True)
