@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
-import sys
 import urllib.parse
 from collections.abc import (
     AsyncIterable,
@@ -15,14 +13,21 @@ from collections.abc import (
     Iterable,
     Mapping,
     Sequence,
-    Sized,
 )
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, Unpack
 
+from ._account import AccountCalls
 from ._cache import ResultCache
 from ._download import DEFAULT_MAX_BYTES
+from ._endpoints import (
+    PATHS,
+    fetch_target,
+    is_loopback,
+    same_origin,
+    warn_if_plain_http,
+)
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -34,7 +39,7 @@ from ._errors import (
     RequestValidationError,
     TransportError,
 )
-from ._keys import KeyRing, pinned_index, position
+from ._keys import KeyRing, pinned_index
 from ._models import (
     API_VERSIONS,
     ApiVersion,
@@ -44,17 +49,25 @@ from ._models import (
     Img2ImgFields,
     Inpaint,
     InpaintFields,
-    ModelInfo,
     Processing,
-    SystemLoad,
     Text2Img,
     Text2ImgFields,
-    WalletBalance,
     is_http_url,
 )
 from ._poller import Job, Poller, PollPolicy
+from ._settings import (
+    API_KEY_ENV,
+    API_KEY_ENV_FALLBACK,
+    BASE_URL_ENV,
+    DEFAULT_API_VERSION,
+    DEFAULT_BASE_URL,
+    api_key_from_env,
+    api_keys_from_env,
+    base_url_from_env,
+    checked_keys,
+)
 from ._transport import RetryPolicy, Timeouts, Transport, logger
-from ._wire import inbound, parse_json, parse_response, request_count_from, to_wire
+from ._wire import parse_response, to_wire
 
 if TYPE_CHECKING:
     import aiohttp
@@ -63,122 +76,22 @@ if TYPE_CHECKING:
     from ._progress import ProgressReporter
     from ._webhooks import WebhookReceiver
 
-__all__ = ["DEFAULT_BASE_URL", "DreamboothClient"]
+# The settings names are re-exported: the CLI and older code import them from here.
+__all__ = [
+    "API_KEY_ENV",
+    "API_KEY_ENV_FALLBACK",
+    "BASE_URL_ENV",
+    "DEFAULT_API_VERSION",
+    "DEFAULT_BASE_URL",
+    "DreamboothClient",
+    "api_key_from_env",
+    "api_keys_from_env",
+]
 
-DEFAULT_BASE_URL = "https://modelslab.com"
-"""The real service's root URL: the default ``base_url`` of every client (the legacy v3/v4
-API of the 2023 pages answered at ``https://stablediffusionapi.com``)."""
-DEFAULT_API_VERSION: ApiVersion = "v6"
-"""The API version a client speaks unless told otherwise: today's documented image API."""
-API_KEY_ENV = "DREAMBOOTH_API_KEY"
-#: Read when ``DREAMBOOTH_API_KEY`` is not set: the name the service's own tools use.
-API_KEY_ENV_FALLBACK = "MODELSLAB_API_KEY"
-BASE_URL_ENV = "DREAMBOOTH_BASE_URL"
+# Kept importable from here (older code and tests name it so).
+_same_origin = same_origin
 
-# Paths per API version (docs/protocol.md, "Base URL and API versions").
-_PATHS: Mapping[ApiVersion, Mapping[str, str]] = {
-    "v3": {
-        "text2img": "/api/v3/dreambooth",
-        "img2img": "/api/v3/dreambooth/img2img",
-        "inpaint": "/api/v3/dreambooth/inpaint",
-        "fetch": "/api/v3/dreambooth/fetch/{id}",
-    },
-    "v4": {
-        "text2img": "/api/v4/dreambooth",
-        "img2img": "/api/v4/dreambooth/img2img",
-        "inpaint": "/api/v4/dreambooth/inpaint",
-        "fetch": "/api/v4/dreambooth/fetch",
-    },
-    "v6": {
-        "text2img": "/api/v6/images/text2img",
-        "img2img": "/api/v6/images/img2img",
-        "inpaint": "/api/v6/images/inpaint",
-        "fetch": "/api/v6/images/fetch",
-    },
-    "v7": {
-        "text2img": "/api/v7/images/text-to-image",
-        "img2img": "/api/v7/images/image-to-image",
-        "inpaint": "/api/v7/images/inpaint",
-        "fetch": "/api/v7/images/fetch/{id}",
-    },
-}
-_REQUEST_COUNT = "/api/v6/processing/request_count"
-_WALLET_BALANCE = "/api/wallet_balance"
-_SYSTEM_LOAD = "/api/v3/system_load"
-_MODEL_LIST = "/api/v4/dreambooth/model_list"
-_MODEL_RELOAD = "/api/v4/dreambooth/model_reload"
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def _origin(url: str) -> tuple[str, str | None, int | None]:
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    # "https://host" and "https://host:443" are the same origin.
-    return scheme, parts.hostname, parts.port or _DEFAULT_PORTS.get(scheme)
-
-
-def _same_origin(a: str, b: str) -> bool:
-    return _origin(a) == _origin(b)
-
-
-def api_key_from_env() -> str | None:
-    """The key from ``DREAMBOOTH_API_KEY``, else ``MODELSLAB_API_KEY`` (None when neither)."""
-    for name in (API_KEY_ENV, API_KEY_ENV_FALLBACK):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
-
-
-def api_keys_from_env() -> list[str]:
-    """The keys of ``api_key_from_env()``, split at commas (``key1,key2``): several keys
-    pool their queue slots. Empty when neither variable is set."""
-    value = api_key_from_env()
-    return [] if value is None else [part.strip() for part in value.split(",") if part.strip()]
-
-
-def _checked_keys(api_key: str | Sequence[str] | None) -> tuple[str, ...]:
-    """The keys to use, stripped and checked; errors name a key by position, never by value."""
-    if api_key is None:
-        given: list[object] = list(api_keys_from_env())
-    elif isinstance(api_key, str):
-        given = [api_key]
-    elif isinstance(api_key, Sequence):
-        given = list(api_key)
-    else:
-        given = []
-    keys: list[str] = []
-    for index, key in enumerate(given):
-        # Stray whitespace (a trailing newline from a secrets file) is never part of a key.
-        text = key.strip() if isinstance(key, str) else ""
-        if not text:
-            where = f" ({position(index)} is empty or not a string)" if len(given) > 1 else ""
-            raise RequestValidationError(
-                "api_key",
-                None,
-                f"a non-empty string or a sequence of them{where} (pass api_key= or set "
-                f"{API_KEY_ENV} or {API_KEY_ENV_FALLBACK})",
-            )
-        if text in keys:
-            raise RequestValidationError(
-                "api_key",
-                None,
-                f"distinct keys ({position(index)} repeats {position(keys.index(text))}: one "
-                "account's queue slots would be counted twice)",
-            )
-        keys.append(text)
-    if not keys:
-        raise RequestValidationError(
-            "api_key",
-            None,
-            f"a non-empty string (pass api_key= or set {API_KEY_ENV} or {API_KEY_ENV_FALLBACK})",
-        )
-    return tuple(keys)
-
-
-class DreamboothClient:
+class DreamboothClient(AccountCalls):
     """An asyncio client for the Dreambooth API.
 
     Use it as ``async with DreamboothClient(...) as client:``; the block owns the HTTP session
@@ -229,13 +142,13 @@ class DreamboothClient:
         http_session: aiohttp.ClientSession | None = None,
         cache: str | os.PathLike[str] | None = None,
     ) -> None:
-        keys = _checked_keys(api_key)
+        keys = checked_keys(api_key)
         if api_version not in API_VERSIONS:
             raise RequestValidationError(
                 "api_version", api_version, "one of " + ", ".join(map(repr, API_VERSIONS))
             )
         if base_url is None:
-            base_url = os.environ.get(BASE_URL_ENV, "").strip() or DEFAULT_BASE_URL
+            base_url = base_url_from_env()
         if not is_http_url(base_url):
             raise RequestValidationError("base_url", base_url, "an absolute http(s) URL")
         if max_concurrency < 1:
@@ -253,7 +166,7 @@ class DreamboothClient:
             connection_limit=max_concurrency + self.poll_policy.fetch_concurrency,
             on_retry=self._on_retry,
             # No proxy can reach this machine's loopback on our behalf.
-            trust_env=trust_env and not _is_loopback(host),
+            trust_env=trust_env and not is_loopback(host),
             headers=headers,
             session=http_session,
         )
@@ -268,7 +181,7 @@ class DreamboothClient:
         self._retry_listeners: list[Callable[[int, Exception, float], None]] = []
         self._cache = ResultCache(cache) if cache is not None else None
         self._flights: dict[str, Any] = {}  # cache key -> its shared _Flight (see _cache)
-        _warn_if_plain_http(self.base_url)
+        warn_if_plain_http(self.base_url)
 
     def __repr__(self) -> str:
         # Deliberately without the key.
@@ -418,9 +331,6 @@ class DreamboothClient:
 
     # --- generation ---------------------------------------------------------------------------
 
-    def _url(self, path: str) -> str:
-        return self.base_url + path
-
     async def submit(
         self,
         request: GenerationRequest,
@@ -487,7 +397,7 @@ class DreamboothClient:
             token, body["webhook"] = self._webhooks.new_url()
             if request.track_id is None:
                 body["track_id"] = token
-        url = self._url(_PATHS[self.api_version][request.kind])
+        url = self._url(PATHS[self.api_version][request.kind])
         try:
             answer, key_index = await self._submit_with_a_key(url, body, retry)
         except (TransportError, APIError) as error:
@@ -552,21 +462,7 @@ class DreamboothClient:
     # --- fetching -----------------------------------------------------------------------------
 
     def _fetch_target(self, job_id: str, fetch_url: str | None) -> tuple[str, dict[str, Any]]:
-        # Follow the server's fetch_result URL (it may name another version's path), but only
-        # on the same origin: the key travels in the body, so it must not go anywhere else.
-        if fetch_url and is_http_url(fetch_url) and _same_origin(fetch_url, self.base_url):
-            url = fetch_url
-        else:
-            if fetch_url:
-                logger.warning("not following fetch_result on another origin: %s", fetch_url)
-            # Quoted: the id comes from the service or the caller, not from this library.
-            quoted = urllib.parse.quote(job_id, safe="")
-            url = self._url(_PATHS[self.api_version]["fetch"].format(id=quoted))
-        path = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rstrip("/"))
-        # An id in the path (v3, and fetch_result URLs) is the whole request; otherwise the
-        # body names it (v4, v6).
-        body: dict[str, Any] = {} if path.endswith("/" + job_id) else {"request_id": job_id}
-        return url, body
+        return fetch_target(self.base_url, self.api_version, job_id, fetch_url)
 
     async def _fetch_for_poller(
         self, job_id: str, fetch_url: str | None
@@ -685,72 +581,6 @@ class DreamboothClient:
         """:func:`parse_response`, with results bound to this client (for ``save()``)."""
         return parse_response(http_status, headers, body, client=self)
 
-    # --- other endpoints ----------------------------------------------------------------------
-
-    async def request_count(self, *, key_index: int = 0) -> int:
-        """How many of the account's requests the service is processing now
-        (``/api/v6/processing/request_count``; the service allows 30 calls a minute).
-        ``key_index``: which key's account, with several keys (0-based)."""
-        self._check_open()
-        body = await self._transport.call(
-            self._url(_REQUEST_COUNT),
-            {},
-            idempotent=True,
-            parse=parse_json,
-            key_index=self._key_index(key_index),
-        )
-        return request_count_from(body)
-
-    async def wallet_balance(
-        self, *, key_index: int = 0, retry: RetryPolicy | None = None
-    ) -> WalletBalance:
-        """The account's balance (``/api/wallet_balance``). ``key_index``: which key's
-        account, with several keys (0-based); ``retry`` overrides the retry policy."""
-        self._check_open()
-        body = await self._transport.call(
-            self._url(_WALLET_BALANCE),
-            {},
-            idempotent=True,
-            parse=parse_json,
-            retry=retry,
-            key_index=self._key_index(key_index),
-        )
-        if not isinstance(body, Mapping):
-            raise APIError("wallet_balance did not answer with a JSON object")
-        return inbound.structure(body, WalletBalance)
-
-    async def system_load(self) -> SystemLoad:
-        """The service's queue length and wait (``/api/v3/system_load``)."""
-        self._check_open()
-        body = await self._transport.call(
-            self._url(_SYSTEM_LOAD), {}, idempotent=True, parse=parse_json
-        )
-        if not isinstance(body, Mapping):
-            raise APIError("system_load did not answer with a JSON object", body=None)
-        return inbound.structure(body, SystemLoad)
-
-    async def model_list(self) -> list[ModelInfo]:
-        """The models the account can use (``/api/v4/dreambooth/model_list``)."""
-        self._check_open()
-        body = await self._transport.call(
-            self._url(_MODEL_LIST), {}, idempotent=True, parse=parse_json
-        )
-        if isinstance(body, Mapping):  # some deployments wrap the list
-            body = body.get("data") or body.get("models") or []
-        if not isinstance(body, list):
-            raise APIError("model_list did not answer with a list")
-        return [inbound.structure(item, ModelInfo) for item in body if isinstance(item, Mapping)]
-
-    async def model_reload(self, model_id: str) -> Mapping[str, Any]:
-        """Ask the service to load ``model_id`` again (it takes about two minutes)."""
-        self._check_open()
-        if not isinstance(model_id, str) or not model_id.strip():
-            raise RequestValidationError("model_id", model_id, "a non-empty string")
-        body = await self._transport.call(
-            self._url(_MODEL_RELOAD), {"model_id": model_id}, idempotent=False, parse=parse_json
-        )
-        return body if isinstance(body, Mapping) else {"raw": body}
-
     # --- downloads and batches ----------------------------------------------------------------
 
     async def download(
@@ -802,23 +632,10 @@ class DreamboothClient:
         """
         from ._batch import map_requests
 
-        if progress is False:
-            return map_requests(self, requests, concurrency, **options)
-        from ._progress import ProgressReporter
+        if progress is not False:
+            from ._progress import with_progress
 
-        if isinstance(progress, ProgressReporter):
-            reporter = progress
-        else:
-            total = len(requests) if isinstance(requests, Sized) else None
-            # In a notebook stderr is no terminal, yet a bar is what suits it best.
-            reporter = ProgressReporter(total, bar=True if _in_notebook() else None)
-            options["on_finish"] = _chain(options.get("on_finish"), reporter.close)
-        hooks = options.get("on_event")
-        if hooks is None:
-            hooks = ()
-        elif callable(hooks):
-            hooks = (hooks,)
-        options["on_event"] = (*hooks, reporter)
+            options = with_progress(progress, requests, options)
         return map_requests(self, requests, concurrency, **options)
 
     async def gather(
@@ -851,42 +668,3 @@ def _says_not_found(error: APIError) -> bool:
     return error.http_status == 404 or "not found" in error.message.lower()
 
 
-def _in_notebook() -> bool:
-    """True inside a Jupyter kernel (IPython's kernel app is running)."""
-    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
-
-
-def _chain(first: Callable[[], None] | None, then: Callable[[], None]) -> Callable[[], None]:
-    if first is None:
-        return then
-
-    def both() -> None:
-        try:
-            first()
-        finally:
-            then()
-
-    return both
-
-
-def _is_loopback(host: str) -> bool:
-    # An address, not a prefix: "127.0.0.1.nip.io" is a name anyone can point anywhere.
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _warn_if_plain_http(base_url: str) -> None:
-    parts = urllib.parse.urlsplit(base_url)
-    host = parts.hostname or ""
-    if parts.scheme == "http" and not _is_loopback(host):
-        import warnings
-
-        warnings.warn(
-            f"base_url {base_url!r} is plain http: the API key would travel unencrypted",
-            stacklevel=3,
-        )

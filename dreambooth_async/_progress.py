@@ -19,10 +19,13 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any, TextIO
+from collections.abc import Callable, Sized
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ._events import BatchEvent
+
+if TYPE_CHECKING:
+    from ._batch import MapOptions
 
 __all__ = ["ProgressReporter", "format_duration"]
 
@@ -271,3 +274,49 @@ class ProgressReporter:
             self._bar.close()
         else:
             print(self.status_line(), file=self._stream, flush=True)
+
+
+def with_progress(
+    progress: bool | ProgressReporter,
+    requests: object,
+    options: MapOptions,
+) -> MapOptions:
+    """``options`` of ``client.map`` with a progress display added to its event hooks.
+
+    ``progress=True`` makes a :class:`ProgressReporter` (a bar in a notebook, where stderr is
+    no terminal, yet a bar is what suits it best) that the batch closes when it ends; a
+    reporter of the caller's own is fed the same events and left for the caller to close.
+    """
+    options = options.copy()
+    if isinstance(progress, ProgressReporter):
+        reporter = progress
+    else:
+        total = len(requests) if isinstance(requests, Sized) else None
+        reporter = ProgressReporter(total, bar=True if _in_notebook() else None)
+        options["on_finish"] = _chain(options.get("on_finish"), reporter.close)
+    hooks = options.get("on_event")
+    if hooks is None:
+        hooks = ()
+    elif callable(hooks):
+        hooks = (hooks,)
+    options["on_event"] = (*hooks, reporter)
+    return options
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (IPython's kernel app is running)."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _chain(first: Callable[[], None] | None, then: Callable[[], None]) -> Callable[[], None]:
+    if first is None:
+        return then
+
+    def both() -> None:
+        try:
+            first()
+        finally:
+            then()
+
+    return both
