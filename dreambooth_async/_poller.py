@@ -29,14 +29,13 @@ import asyncio
 import heapq
 import itertools
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import anyio
 import attrs
 
+from . import _backoff
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -50,6 +49,7 @@ from ._errors import (
     TransportError,
 )
 from ._eta import DurationModel, EtaModel, FinishedJob
+from ._job import Job, JobState, new_state
 from ._models import GenerationRequest, GenerationResult, Processing
 
 __all__ = ["Job", "PollPolicy", "Poller"]
@@ -122,152 +122,6 @@ class PollPolicy:
         )
 
 
-class _State:
-    """A pending job's bookkeeping, shared by every :class:`Job` handle for the same id."""
-
-    __slots__ = (
-        "anchors",
-        "deadline",
-        "due",
-        "eta",
-        "failures",
-        "fetch_url",
-        "fetches",
-        "first_fetch",
-        "first_unbiased",
-        "future",
-        "id",
-        "last_fetch",
-        "last_processing",
-        "measured",
-        "meta",
-        "nudged",
-        "overdue",
-        "probe",
-        "puzzled",
-        "puzzled_age",
-        "submitted_at",
-        "webhook",
-        "zero_at",
-    )
-
-    def __init__(self, job_id: str, future: asyncio.Future[GenerationResult]) -> None:
-        self.id = job_id
-        self.future = future
-        self.eta: float | None = None
-        self.fetch_url: str | None = None
-        self.submitted_at = time.monotonic()
-        #: True when ``submitted_at`` is the job's real start (tracked from its submission
-        #: answer, not attached by id): then its duration is worth measuring.
-        self.measured = False
-        self.deadline: float | None = None
-        self.due = 0.0
-        self.last_fetch: float | None = None
-        self.first_fetch: float | None = None
-        #: The first fetch came while the ETA model knew nothing yet (its wide prior).
-        self.first_unbiased = False
-        #: When the service last said "processing" (the midpoint of that exchange).
-        self.last_processing: float | None = None
-        # (time, eta) for each processing answer with an ETA: material for the ETA model.
-        self.anchors: list[tuple[float, float]] = []
-        #: When the service last gave an ETA of 0 (it expects the job done by then).
-        self.zero_at: float | None = None
-        self.meta: Mapping[str, Any] = {}
-        self.failures = 0
-        self.overdue = 0
-        #: Answers in a row that did not say anything about the job ("not found", unknown).
-        self.puzzled = 0
-        self.puzzled_age: float | None = None
-        self.fetches = 0
-        self.probe = False
-        self.webhook = False
-        self.nudged = False
-
-
-class Job:
-    """A submitted generation. ``await job`` (or ``await job.wait(timeout)``) for its result.
-
-    Every handle for the same id shares one outcome: cancelling one waiter leaves the others
-    and the polling alone, and the result is delivered once.
-    """
-
-    def __init__(
-        self,
-        state: _State,
-        *,
-        request: GenerationRequest | None = None,
-        poller: Poller | None = None,
-    ) -> None:
-        self._state = state
-        self._poller = poller
-        #: The request that created the job (None when attached by id).
-        self.request = request
-
-    def __repr__(self) -> str:
-        return f"<Job id={self.id!r} status={self.status!r} eta={self.eta!r}>"
-
-    @property
-    def id(self) -> str:
-        """The service's job id (a string)."""
-        return self._state.id
-
-    @property
-    def fetch_url(self) -> str | None:
-        """The ``fetch_result`` URL the service gave for this job, if any."""
-        return self._state.fetch_url
-
-    @property
-    def eta(self) -> float | None:
-        """Seconds the service last estimated the job still needs (None when unknown)."""
-        return self._state.eta
-
-    @property
-    def status(self) -> str:
-        """``"processing"``, ``"success"``, ``"failed"`` (any error), or ``"cancelled"``."""
-        future = self._state.future
-        if not future.done():
-            return "processing"
-        if future.cancelled():
-            return "cancelled"
-        return "failed" if future.exception() is not None else "success"
-
-    @property
-    def fetches(self) -> int:
-        """How many fetch calls this job has cost so far."""
-        return self._state.fetches
-
-    def done(self) -> bool:
-        """True once the job has a result or an error."""
-        return self._state.future.done()
-
-    def result(self) -> GenerationResult:
-        """The result of a finished job (raises its error, or InvalidStateError if pending)."""
-        return self._state.future.result()
-
-    async def wait(self, timeout: float | None = None) -> GenerationResult:
-        """Wait for the result. ``timeout`` bounds this waiter only: on expiry it raises
-        :class:`JobTimeout` and the job goes on (wait again, or ``client.wait_for(job.id)``)."""
-        if timeout is None:
-            return await asyncio.shield(self._state.future)
-        try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(self._state.future)
-        except TimeoutError:
-            if self._state.future.done():
-                return self._state.future.result()
-            raise JobTimeout(self.id, timeout) from None
-
-    def __await__(self) -> Generator[Any, None, GenerationResult]:
-        return self.wait().__await__()
-
-
-def _consume_exception(future: asyncio.Future[Any]) -> None:
-    # A job nobody awaits may still fail; reading the exception keeps asyncio from logging
-    # "exception was never retrieved" for it.
-    if not future.cancelled():
-        future.exception()
-
-
 class Poller:
     """Owns every pending job of one client; runs as one task for the client's lifetime."""
 
@@ -278,7 +132,7 @@ class Poller:
         #: How long this client's jobs took, submission to finish: the time scale of a job
         #: whose answers carry no ETA, and of the batch's waits.
         self.durations = DurationModel()
-        self._jobs: dict[str, _State] = {}
+        self._jobs: dict[str, JobState] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
@@ -303,14 +157,9 @@ class Poller:
         """How many jobs are being polled."""
         return len(self._jobs)
 
-    def _new_state(self, job_id: str) -> _State:
-        future: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_consume_exception)
-        return _State(job_id, future)
-
     def resolved(self, result: GenerationResult, request: GenerationRequest | None) -> Job:
         """A handle for a job that finished in its submission answer."""
-        state = self._new_state(result.id or "")
+        state = new_state(result.id or "")
         state.future.set_result(result)
         return Job(state, request=request, poller=self)
 
@@ -331,7 +180,7 @@ class Poller:
             raise ClientClosedError("the client is closed; open a new one to wait for jobs")
         state = self._jobs.get(processing.id)
         if state is None:
-            state = self._new_state(processing.id)
+            state = new_state(processing.id)
             state.webhook = webhook
             state.measured = request is not None
             limit = timeout if timeout is not None else self.policy.job_timeout
@@ -391,7 +240,7 @@ class Poller:
 
     # --- scheduling ---------------------------------------------------------------------------
 
-    def _schedule(self, state: _State, due: float) -> None:
+    def _schedule(self, state: JobState, due: float) -> None:
         if state.deadline is not None:
             due = min(due, state.deadline)
         state.due = due
@@ -399,7 +248,7 @@ class Poller:
         if self._heap[0][2] == state.id:
             self._wakeup.set()
 
-    def _reschedule(self, state: _State, due: float, now: float) -> None:
+    def _reschedule(self, state: JobState, due: float, now: float) -> None:
         """Schedule the next fetch, no sooner than the politeness floor allows."""
         if state.nudged:
             state.nudged = False
@@ -407,7 +256,9 @@ class Poller:
         since = state.last_fetch if state.last_fetch is not None else now
         self._schedule(state, max(due, since + self.policy.min_interval))
 
-    def _observe_processing(self, state: _State, answer: Processing, at: float, now: float) -> None:
+    def _observe_processing(
+        self, state: JobState, answer: Processing, at: float, now: float
+    ) -> None:
         """The service said "processing" at about ``at`` (the answer arrived at ``now``)."""
         state.last_processing = at
         if answer.fetch_result:
@@ -434,7 +285,7 @@ class Poller:
                 state.anchors.append((at, eta))
         self._reschedule(state, self._plan(state, now), now)
 
-    def _window(self, state: _State) -> tuple[float, float] | None:
+    def _window(self, state: JobState) -> tuple[float, float] | None:
         """When the job should finish, ``(earliest, latest)``, or None when nothing says."""
         if state.zero_at is not None:
             return state.zero_at, state.zero_at
@@ -457,7 +308,7 @@ class Poller:
                 return state.submitted_at + durations[0], state.submitted_at + durations[1]
         return None
 
-    def _plan(self, state: _State, now: float) -> float:
+    def _plan(self, state: JobState, now: float) -> float:
         """When to fetch a job that is not done at ``now``."""
         policy = self.policy
         window = self._window(state)
@@ -466,17 +317,18 @@ class Poller:
             earliest, latest = window
             if state.probe and state.fetches == 0 and self.eta_model.samples > 0:
                 # An exploring job asks well before the earliest plausible finish (the model's
-                # low end may be too high), so that it is measured whatever its speed: the
-                # model needs both sides.
-                wait = max(0.0, earliest - now) * 0.93
+                # low end may be too high): the model needs both sides.
+                wait = _backoff.probe_wait(now, earliest)
             else:
-                # The delay allowed is a share of the job's duration, measured against the
-                # shortest it may have, so that a job finishing early is not kept waiting.
-                start = max(now, earliest)
-                allowed = policy.delay_budget * (start - state.submitted_at)
-                target = latest if latest - start <= allowed else start + allowed
                 # The service looks at the job half a round trip after the request leaves.
-                wait = max(0.0, target - now - self._round_trip / 2)
+                wait = _backoff.in_window(
+                    now,
+                    earliest,
+                    latest,
+                    started=state.submitted_at,
+                    budget=policy.delay_budget,
+                    lead=self._round_trip / 2,
+                )
         else:
             wait = self._backoff(state, now, known=window is not None, step=state.overdue)
             state.overdue += 1
@@ -497,7 +349,7 @@ class Poller:
             due = self._plan(state, now) if now < window[1] else now
             self._reschedule(state, due, now)
 
-    def _backoff(self, state: _State, now: float, *, known: bool, step: int) -> float:
+    def _backoff(self, state: JobState, now: float, *, known: bool, step: int) -> float:
         """The wait before asking again about a job past every estimate (``known``) or with
         none: a share of its age, growing with ``step`` (answers or failures in a row)."""
         policy = self.policy
@@ -506,15 +358,22 @@ class Poller:
             return policy.initial_interval
         # Just past an estimate, the job is most likely about to finish: the delay budget
         # holds; the longer it overruns, the less the estimate says, up to a blind back-off.
-        share = widest if not known else policy.delay_budget * policy.backoff_factor**step
-        wait = min(widest, share) * (now - state.submitted_at) * random.uniform(0.9, 1.1)
-        return min(policy.max_interval, wait)
+        share = widest
+        if known:
+            share = _backoff.exponential(
+                step,
+                base=policy.delay_budget,
+                factor=policy.backoff_factor,
+                cap=widest,
+                jitter=None,
+            )
+        return _backoff.share_of_age(now - state.submitted_at, share, cap=policy.max_interval)
 
-    def _expected_duration(self, state: _State) -> float | None:
+    def _expected_duration(self, state: JobState) -> float | None:
         window = self._window(state)
         return None if window is None else max(0.0, window[1] - state.submitted_at)
 
-    def _learn(self, state: _State, finished_by: float) -> None:
+    def _learn(self, state: JobState, finished_by: float) -> None:
         """Teach the models what the job showed, now that it finished by ``finished_by``
         (and after ``state.last_processing``, the last "not yet")."""
         if state.last_processing is None or state.first_fetch is None:
@@ -556,7 +415,7 @@ class Poller:
     # --- completion ---------------------------------------------------------------------------
 
     def _finish(
-        self, state: _State, result: GenerationResult | None, error: BaseException | None
+        self, state: JobState, result: GenerationResult | None, error: BaseException | None
     ) -> None:
         if self._jobs.get(state.id) is state:
             del self._jobs[state.id]
@@ -570,7 +429,7 @@ class Poller:
         for callback in self._on_done:
             callback(state.id, result, error)
 
-    def _retry_later(self, state: _State, now: float, retry_after: float | None = None) -> None:
+    def _retry_later(self, state: JobState, now: float, retry_after: float | None = None) -> None:
         """Ask again after a fetch that told nothing about the job (it failed, or its answer
         fits no rule): back off relative to the job, or as long as the service asked."""
         state.failures += 1
@@ -578,10 +437,12 @@ class Poller:
             state, now, known=self._window(state) is not None, step=state.failures - 1
         )
         if retry_after is not None:
-            wait = max(wait, min(retry_after, self.policy.max_interval))
+            wait = max(
+                wait, _backoff.retry_after(retry_after, cap=self.policy.max_interval, jitter=None)
+            )
         self._reschedule(state, now + wait, now)
 
-    def _ask_again(self, state: _State, now: float) -> bool:
+    def _ask_again(self, state: JobState, now: float) -> bool:
         """Schedule another fetch after an answer that said nothing about the job ("not found",
         or a shape no rule covers); False once the grace is over."""
         state.puzzled += 1
@@ -594,11 +455,11 @@ class Poller:
             return False
         wait = self._backoff(state, now, known=False, step=state.puzzled)
         # The last tries fit within the grace, however long the back-off has grown.
-        wait = min(wait, max(0.0, horizon - age) / max(1, _NOT_FOUND_TRIES - state.puzzled))
+        wait = _backoff.spread_over(wait, horizon - age, _NOT_FOUND_TRIES - state.puzzled)
         self._reschedule(state, now + wait, now)
         return True
 
-    async def _poll(self, state: _State) -> None:
+    async def _poll(self, state: JobState) -> None:
         now = time.monotonic()
         if state.deadline is not None and now >= state.deadline:
             limit = state.deadline - state.submitted_at
@@ -678,7 +539,7 @@ class Poller:
         """Poll until cancelled. Fetches run concurrently, at most ``fetch_concurrency``."""
         slots = anyio.Semaphore(self.policy.fetch_concurrency)
 
-        async def poll_one(state: _State) -> None:
+        async def poll_one(state: JobState) -> None:
             try:
                 await self._poll(state)
             finally:
