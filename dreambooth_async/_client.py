@@ -316,6 +316,14 @@ class DreamboothClient(AccountCalls):
         service refused them (401) or they could not pay (402)."""
         return dict(self._keys.retired)
 
+    @property
+    def key_ring(self) -> KeyRing:
+        """The positions of this client's keys: which are live, which are retired, and which key
+        submitted each job (never the keys themselves). A batch shares it, so that a key the
+        service refuses is retired for the whole client; read-only: the ring itself is the
+        client's."""
+        return self._keys
+
     def _key_index(self, index: int) -> int:
         valid = isinstance(index, int) and not isinstance(index, bool)
         if not valid or not 0 <= index < self._keys.count:
