@@ -3,16 +3,9 @@
 Pending jobs sit in a heap ordered by when they are next due for a fetch, so ten thousand
 pending jobs cost one task and a heap entry each, not ten thousand sleeping tasks.
 
-Nothing here knows what "fast" is: every wait is a share of the job's own time, so the same
-policy serves a half-second turbo job and a five-minute one. What the poller knows of a job is a
-*window* in which it should finish: from the service's latest ETA, corrected by what the client
-learned about those ETAs (:mod:`._eta`), or, without an ETA, from the durations measured on this
-client's finished jobs. Inside the window it fetches at the latest moment the job may finish,
-unless that would leave the result waiting more than ``delay_budget`` of the job's duration past
-the earliest moment; then it fetches at that earliest moment plus the allowed delay and lets the
-answer (a fresher, tighter ETA, or only "not yet") decide the next fetch. Past the window, or with
-nothing to go on, it waits a share of the job's age that grows with every answer still saying
-"processing". The one absolute number is a politeness floor between two fetches of a job.
+When to fetch each job is the planner's (:mod:`._fetch_plan`): every wait is a share of the
+job's own time. The poller applies it, with one absolute number, a politeness floor between two
+fetches of a job, and owns what ends a job.
 
 A job the service accepted ends only on an answer that ends it: its result, a documented failure
 (``"failed"``), a refused key, the caller's timeout or the policy's job timeout. "Processing" with
@@ -48,7 +41,8 @@ from ._errors import (
     ServerError,
     TransportError,
 )
-from ._eta import DurationModel, EtaModel, FinishedJob
+from ._eta import DurationModel, EtaModel
+from ._fetch_plan import FetchPlanner, PollPolicy
 from ._job import Job, JobState, new_state
 from ._models import GenerationRequest, GenerationResult, Processing
 
@@ -59,67 +53,8 @@ logger = logging.getLogger("dreambooth_async")
 #: One fetch call for a job id: returns the result or the processing status, or raises.
 FetchFn = Callable[[str, str | None], Awaitable[GenerationResult | Processing]]
 
-#: Below this many unbiased measurements of the ETA's low end, the poller probes more often.
-_LOW_SAMPLES = 4
-
 #: "Not found" is asked about at least this many times before the job is given up on.
 _NOT_FOUND_TRIES = 3
-
-
-@attrs.frozen(kw_only=True)
-class PollPolicy:
-    """How the poller paces fetch calls. Every wait is relative to the job itself.
-
-    ``delay_budget`` is the share of a job's duration that its result may wait on the service
-    before the client fetches it; within it the poller spends as few fetch calls as it can. A
-    job past every estimate of its finish is fetched again after a share of its age that starts
-    at ``delay_budget`` and grows by ``backoff_factor`` with every answer that still says
-    "processing", up to ``backoff_factor - 1``; a job about which nothing is known (no ETA, no
-    finished job measured yet) starts there. Failed fetches (network, 5xx, 429) back off the
-    same way, or by the ``retry_after`` the service gave.
-
-    ``not_found_grace``: a job the service says it does not know (right after it was accepted,
-    it may not show yet) is asked about again until it is this many times its expected duration
-    old (the window from its ETA, else from the durations measured on this client's jobs, else
-    its age at the first such answer), and at least three times; then the job fails with
-    :class:`JobNotFound`, which names it. A job attached by id counts its age from the attach.
-    An answer that fits no rule (an unknown status, a 4xx with no meaning for a fetch) is asked
-    about again the same way, then ends the job with :class:`JobTimeout` (which names it and
-    is caused by that answer): the job may still finish, ``wait_for(job_id)`` attaches again.
-
-    The absolute settings, in seconds: ``min_interval``, the least time between two fetches
-    of one job (politeness); ``max_interval``, the most; ``initial_interval``, a fixed first
-    wait for a job about which nothing is known (None: a share of its age, as above);
-    ``job_timeout``, the bound of every job (None: no bound).
-    """
-
-    delay_budget: float = 0.09
-    min_interval: float = 0.025
-    initial_interval: float | None = None
-    max_interval: float = 30.0
-    backoff_factor: float = 1.5
-    not_found_grace: float = 2.0
-    fetch_concurrency: int = 16
-    job_timeout: float | None = 1800.0
-    #: With a webhook receiver, the poller is a fallback: it waits this much longer.
-    webhook_slowdown: float = 3.0
-    #: One job in this many is a probe: fetched just before it can possibly be done, so that
-    #: the ETA model keeps learning without bias (0: never).
-    explore_every: int = 16
-
-    def scaled(self, factor: float) -> PollPolicy:
-        """The same policy for a service whose clock runs ``factor`` times real time (an
-        emulator with ``time_scale=factor``). The pacing is relative and needs no scaling; this
-        scales the absolute settings (the floor, the ceiling, the job timeout)."""
-        return attrs.evolve(
-            self,
-            min_interval=self.min_interval * factor,
-            initial_interval=None
-            if self.initial_interval is None
-            else self.initial_interval * factor,
-            max_interval=self.max_interval * factor,
-            job_timeout=None if self.job_timeout is None else self.job_timeout * factor,
-        )
 
 
 class Poller:
@@ -128,27 +63,29 @@ class Poller:
     def __init__(self, fetch: FetchFn, policy: PollPolicy) -> None:
         self._fetch = fetch
         self.policy = policy
-        self.eta_model = EtaModel()
-        #: How long this client's jobs took, submission to finish: the time scale of a job
-        #: whose answers carry no ETA, and of the batch's waits.
-        self.durations = DurationModel()
+        #: When to fetch each job, and the models behind that (see :mod:`._fetch_plan`).
+        self._planner = FetchPlanner(policy, self._replan)
         self._jobs: dict[str, JobState] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._closed = False
-        self._since_probe = 0
-        self._surprise = 0.0
-        #: The share of recent jobs done at their first fetch (an average that forgets).
-        self._done_at_first = 1.0
         self._on_done: list[
             Callable[[str, GenerationResult | None, BaseException | None], None]
         ] = []
         #: Total fetch calls made (for benchmarks and tests).
         self.fetch_calls = 0
-        #: The round trip of a fetch (an average that forgets): the service looks at a job
-        #: about half of it after the request leaves, and its ETA was that old on arrival.
-        self._round_trip = 0.0
+
+    @property
+    def eta_model(self) -> EtaModel:
+        """What the client learned of the service's ETAs."""
+        return self._planner.eta_model
+
+    @property
+    def durations(self) -> DurationModel:
+        """How long this client's jobs took, submission to finish: the time scale of a job
+        whose answers carry no ETA, and of the batch's waits."""
+        return self._planner.durations
 
     # --- registration -------------------------------------------------------------------------
 
@@ -185,35 +122,15 @@ class Poller:
             state.measured = request is not None
             limit = timeout if timeout is not None else self.policy.job_timeout
             state.deadline = None if limit is None else state.submitted_at + limit
-            state.probe = self._probe_next()
+            state.probe = self._planner.probe_next()
             self._jobs[state.id] = state
             now = time.monotonic()
             if request is None and not processing.raw:
                 # Attached by id: no answer was seen yet, so nothing is known of the job.
-                self._schedule(state, self._plan(state, now))
+                self._schedule(state, self._planner.plan(state, now))
             else:
-                self._observe_processing(state, processing, now - self._round_trip / 2, now)
+                self._observe_processing(state, processing, now - self._planner.round_trip / 2, now)
         return Job(state, request=request, poller=self)
-
-    def _probe_next(self) -> bool:
-        """Whether the job being tracked should be a probe (see :class:`PollPolicy`)."""
-        explore = self.policy.explore_every
-        if not explore:
-            return False
-        # A probe costs the fetches a normal job would have been spared: nearly one when jobs
-        # are mostly done at their first fetch, little when most need a second anyway. While
-        # the low end rests on few measurements, probe more.
-        every = max(2, min(explore, round(explore * self._done_at_first)))
-        low_samples = self.eta_model.low_samples
-        if low_samples < _LOW_SAMPLES:
-            every = min(every, max(2, explore // 4))
-        elif low_samples >= 16:
-            every *= 4  # the low end is well placed: probes only keep it fresh
-        self._since_probe += 1
-        if self._since_probe < every:
-            return False
-        self._since_probe = 0
-        return True
 
     def subscribe(
         self, callback: Callable[[str, GenerationResult | None, BaseException | None], None]
@@ -235,7 +152,7 @@ class Poller:
     def next_finish(self) -> float | None:
         """When (``time.monotonic()``) the first of the pending jobs should be done, at the
         latest by what the poller knows; None when no pending job has an estimate."""
-        windows = (self._window(state) for state in self._jobs.values())
+        windows = (self._planner.window(state) for state in self._jobs.values())
         return min((window[1] for window in windows if window is not None), default=None)
 
     # --- scheduling ---------------------------------------------------------------------------
@@ -267,74 +184,10 @@ class Poller:
             # The processing answers carry what will run (seed, size, steps); the v3/v4 fetch
             # answer of the result does not: keep it for the result.
             state.meta = answer.meta
-        eta = answer.eta
-        if eta is not None:
+        if answer.eta is not None:
             # The fetch page's own example has no ETA: then the last one given still holds.
-            state.eta = eta
-            if eta <= 0:
-                state.zero_at = at  # the service expects it done by now
-            else:
-                state.zero_at = None
-                if state.anchors:
-                    # The ETA fell by (previous - eta) while (at - then) passed: if it is off by
-                    # a steady factor, that factor shows. Rough, but it spares a new client the
-                    # blind polling of its first jobs.
-                    then, previous = state.anchors[-1]
-                    if previous - eta > 0.3 * previous:
-                        self.eta_model.observe_trend((at - then) / (previous - eta))
-                state.anchors.append((at, eta))
-        self._reschedule(state, self._plan(state, now), now)
-
-    def _window(self, state: JobState) -> tuple[float, float] | None:
-        """When the job should finish, ``(earliest, latest)``, or None when nothing says."""
-        if state.zero_at is not None:
-            return state.zero_at, state.zero_at
-        if state.anchors:
-            rho_lo, rho_hi = self.eta_model.bounds()
-            at, eta = state.anchors[-1]
-            earliest, latest = at + eta * rho_lo, at + eta * rho_hi
-            # Each ETA places the finish on its own, with noise of its own: together they
-            # place it more closely. If they disagree, the model is off: trust the last.
-            for at, eta in state.anchors[:-1]:
-                earliest = max(earliest, at + eta * rho_lo)
-                latest = min(latest, at + eta * rho_hi)
-            if earliest > latest:
-                at, eta = state.anchors[-1]
-                return at + eta * rho_lo, at + eta * rho_hi
-            return earliest, latest
-        if state.measured:
-            durations = self.durations.bounds()
-            if durations is not None:
-                return state.submitted_at + durations[0], state.submitted_at + durations[1]
-        return None
-
-    def _plan(self, state: JobState, now: float) -> float:
-        """When to fetch a job that is not done at ``now``."""
-        policy = self.policy
-        window = self._window(state)
-        if window is not None and now < window[1]:
-            state.overdue = 0
-            earliest, latest = window
-            if state.probe and state.fetches == 0 and self.eta_model.samples > 0:
-                # An exploring job asks well before the earliest plausible finish (the model's
-                # low end may be too high): the model needs both sides.
-                wait = _backoff.probe_wait(now, earliest)
-            else:
-                # The service looks at the job half a round trip after the request leaves.
-                wait = _backoff.in_window(
-                    now,
-                    earliest,
-                    latest,
-                    started=state.submitted_at,
-                    budget=policy.delay_budget,
-                    lead=self._round_trip / 2,
-                )
-        else:
-            wait = self._backoff(state, now, known=window is not None, step=state.overdue)
-            state.overdue += 1
-        if state.webhook:
-            wait *= policy.webhook_slowdown
-        return now + wait
+            self._planner.observe_eta(state, answer.eta, at)
+        self._reschedule(state, self._planner.plan(state, now), now)
 
     def _replan(self) -> None:
         """The ETA model changed: move the next fetch of every job waiting on an estimate.
@@ -343,74 +196,21 @@ class Poller:
         for state in self._jobs.values():
             if state.due == float("inf") or state.due <= now or state.overdue or state.nudged:
                 continue  # in flight, due anyway, or past every estimate already
-            window = self._window(state)
+            window = self._planner.window(state)
             if window is None:
                 continue
-            due = self._plan(state, now) if now < window[1] else now
+            due = self._planner.plan(state, now) if now < window[1] else now
             self._reschedule(state, due, now)
 
+    # The planning tests ask the poller itself for these two.
+
+    def _window(self, state: JobState) -> tuple[float, float] | None:
+        """When the job should finish (see :meth:`FetchPlanner.window`)."""
+        return self._planner.window(state)
+
     def _backoff(self, state: JobState, now: float, *, known: bool, step: int) -> float:
-        """The wait before asking again about a job past every estimate (``known``) or with
-        none: a share of its age, growing with ``step`` (answers or failures in a row)."""
-        policy = self.policy
-        widest = max(0.0, policy.backoff_factor - 1.0)
-        if not known and step == 0 and policy.initial_interval is not None:
-            return policy.initial_interval
-        # Just past an estimate, the job is most likely about to finish: the delay budget
-        # holds; the longer it overruns, the less the estimate says, up to a blind back-off.
-        share = widest
-        if known:
-            share = _backoff.exponential(
-                step,
-                base=policy.delay_budget,
-                factor=policy.backoff_factor,
-                cap=widest,
-                jitter=None,
-            )
-        return _backoff.share_of_age(now - state.submitted_at, share, cap=policy.max_interval)
-
-    def _expected_duration(self, state: JobState) -> float | None:
-        window = self._window(state)
-        return None if window is None else max(0.0, window[1] - state.submitted_at)
-
-    def _learn(self, state: JobState, finished_by: float) -> None:
-        """Teach the models what the job showed, now that it finished by ``finished_by``
-        (and after ``state.last_processing``, the last "not yet")."""
-        if state.last_processing is None or state.first_fetch is None:
-            return
-        seen = FinishedJob(
-            anchors=tuple(state.anchors),
-            first_fetch=state.first_fetch,
-            after=state.last_processing,
-            by=finished_by,
-            probe=state.probe,
-            early=state.first_unbiased,
-        )
-        if not state.probe and state.anchors:
-            done_at_first = float(state.fetches == 1)
-            self._done_at_first += 0.1 * (done_at_first - self._done_at_first)
-            at, eta = state.anchors[0]
-            expected = self.eta_model.share_below((state.first_fetch - at) / eta)
-            if expected is not None:
-                # More jobs done at their first fetch than the unbiased measurements foresee:
-                # those are few and may sit too high, and results then wait past their
-                # budget. Probe to find out.
-                self._surprise += 0.2 * (done_at_first - expected - self._surprise)
-                if self._surprise > 0.15:
-                    self._surprise = 0.0
-                    self._since_probe = self.policy.explore_every
-        elif state.probe and state.fetches == 1:
-            # A probe that came too late (the job was done): the model's low end is too
-            # high, and results wait past their budget. Probe again at once.
-            self._since_probe = self.policy.explore_every
-        before = self.eta_model.bounds()
-        self.eta_model.observe_job(seen)
-        after = self.eta_model.bounds()
-        if max(abs(a - b) for a, b in zip(before, after, strict=True)) > 0.005 * after[1]:
-            self._replan()
-        if state.measured:
-            earliest, latest = seen.finish(self.eta_model.bounds())
-            self.durations.observe((earliest + latest) / 2 - state.submitted_at, latest - earliest)
+        """The wait before asking again about a job (see :meth:`FetchPlanner.backoff`)."""
+        return self._planner.backoff(state, now, known=known, step=step)
 
     # --- completion ---------------------------------------------------------------------------
 
@@ -433,8 +233,8 @@ class Poller:
         """Ask again after a fetch that told nothing about the job (it failed, or its answer
         fits no rule): back off relative to the job, or as long as the service asked."""
         state.failures += 1
-        wait = self._backoff(
-            state, now, known=self._window(state) is not None, step=state.failures - 1
+        wait = self._planner.backoff(
+            state, now, known=self._planner.window(state) is not None, step=state.failures - 1
         )
         if retry_after is not None:
             wait = max(
@@ -449,11 +249,11 @@ class Poller:
         age = now - state.submitted_at
         if state.puzzled_age is None:
             state.puzzled_age = age
-        expected = self._expected_duration(state) or 0.0
+        expected = self._planner.expected_duration(state) or 0.0
         horizon = self.policy.not_found_grace * max(expected, state.puzzled_age)
         if state.puzzled >= _NOT_FOUND_TRIES and age >= horizon:
             return False
-        wait = self._backoff(state, now, known=False, step=state.puzzled)
+        wait = self._planner.backoff(state, now, known=False, step=state.puzzled)
         # The last tries fit within the grace, however long the back-off has grown.
         wait = _backoff.spread_over(wait, horizon - age, _NOT_FOUND_TRIES - state.puzzled)
         self._reschedule(state, now + wait, now)
@@ -517,13 +317,13 @@ class Poller:
         received = time.monotonic()
         # The service answered somewhere between the request and its answer.
         at = (now + received) / 2
-        self._round_trip += 0.2 * (received - now - self._round_trip)
+        self._planner.observe_round_trip(received - now)
         state.failures = state.puzzled = 0
         state.puzzled_age = None
         if isinstance(answer, Processing):
             self._observe_processing(state, answer, at, received)
             return
-        self._learn(state, at)
+        self._planner.learn(state, at)
         if answer.id is None:
             answer = attrs.evolve(answer, id=state.id)
         if not answer.meta and state.meta:
