@@ -19,12 +19,12 @@ Shape (structured concurrency without yielding from inside a task group):
   not by the number of requests.
 
 Adaptive concurrency (``concurrency=None``): start at ``initial_concurrency``, grow by one for
-every acceptance that filled the window with nothing else on the wire (slow start) until the
-first "queue full" answer. That answer bounds the limit from above by the number of jobs the
-batch has on the service at that moment (the service counted at least as many), so the window
-drops straight to it instead of halving. From then on it probes one slot higher after a run of
-acceptances at a full window (six turns of it), and the run it waits for doubles after every
-probe the service refuses: the limit is found with one rejection and held with very few.
+every acceptance that filled the window (slow start) until the first "queue full" answer. That
+answer bounds the limit from above by the number of jobs the batch has on the service at that
+moment (the service counted at least as many), so the window drops straight to it instead of
+halving. From then on it probes one slot higher after a run of acceptances at a full window
+(six turns of it), and the run it waits for doubles after every probe the service refuses: the
+limit is found in a rejection or two and held with very few.
 A rejected submission provably did not land (the transport's rule), so it is sent again, ahead
 of fresh items, as soon as the service has room: when one of the batch's own jobs ends (the
 client sees it) or the service's ``retry_after`` passes, whichever comes first; without either,
@@ -297,11 +297,7 @@ class SlotWindow:
             self._refused_probes = 0  # the probed slot was granted: the limit is higher
             self._probe_level = None
         if self.slow_start:
-            # One slot more per acceptance, but one at a time: with several submissions on
-            # the wire, each acceptance would add one more, and the first "queue full" would
-            # come with others behind it.
-            if self.submitting == 0:
-                self._set_limit(self.limit + 1)
+            self._set_limit(self.limit + 1)
             return
         self._streak += 1
         # Probe after a run of full-window acceptances, six turns of the window (a probe the
