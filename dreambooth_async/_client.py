@@ -10,6 +10,7 @@ from collections.abc import (
     AsyncIterable,
     Awaitable,
     Callable,
+    Coroutine,
     Iterable,
     Mapping,
     Sequence,
@@ -17,6 +18,8 @@ from collections.abc import (
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, Unpack
+
+import anyio
 
 from ._account import AccountCalls
 from ._cache import ResultCache
@@ -71,6 +74,7 @@ from ._wire import parse_response, to_wire
 
 if TYPE_CHECKING:
     import aiohttp
+    from anyio.abc import TaskGroup, TaskStatus
 
     from ._batch import BatchInput, BatchItem, BatchRun, MapOptions
     from ._progress import ProgressReporter
@@ -175,7 +179,8 @@ class DreamboothClient(AccountCalls):
         self._keys = KeyRing(len(keys))
         if self._keys.several:
             self._poller.subscribe(lambda job_id, _result, _error: self._keys.ended(job_id))
-        self._poller_task: asyncio.Task[None] | None = None
+        self._poller_task: asyncio.Task[Any] | None = None
+        self._tasks: TaskGroup | None = None
         self._webhooks = webhooks
         self._state = "new"
         self._retry_listeners: list[Callable[[int, Exception, float], None]] = []
@@ -205,21 +210,49 @@ class DreamboothClient(AccountCalls):
         await self.aclose()
 
     async def start(self) -> None:
-        """Open the session and start the poller (``async with`` does this for you)."""
+        """Open the session and start the poller (``async with`` does this for you).
+
+        ``start()`` and ``aclose()`` must be called from the same task (as ``async with`` and
+        an ASGI lifespan do): the client's task group, which owns the poller and every batch,
+        is entered in one and left in the other.
+        """
         if self._state == "open":
             return
         if self._state == "closed":
             raise ClientClosedError("this client was closed; create a new DreamboothClient")
         await self._transport.open()
-        if self._webhooks is not None:
-            try:
+        try:
+            if self._webhooks is not None:
                 await self._webhooks.start(self._poller)
-            except BaseException:
-                # __aexit__ does not run when __aenter__ fails: close what we opened.
-                await self._transport.close()
-                raise
-        self._poller_task = asyncio.create_task(self._poller.run(), name="dreambooth-poller")
+            # One task group owns every background task of this client: the poller, and each
+            # batch (see spawn). It is entered here and left in aclose(), so both must run in
+            # the same task, as `async with` does.
+            tasks = anyio.create_task_group()
+            await tasks.__aenter__()
+            self._tasks = tasks
+            self._poller_task = await tasks.start(self._run_poller, name="dreambooth-poller")
+        except BaseException:
+            # __aexit__ does not run when __aenter__ fails: close what we opened.
+            await self._stop_tasks()
+            await self._stop_webhooks()
+            await self._transport.close()
+            raise
         self._state = "open"
+
+    async def _run_poller(self, *, task_status: TaskStatus[asyncio.Task[Any]]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task_status.started(task)
+        await self._poller.run()
+
+    def _spawn(self, func: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        """Run ``func()`` in the client's task group: it ends, at the latest, when the client
+        closes."""
+        if self._tasks is None:
+            raise ClientClosedError(
+                "the client is not open: use it inside `async with DreamboothClient(...)`"
+            )
+        self._tasks.start_soon(func, name=name)
 
     async def aclose(self) -> None:
         """Stop the poller (pending jobs get :class:`ClientClosedError`) and close the session.
@@ -234,7 +267,7 @@ class DreamboothClient(AccountCalls):
         cancelled = False
         for step in (
             self._stop_flights,
-            self._stop_poller,
+            self._stop_tasks,
             self._stop_webhooks,
             self._transport.close,
         ):
@@ -251,11 +284,13 @@ class DreamboothClient(AccountCalls):
         if self._cache is not None:
             self._cache.close()
 
-    async def _stop_poller(self) -> None:
-        task = self._poller_task
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})
+    async def _stop_tasks(self) -> None:
+        # Taken before awaiting: a cancelled close that runs this again must not leave the
+        # group twice.
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            tasks.cancel_scope.cancel()
+            await tasks.__aexit__(None, None, None)
 
     async def _stop_webhooks(self) -> None:
         if self._webhooks is not None:

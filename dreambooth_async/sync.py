@@ -31,9 +31,10 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple
@@ -44,6 +45,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from . import _client
 from ._errors import ClientClosedError
 from ._models import (
+    DEFAULT_MAX_BYTES,
     ApiVersion,
     GenerationRequest,
     GenerationResult,
@@ -53,6 +55,7 @@ from ._models import (
     Processing,
     SystemLoad,
     Text2Img,
+    WalletBalance,
 )
 from ._poller import Job as AsyncJob
 from ._poller import PollPolicy
@@ -110,6 +113,16 @@ class _Loop:
             # thread rather than leave it running unobserved. A no-op once the future is done.
             future.cancel()
             raise
+
+    def enter(self, manager: AbstractAsyncContextManager[T]) -> AbstractContextManager[T]:
+        """Enter the async context manager ``manager`` in the loop thread; the returned
+        context manager leaves it there, in the same task."""
+        portal = self._portal
+        if portal is None:
+            raise ClientClosedError("this client was closed; create a new DreamboothClient")
+        entered = portal.wrap_async_context_manager(manager)
+        entered.__enter__()
+        return entered
 
     def call_soon(self, func: Callable[[], Awaitable[object]]) -> None:
         """Start ``func()`` in the loop thread without waiting (for finalizers)."""
@@ -331,19 +344,23 @@ class DreamboothClient:
 
     def __init__(
         self,
-        api_key: str | None = None,
+        api_key: str | Sequence[str] | None = None,
         *,
-        base_url: str = _client.DEFAULT_BASE_URL,
-        api_version: ApiVersion = "v3",
+        base_url: str | None = None,
+        api_version: ApiVersion = _client.DEFAULT_API_VERSION,
         timeout: float | Timeouts = 60.0,
         max_retries: int = 4,
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
         max_concurrency: int = 64,
         webhooks: WebhookReceiver | None = None,
+        trust_env: bool = True,
+        headers: Mapping[str, str] | None = None,
+        cache: str | os.PathLike[str] | None = None,
     ) -> None:
         # Built here, in the caller's thread, so that a bad argument raises before a thread
-        # starts; it binds to no event loop until start() runs in the loop thread.
+        # starts; it binds to no event loop until it is entered in the loop thread. (No
+        # http_session: an aiohttp session belongs to the loop that made it.)
         self._client = _client.DreamboothClient(
             api_key,
             base_url=base_url,
@@ -354,18 +371,23 @@ class DreamboothClient:
             poll=poll,
             max_concurrency=max_concurrency,
             webhooks=webhooks,
+            trust_env=trust_env,
+            headers=headers,
+            cache=cache,
         )
         self._runs: weakref.WeakSet[BatchRun] = weakref.WeakSet()
         self._loop = _Loop()
         try:
-            self._loop.call(self._client.start)
+            # Entered and left in one task of the loop thread, as `async with` does: the
+            # client's task group (its poller, its batches) belongs to that task.
+            self._entered = self._loop.enter(self._client)
         except BaseException:
             self._loop.close()
             raise
         # A client nobody closed is closed when it is collected, or at interpreter exit: atexit
         # runs while the (daemon) loop thread is still alive, whereas later, during
         # finalization, the portal's own cleanup would wait forever for a thread already gone.
-        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._client, self._runs)
+        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._entered, self._runs)
 
     def __repr__(self) -> str:
         # Deliberately without the key.
@@ -438,7 +460,7 @@ class DreamboothClient:
         ``timeout`` bounds the job (default: the poll policy's ``job_timeout``); ``retry``
         overrides the retry policy for this call.
         """
-        job = self._loop.call(_submit, self._client, request, timeout, retry)
+        job = self._loop.call(partial(self._client.submit, request, timeout=timeout, retry=retry))
         return Job(job, self._loop)
 
     def generate(
@@ -449,7 +471,7 @@ class DreamboothClient:
         ``timeout`` bounds the wait; on expiry :class:`~dreambooth_async.JobTimeout` carries
         the job id.
         """
-        return _detach(self._loop.call(_generate, self._client, request, timeout))
+        return _detach(self._loop.call(partial(self._client.generate, request, timeout=timeout)))
 
     def text2img(self, **fields: Any) -> GenerationResult:
         """``generate(Text2Img(**fields))``."""
@@ -466,11 +488,17 @@ class DreamboothClient:
     # --- fetching -----------------------------------------------------------------------------
 
     def fetch(
-        self, job: str | int | Job | AsyncJob, *, fetch_url: str | None = None
+        self,
+        job: str | int | Job | AsyncJob,
+        *,
+        fetch_url: str | None = None,
+        key_index: int | None = None,
     ) -> GenerationResult | Processing:
         """One fetch call for a queued job, no waiting: its result, or its processing status."""
         target = job.asynchronous if isinstance(job, Job) else job
-        answer = self._loop.call(_fetch, self._client, target, fetch_url)
+        answer = self._loop.call(
+            partial(self._client.fetch, target, fetch_url=fetch_url, key_index=key_index)
+        )
         return _detach(answer) if isinstance(answer, GenerationResult) else answer
 
     def wait_for(
@@ -479,18 +507,50 @@ class DreamboothClient:
         *,
         timeout: float | None = None,
         fetch_url: str | None = None,
+        key_index: int | None = None,
     ) -> GenerationResult:
         """Attach to a job submitted earlier (by this or another process) and wait for it."""
-        return _detach(self._loop.call(_wait_for, self._client, job_id, timeout, fetch_url))
+        call = partial(
+            self._client.wait_for,
+            job_id,
+            timeout=timeout,
+            fetch_url=fetch_url,
+            key_index=key_index,
+        )
+        return _detach(self._loop.call(call))
 
     def attach(
-        self, job_id: str | int, *, timeout: float | None = None, fetch_url: str | None = None
+        self,
+        job_id: str | int,
+        *,
+        timeout: float | None = None,
+        fetch_url: str | None = None,
+        key_index: int | None = None,
     ) -> Job:
         """A :class:`Job` handle for a job submitted earlier; polling starts at once."""
-        job = self._loop.call(_attach, self._client, job_id, timeout, fetch_url)
-        return Job(job, self._loop)
+        call = partial(
+            self._client.attach, job_id, timeout=timeout, fetch_url=fetch_url, key_index=key_index
+        )
+        # Synchronous, but on the loop thread: the job's future belongs to that loop.
+        return Job(self._loop.call(_on_loop, call), self._loop)
 
     # --- other endpoints ----------------------------------------------------------------------
+
+    def request_count(self, *, key_index: int = 0) -> int:
+        """How many of the account's requests the service is processing now."""
+        return self._loop.call(partial(self._client.request_count, key_index=key_index))
+
+    def wallet_balance(
+        self, *, key_index: int = 0, retry: RetryPolicy | None = None
+    ) -> WalletBalance:
+        """The account's balance (``/api/wallet_balance``)."""
+        return self._loop.call(
+            partial(self._client.wallet_balance, key_index=key_index, retry=retry)
+        )
+
+    def redact(self, text: str) -> str:
+        """``text`` with every API key of this client masked."""
+        return self._client.redact(text)
 
     def system_load(self) -> SystemLoad:
         """The service's queue length and wait (``/api/v3/system_load``)."""
@@ -507,14 +567,26 @@ class DreamboothClient:
     # --- downloads and batches ----------------------------------------------------------------
 
     def download(
-        self, result: GenerationResult, directory: str | os.PathLike[str], **options: Any
+        self,
+        result: GenerationResult,
+        directory: str | os.PathLike[str],
+        *,
+        not_found_grace: float = 30.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> list[Path]:
         """Download every output image of ``result`` into ``directory``; return the paths.
 
         The blocking counterpart of ``await result.save(directory)``; the options are those of
         :meth:`dreambooth_async.DreamboothClient.download`.
         """
-        return self._loop.call(_download, self._client, result, directory, options)
+        call = partial(
+            self._client.download,
+            result,
+            directory,
+            not_found_grace=not_found_grace,
+            max_bytes=max_bytes,
+        )
+        return self._loop.call(call)
 
     def map(
         self,
@@ -531,7 +603,9 @@ class DreamboothClient:
         included (a progress bar that suits notebooks). ``requests`` is read lazily in the
         loop thread: it must not call this client.
         """
-        run = self._loop.call(_map, self._client, requests, concurrency, progress, options)
+        run = self._loop.call(
+            _on_loop, partial(self._client.map, requests, concurrency, progress=progress, **options)
+        )
         sync_run = BatchRun(run, self._loop)
         self._runs.add(sync_run)
         return sync_run
@@ -544,91 +618,30 @@ class DreamboothClient:
     ) -> list[BatchItem]:
         """Run many requests and return their :class:`~dreambooth_async.BatchItem` in input
         order."""
-        items = self._loop.call(_gather, self._client, requests, concurrency, options)
+        items = self._loop.call(partial(self._client.gather, requests, concurrency, **options))
         return [_detach_item(item) for item in items]
 
 
 def _shutdown(
-    loop: _Loop, client: _client.DreamboothClient, runs: weakref.WeakSet[BatchRun]
+    loop: _Loop,
+    entered: AbstractContextManager[_client.DreamboothClient],
+    runs: weakref.WeakSet[BatchRun],
 ) -> None:
-    """Close ``client``'s open batches and session, then stop its loop thread."""
+    """Close the client's open batches and session, then stop its loop thread."""
     if not loop.running:
         return
     try:
         for run in list(runs):
             run.close()
-        loop.call(client.aclose)
+        entered.__exit__(None, None, None)
     finally:
         loop.close()
 
 
-# The calls below run in the loop thread. Keyword arguments travel through these helpers
-# because the portal passes positional arguments only.
+# Calls into the loop thread: the portal passes positional arguments only, so keyword
+# arguments travel in a functools.partial.
 
 
-async def _submit(
-    client: _client.DreamboothClient,
-    request: GenerationRequest,
-    timeout: float | None,
-    retry: RetryPolicy | None,
-) -> AsyncJob:
-    return await client.submit(request, timeout=timeout, retry=retry)
-
-
-async def _generate(
-    client: _client.DreamboothClient, request: GenerationRequest, timeout: float | None
-) -> GenerationResult:
-    return await client.generate(request, timeout=timeout)
-
-
-async def _fetch(
-    client: _client.DreamboothClient, job: str | int | AsyncJob, fetch_url: str | None
-) -> GenerationResult | Processing:
-    return await client.fetch(job, fetch_url=fetch_url)
-
-
-async def _wait_for(
-    client: _client.DreamboothClient,
-    job_id: str | int,
-    timeout: float | None,
-    fetch_url: str | None,
-) -> GenerationResult:
-    return await client.wait_for(job_id, timeout=timeout, fetch_url=fetch_url)
-
-
-async def _attach(
-    client: _client.DreamboothClient,
-    job_id: str | int,
-    timeout: float | None,
-    fetch_url: str | None,
-) -> AsyncJob:
-    # Synchronous, but it must run on the loop thread: the job's future belongs to that loop.
-    return client.attach(job_id, timeout=timeout, fetch_url=fetch_url)
-
-
-async def _download(
-    client: _client.DreamboothClient,
-    result: GenerationResult,
-    directory: str | os.PathLike[str],
-    options: dict[str, Any],
-) -> list[Path]:
-    return await client.download(result, directory, **options)
-
-
-async def _map(
-    client: _client.DreamboothClient,
-    requests: Iterable[BatchInput],
-    concurrency: int | None,
-    progress: bool | ProgressReporter,
-    options: dict[str, Any],
-) -> AsyncBatchRun:
-    return client.map(requests, concurrency, progress=progress, **options)
-
-
-async def _gather(
-    client: _client.DreamboothClient,
-    requests: Iterable[BatchInput],
-    concurrency: int | None,
-    options: dict[str, Any],
-) -> list[BatchItem]:
-    return await client.gather(requests, concurrency, **options)
+async def _on_loop(func: Callable[[], T]) -> T:
+    """Run a plain function in the loop thread (what it touches belongs to that loop)."""
+    return func()
