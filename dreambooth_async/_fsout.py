@@ -36,6 +36,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from ._events import BatchEvent
 from ._manifest import Manifest, read_manifest
 
@@ -359,13 +361,17 @@ class RemoteMirror:
             self.failure = self.failure or error
             raise
         self._stop.clear()
-        copier = asyncio.create_task(self._copy_state())
         try:
-            yield
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._copy_state, name="dreambooth-manifest-copy")
+                try:
+                    yield
+                finally:
+                    self._stop.set()
+                    self._changed.set()
+            # Leaving the group waited for the copier: an upload under way ended first (its
+            # thread is not abandoned on cancellation), so it cannot land after the last.
         finally:
-            self._stop.set()
-            self._changed.set()
-            await copier  # an upload under way ends first: it must not land after the last
             try:
                 # Whatever ended the run (Ctrl-C and SIGTERM too), the copy is now complete.
                 await asyncio.to_thread(self.save_state, complete=True)
@@ -380,7 +386,8 @@ class RemoteMirror:
             self._changed.clear()
             started = time.monotonic()
             try:
-                await asyncio.to_thread(self.save_state)
+                # anyio's worker thread is waited for even when the copier is cancelled.
+                await anyio.to_thread.run_sync(self.save_state)
             except UploadError as error:
                 self.failure = self.failure or error
                 return
