@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Self, Unpack
 import anyio
 
 from ._account import AccountCalls
-from ._cache import ResultCache
+from ._cache import CachedSubmissions, ResultCache
 from ._download import DEFAULT_MAX_BYTES
 from ._endpoints import (
     PATHS,
@@ -184,8 +184,10 @@ class DreamboothClient(AccountCalls):
         self._webhooks = webhooks
         self._state = "new"
         self._retry_listeners: list[Callable[[int, Exception, float], None]] = []
-        self._cache = ResultCache(cache) if cache is not None else None
-        self._flights: dict[str, Any] = {}  # cache key -> its shared _Flight (see _cache)
+        # The cache is handed the submit path it goes through: it never reaches into the client.
+        self._cache = (
+            CachedSubmissions(ResultCache(cache), self, self._send) if cache is not None else None
+        )
         warn_if_plain_http(self.base_url)
 
     def __repr__(self) -> str:
@@ -276,13 +278,8 @@ class DreamboothClient(AccountCalls):
             raise asyncio.CancelledError
 
     async def _stop_flights(self) -> None:
-        tasks = [flight.task for flight in self._flights.values() if flight.task is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
         if self._cache is not None:
-            self._cache.close()
+            await self._cache.aclose()
 
     async def _stop_tasks(self) -> None:
         # Taken before awaiting: a cancelled close that runs this again must not leave the
@@ -419,11 +416,7 @@ class DreamboothClient(AccountCalls):
         if self._cache is None:
             return None
         self._check_open()
-        from ._cache import cached_answer
-
-        return await cached_answer(
-            self, self._cache, request, timeout=timeout, retry=retry, final=final
-        )
+        return await self._cache.answer(request, timeout=timeout, retry=retry, final=final)
 
     async def _send(
         self, request: GenerationRequest, *, timeout: float | None, retry: RetryPolicy | None
@@ -645,7 +638,7 @@ class DreamboothClient(AccountCalls):
         if self._cache is not None:
             from ._cache import copy_files
 
-            cached = self._cache.done_for(result, self)
+            cached = self._cache.done_for(result)
             if cached is not None and all(path.is_file() for path in cached.files):
                 return copy_files(cached, directory)  # the stored copies: no download
         return await download_result(

@@ -1,0 +1,196 @@
+"""The client's side of the cache: one submission per seeded request, across callers and
+processes. A request found ``done`` is answered from the file; ``submitted`` by another process
+(or an earlier run) is followed by its job id; ``claimed`` is waited on; else this process
+claims it and submits, through the client's own submit path handed over at construction."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from .. import _backoff
+from .._errors import ClientClosedError
+from .._models import GenerationRequest, GenerationResult
+from .._transport import logger
+from .store import ResultCache, cache_key
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from .._client import DreamboothClient
+    from .._job import Job
+    from .._transport import RetryPolicy
+    from .files import CachedResult
+
+__all__ = ["CachedSubmissions", "SendFn"]
+
+
+class SendFn(Protocol):
+    """The client's submit path without the cache: the result when the answer is final, else
+    the tracked job."""
+
+    def __call__(
+        self, request: GenerationRequest, *, timeout: float | None, retry: RetryPolicy | None
+    ) -> Awaitable[GenerationResult | Job]: ...
+
+
+@attrs.define
+class _Flight:
+    """One cached request being resolved in this process: every caller shares it."""
+
+    answer: asyncio.Future[GenerationResult | Job]
+    final: asyncio.Future[GenerationResult]
+    task: asyncio.Task[None] | None = None
+
+
+def _quiet(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _settle(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+class CachedSubmissions:
+    """The cache as one client uses it. ``send`` is the client's submit path (see
+    :class:`SendFn`); ``client`` is used through its public methods only (``attach``,
+    ``redact``, and as the owner of results and downloads)."""
+
+    def __init__(self, cache: ResultCache, client: DreamboothClient, send: SendFn) -> None:
+        self.cache = cache
+        self._client = client
+        self._send = send
+        #: Cache key -> the request being resolved for it in this process.
+        self._flights: dict[str, _Flight] = {}
+
+    async def answer(
+        self,
+        request: GenerationRequest,
+        *,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+        final: bool,
+    ) -> GenerationResult | Job | None:
+        """The cache's part of ``submit`` (``final=False``: the answer, a result or the job)
+        and ``generate`` (``final=True``: the result). None when ``request`` is not cacheable."""
+        client = self._client
+        key = cache_key(request, client.api_version, client.base_url)
+        if key is None:
+            return None
+        flight = self._flights.get(key)
+        if flight is None:
+            loop = asyncio.get_running_loop()
+            flight = _Flight(loop.create_future(), loop.create_future())
+            flight.answer.add_done_callback(_quiet)
+            flight.final.add_done_callback(_quiet)
+            self._flights[key] = flight
+            # Its own task: a caller that gives up must not take the shared submission with it.
+            flight.task = loop.create_task(
+                self._fly(key, request, flight, timeout=timeout, retry=retry),
+                name="dreambooth-cache",
+            )
+            flight.task.add_done_callback(lambda _: self._flights.pop(key, None))
+        if final:
+            return await asyncio.shield(flight.final)
+        return await asyncio.shield(flight.answer)
+
+    def done_for(self, result: GenerationResult) -> CachedResult | None:
+        """The cached form of ``result`` (found by its job id), when its images are stored."""
+        return self.cache.done_for(result, self._client)
+
+    async def aclose(self) -> None:
+        """Cancel the requests still being resolved (their callers get ClientClosedError),
+        then close the file."""
+        tasks = [flight.task for flight in self._flights.values() if flight.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self.cache.close()
+
+    async def _fly(
+        self,
+        key: str,
+        request: GenerationRequest,
+        flight: _Flight,
+        *,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+    ) -> None:
+        try:
+            await self._resolve(key, request, flight, timeout=timeout, retry=retry)
+        except asyncio.CancelledError:
+            closed = ClientClosedError("the client closed while the request was in flight")
+            _settle(flight.answer, closed)
+            _settle(flight.final, closed)
+            raise
+        except BaseException as error:
+            _settle(flight.answer, error)
+            _settle(flight.final, error)
+
+    async def _resolve(
+        self,
+        key: str,
+        request: GenerationRequest,
+        flight: _Flight,
+        *,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+    ) -> None:
+        cache, client = self.cache, self._client
+        waits = 0
+        attached = False
+        while True:
+            row = cache.claim(key)
+            if row is None:
+                break  # ours to submit
+            if row.state == "done":
+                cached = cache.restore(row, client)
+                logger.debug("cache hit for job %s", cached.id)
+                flight.answer.set_result(cached)
+                flight.final.set_result(cached)
+                return
+            if row.state == "submitted" and row.job_id:
+                # Another process (or an earlier run) paid for it: follow its job.
+                job = client.attach(row.job_id, timeout=timeout, fetch_url=row.fetch_url)
+                attached = True
+                break
+            # Claimed by another process that is sending it now: its answer is a moment away
+            # (from 20 ms, half as long again each time, up to 0.5 s).
+            delay = _backoff.exponential(waits, base=0.02, factor=1.5, cap=0.5, jitter=None)
+            await asyncio.sleep(delay)
+            waits += 1
+        if not attached:
+            try:
+                answer = await self._send(request, timeout=timeout, retry=retry)
+            except BaseException:
+                cache.release(key)
+                raise
+            if isinstance(answer, GenerationResult):
+                stored = await self._store(key, answer)
+                flight.answer.set_result(stored)
+                flight.final.set_result(stored)
+                return
+            job = answer
+            cache.submitted(key, job.id, job.fetch_url)
+        flight.answer.set_result(job)
+        try:
+            result = await job.wait()
+        except BaseException as error:
+            if not isinstance(error, asyncio.CancelledError):
+                cache.release(key, job_id=job.id)
+            raise
+        flight.final.set_result(await self._store(key, result))
+
+    async def _store(self, key: str, result: GenerationResult) -> GenerationResult:
+        try:
+            return await self.cache.store(key, result, self._client)
+        except (OSError, sqlite3.Error) as error:
+            # The image was paid for and is here: a cache that cannot keep it must not lose it.
+            logger.warning("cache: could not store job %s: %s", result.id, error)
+            return result
