@@ -1,0 +1,101 @@
+"""The batch's budgets: ``max_images`` (samples paid for or in flight) and ``max_spend`` (the
+wallets' drop, see :mod:`.._spend`). An item past either is not sent and stays pending."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from .._manifest import ItemState
+from .._spend import SpendGuard
+from .._transport import logger
+from .plan import Entry
+
+if TYPE_CHECKING:
+    from .._client import DreamboothClient
+
+__all__ = ["Budget", "images_paid"]
+
+
+def images_paid(manifest: Iterable[ItemState]) -> int:
+    """Images a manifest says earlier runs paid for: outputs of done items, one per job
+    still in flight (its samples are not recorded)."""
+    total = 0
+    for state in manifest:
+        if state.status == "done":
+            total += max(1, len(state.output))
+        elif state.status == "submitted":
+            total += 1
+    return total
+
+
+class Budget:
+    """Images reserved by each item under ``max_images``, and the submissions ``max_spend``
+    let through and has not heard the answer of."""
+
+    def __init__(self, *, max_images: int | None, max_spend: float | None) -> None:
+        self._max_images = max_images
+        self._max_spend = max_spend
+        self._images = 0
+        self._reserved: dict[int, int] = {}  # item index -> images reserved
+        self._over_budget = False
+        self._spend: SpendGuard | None = None
+        self._spend_held: dict[int, int] = {}  # item index -> images let through, unanswered
+
+    @property
+    def spend(self) -> SpendGuard | None:
+        """The wallets' guard under ``max_spend`` once started (None without a spend budget)."""
+        return self._spend
+
+    async def start(self, client: DreamboothClient, manifest: Iterable[ItemState] | None) -> None:
+        """Count what earlier runs paid (with a manifest) and read the wallets (``max_spend``;
+        raises when none can be read)."""
+        if self._max_images is not None and manifest is not None:
+            self._images = images_paid(manifest)
+        if self._max_spend is not None:
+            self._spend = SpendGuard(client, self._max_spend)
+            await self._spend.start()
+
+    def reserve(self, entry: Entry) -> bool:
+        """Reserve ``entry``'s images under ``max_images``; False once the budget is spent
+        (the item is not sent, and stays pending for a rerun with a larger budget)."""
+        if self._spend is not None and self._spend.exhausted:
+            return False
+        if self._max_images is None:
+            return True
+        samples = entry.request.samples
+        if self._over_budget or self._images + samples > self._max_images:
+            if not self._over_budget:
+                self._over_budget = True
+                logger.info(
+                    "batch stops submitting: max_images=%d reached (%d paid for or in flight)",
+                    self._max_images,
+                    self._images,
+                )
+            return False
+        self._images += samples
+        self._reserved[entry.index] = samples
+        return True
+
+    def unreserve(self, entry: Entry) -> None:
+        """``entry`` was never accepted (or cost nothing): its images are not in flight."""
+        self._images -= self._reserved.pop(entry.index, 0)
+
+    async def spend_allows(self, entry: Entry) -> bool:
+        """Under ``max_spend``, let ``entry`` be sent, or not: then its images reserved under
+        ``max_images`` are given back (and the caller gives back its slot)."""
+        if self._spend is None:
+            return True
+        samples = entry.request.samples
+        if await self._spend.allows(samples):
+            self._spend_held[entry.index] = samples
+            return True
+        self._over_budget = True
+        self.unreserve(entry)
+        return False
+
+    def spend_settled(self, entry: Entry, *, accepted: bool) -> None:
+        """The submission ``max_spend`` let through was answered (or will never be)."""
+        samples = self._spend_held.pop(entry.index, None)
+        if samples is not None and self._spend is not None:
+            self._spend.settled(samples, accepted=accepted)

@@ -1,0 +1,119 @@
+"""What to do with each input: its key, what an earlier run's manifest says of it, and so
+whether to submit it, attach to its job, skip it or report it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, TypeAlias
+
+import attrs
+
+from .._manifest import ItemState, Manifest
+from .._models import GenerationRequest, Img2Img, Inpaint, Text2Img
+from .items import BatchInput
+from .keys import request_key
+
+__all__ = ["Entry", "Plan", "Planner", "plan", "prior_key"]
+
+Plan: TypeAlias = Literal["submit", "attach", "skip", "ambiguous", "failed"]
+
+# The only error after which a job recorded in a manifest is not fetched again by id: the service
+# said that job failed. Every other ending (timeout, download, a shape the client did not expect,
+# the process dying) leaves a paid job that a rerun fetches rather than pays for again.
+_JOB_ENDED_FAILED = frozenset({"GenerationFailed"})
+
+
+@attrs.define(slots=True)
+class Entry:
+    """One input on its way through the batch."""
+
+    index: int
+    key: str
+    request: GenerationRequest
+    prior: ItemState | None
+    plan: Plan
+    #: The key (0-based) whose slot the item holds, once it has one.
+    key_index: int | None = None
+
+
+def plan(prior: ItemState | None, *, resubmit_ambiguous: bool, retry_failed: bool) -> Plan:
+    """What to do with an item whose manifest state is ``prior`` (None: never seen)."""
+    if prior is None:
+        return "submit"
+    status = prior.status
+    if status == "done":
+        return "skip"
+    if status == "submitted":
+        return "attach"
+    if status in ("submitting", "ambiguous"):
+        return "submit" if resubmit_ambiguous else "ambiguous"
+    if status == "failed":
+        if prior.job_id is not None and prior.error not in _JOB_ENDED_FAILED:
+            return "attach"  # the job exists on the service; fetch it, do not pay again
+        return "submit" if retry_failed else "failed"
+    return "submit"  # pending, not_landed: never accepted
+
+
+def prior_key(prior: ItemState, key_count: int) -> int | None:
+    """The key (0-based) that paid for an earlier run's job; None when this run has no key at
+    that position (of ``key_count``)."""
+    index = prior.key_index
+    if not isinstance(index, int) or isinstance(index, bool):
+        return 0
+    return index if 0 <= index < key_count else None
+
+
+class Planner:
+    """Turns each raw input into an :class:`Entry`: checks it, gives it its key (numbering
+    repeats of an identical request when a manifest tells items apart by key) and plans it."""
+
+    def __init__(
+        self,
+        manifest: Manifest | None,
+        *,
+        keys: Callable[[int, GenerationRequest], str] | None,
+        resubmit_ambiguous: bool,
+        retry_failed: bool,
+    ) -> None:
+        self._manifest = manifest
+        self._keys = keys
+        self._resubmit_ambiguous = resubmit_ambiguous
+        self._retry_failed = retry_failed
+        self._occurrences: dict[str, int] = {}
+        self._explicit_keys: set[str] = set()
+
+    def entry(self, index: int, raw: BatchInput) -> Entry:
+        if isinstance(raw, tuple):
+            if len(raw) != 2 or not isinstance(raw[0], str) or not raw[0]:
+                raise TypeError(f"batch input {index}: expected (key, request), got {raw!r}")
+            key, request = raw
+            explicit = True
+        else:
+            request = raw
+            key = ""
+            explicit = False
+        if not isinstance(request, Text2Img | Img2Img | Inpaint):
+            raise TypeError(
+                f"batch input {index}: expected a Text2Img, Img2Img or Inpaint, got {request!r}"
+            )
+        if not explicit and self._keys is not None:
+            key = self._keys(index, request)
+            explicit = True
+        if not explicit:
+            key = request_key(request)
+            if self._manifest is not None:
+                # Identical requests (same prompt, seed None, say) are separate items: number
+                # the repeats so that each has a key of its own in the manifest.
+                seen = self._occurrences.get(key, 0) + 1
+                self._occurrences[key] = seen
+                if seen > 1:
+                    key = f"{key}.{seen}"
+        elif self._manifest is not None:
+            if key in self._explicit_keys:
+                raise ValueError(f"batch input {index}: duplicate key {key!r}")
+            self._explicit_keys.add(key)
+        prior = self._manifest.get(key) if self._manifest is not None else None
+        decided = plan(
+            prior, resubmit_ambiguous=self._resubmit_ambiguous, retry_failed=self._retry_failed
+        )
+        return Entry(index, key, request, prior, decided)
