@@ -95,6 +95,7 @@ __all__ = [
 # Kept importable from here (older code and tests name it so).
 _same_origin = same_origin
 
+
 class DreamboothClient(AccountCalls):
     """An asyncio client for the Dreambooth API.
 
@@ -186,7 +187,9 @@ class DreamboothClient(AccountCalls):
         self._retry_listeners: list[Callable[[int, Exception, float], None]] = []
         # The cache is handed the submit path it goes through: it never reaches into the client.
         self._cache = (
-            CachedSubmissions(ResultCache(cache), self, self._send) if cache is not None else None
+            CachedSubmissions(ResultCache(cache), self, self._send, self._spawn)
+            if cache is not None
+            else None
         )
         warn_if_plain_http(self.base_url)
 
@@ -267,9 +270,11 @@ class DreamboothClient(AccountCalls):
         self._state = "closed"
         self._poller.close()
         cancelled = False
+        # The task group first: cached requests in flight release their claims in the cache
+        # file, which closes after them.
         for step in (
-            self._stop_flights,
             self._stop_tasks,
+            self._stop_flights,
             self._stop_webhooks,
             self._transport.close,
         ):
@@ -702,5 +707,3 @@ async def _to_the_end(step: Callable[[], Awaitable[None]]) -> bool:
 
 def _says_not_found(error: APIError) -> bool:
     return error.http_status == 404 or "not found" in error.message.lower()
-
-

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -43,7 +45,6 @@ class _Flight:
 
     answer: asyncio.Future[GenerationResult | Job]
     final: asyncio.Future[GenerationResult]
-    task: asyncio.Task[None] | None = None
 
 
 def _quiet(future: asyncio.Future[Any]) -> None:
@@ -56,15 +57,22 @@ def _settle(future: asyncio.Future[Any], error: BaseException) -> None:
         future.set_exception(error)
 
 
+#: Start a coroutine function in the client's task group (``DreamboothClient._spawn``).
+SpawnFn = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
+
+
 class CachedSubmissions:
     """The cache as one client uses it. ``send`` is the client's submit path (see
     :class:`SendFn`); ``client`` is used through its public methods only (``attach``,
     ``redact``, and as the owner of results and downloads)."""
 
-    def __init__(self, cache: ResultCache, client: DreamboothClient, send: SendFn) -> None:
+    def __init__(
+        self, cache: ResultCache, client: DreamboothClient, send: SendFn, spawn: SpawnFn
+    ) -> None:
         self.cache = cache
         self._client = client
         self._send = send
+        self._spawn = spawn
         #: Cache key -> the request being resolved for it in this process.
         self._flights: dict[str, _Flight] = {}
 
@@ -89,12 +97,12 @@ class CachedSubmissions:
             flight.answer.add_done_callback(_quiet)
             flight.final.add_done_callback(_quiet)
             self._flights[key] = flight
-            # Its own task: a caller that gives up must not take the shared submission with it.
-            flight.task = loop.create_task(
-                self._fly(key, request, flight, timeout=timeout, retry=retry),
-                name="dreambooth-cache",
+            # A task of the client's group, not the caller's: a caller that gives up must not
+            # take the shared submission with it; closing the client ends it.
+            self._spawn(
+                partial(self._fly, key, request, flight, timeout=timeout, retry=retry),
+                "dreambooth-cache",
             )
-            flight.task.add_done_callback(lambda _: self._flights.pop(key, None))
         if final:
             return await asyncio.shield(flight.final)
         return await asyncio.shield(flight.answer)
@@ -104,13 +112,8 @@ class CachedSubmissions:
         return self.cache.done_for(result, self._client)
 
     async def aclose(self) -> None:
-        """Cancel the requests still being resolved (their callers get ClientClosedError),
-        then close the file."""
-        tasks = [flight.task for flight in self._flights.values() if flight.task is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        """Close the file. The requests still being resolved were cancelled with the
+        client's task group (their callers got ClientClosedError) before this runs."""
         self.cache.close()
 
     async def _fly(
@@ -132,6 +135,9 @@ class CachedSubmissions:
         except BaseException as error:
             _settle(flight.answer, error)
             _settle(flight.final, error)
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
 
     async def _resolve(
         self,
