@@ -16,9 +16,11 @@ is submitted again on restart. A crash can tear the last line (a write cut short
 tolerates and removes that one fragment. The API key is never written: every line goes through
 the client's redactor before it reaches the file.
 
-Each write is a single ``os.write`` of a whole line on an ``O_APPEND`` descriptor, so lines from
-concurrent writers in one process never interleave. An exclusive ``flock`` keeps two processes
-from appending to the same manifest.
+The file itself is a :class:`~dreambooth_async._jsonl.JsonlFile`: each line one ``os.write``
+on an ``O_APPEND`` descriptor (lines from concurrent writers in one process never interleave),
+a torn last line cut off on opening, and an exclusive ``flock`` that keeps two processes from
+appending to the same manifest. This module owns what the lines mean: the header, the records,
+and the fold of an item's records into its state.
 """
 
 from __future__ import annotations
@@ -33,11 +35,7 @@ from typing import Any, Literal, TypeAlias
 import attrs
 
 from ._errors import DreamboothError
-
-try:  # POSIX only; elsewhere two processes on one manifest are the user's problem.
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from ._jsonl import FileInUse, JsonlFile, ShortWrite, scan
 
 __all__ = ["ItemState", "ItemStatus", "Manifest", "ManifestError", "read_manifest"]
 
@@ -119,39 +117,42 @@ def _parse_line(raw: bytes, number: int, path: Path) -> dict[str, Any] | None:
     return record
 
 
-def _scan(path: Path) -> tuple[dict[str, ItemState], int]:
-    """(states by key, byte length of the intact part).
+class _Fold:
+    """Reads a manifest's lines (see :func:`_jsonl.scan`) into every item's last state.
 
     Only an unterminated last line is tolerated (what a crash mid-write leaves: every line is
     written whole, newline last). Anything else that is not a record is corruption, and a file
     that does not start with the header is not a manifest: both raise rather than risk
     appending to, or truncating, a file that is not ours.
     """
-    states: dict[str, ItemState] = {}
-    good_end = 0
-    header = json.dumps({"manifest": FORMAT}, separators=(",", ":"))[:-1].encode()
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.endswith(b"\n"):
-                # The torn last line. A torn header is still recognisably ours.
-                if number == 1 and not (raw.startswith(header) or header.startswith(raw)):
-                    raise ManifestError(f"{path}: not a dreambooth-async manifest")
-                break
-            record = _parse_line(raw, number, path)
-            if record is None:
-                if number == 1:
-                    raise ManifestError(f"{path}: not a dreambooth-async manifest")
-                raise ManifestError(
-                    f"{path}: line {number} is not a manifest record (the file is corrupt; "
-                    "an interrupted batch only ever leaves a torn last line)"
-                )
-            if number == 1 and "manifest" not in record:
-                raise ManifestError(f"{path}: not a dreambooth-async manifest (no header line)")
-            if "key" in record:
-                key = record["key"]
-                states[key] = _fold(states.get(key), record)
-            good_end += len(raw)
-    return states, good_end
+
+    _HEADER = json.dumps({"manifest": FORMAT}, separators=(",", ":"))[:-1].encode()
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.states: dict[str, ItemState] = {}
+
+    def line(self, number: int, raw: bytes) -> None:
+        path = self.path
+        record = _parse_line(raw, number, path)
+        if record is None:
+            if number == 1:
+                raise ManifestError(f"{path}: not a dreambooth-async manifest")
+            raise ManifestError(
+                f"{path}: line {number} is not a manifest record (the file is corrupt; "
+                "an interrupted batch only ever leaves a torn last line)"
+            )
+        if number == 1 and "manifest" not in record:
+            raise ManifestError(f"{path}: not a dreambooth-async manifest (no header line)")
+        if "key" in record:
+            key = record["key"]
+            self.states[key] = _fold(self.states.get(key), record)
+
+    def torn(self, number: int, raw: bytes) -> None:
+        # A torn header is still recognisably ours.
+        header = self._HEADER
+        if number == 1 and not (raw.startswith(header) or header.startswith(raw)):
+            raise ManifestError(f"{self.path}: not a dreambooth-async manifest")
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, ItemState]:
@@ -160,7 +161,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, ItemState]:
     target = Path(path)
     if not target.exists():
         return {}
-    return _scan(target)[0]
+    fold = _Fold(target)
+    scan(target, fold.line, torn=fold.torn)
+    return fold.states
 
 
 #: Turns text that may contain the API key into text that does not.
@@ -180,18 +183,15 @@ class Manifest:
 
     def __init__(
         self,
-        path: Path,
-        fd: int,
+        file: JsonlFile,
         states: dict[str, ItemState],
         *,
         redact: Redactor,
-        durable: bool,
     ) -> None:
-        self.path = path
-        self._fd: int | None = fd
+        self.path = file.path
+        self._file = file
         self.states = states
         self._redact = redact
-        self._durable = durable
 
     def __repr__(self) -> str:
         return f"<Manifest {str(self.path)!r} items={len(self.states)}>"
@@ -212,38 +212,27 @@ class Manifest:
         """
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        created = not target.exists()
-        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        fold = _Fold(target)
         try:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise ManifestError(
-                        f"{target} is in use by another batch (another process holds its lock)"
-                    ) from None
-            states, good_end = _scan(target)
-            size = os.fstat(fd).st_size
-            if good_end < size:
-                # The previous run died mid-write: drop the fragment so that the next line
-                # starts on a line of its own.
-                os.ftruncate(fd, good_end)
-                os.fsync(fd)
-            manifest = cls(target, fd, states, redact=redact or _no_redaction, durable=durable)
-            if good_end == 0:
+            file = JsonlFile.open(
+                target, fold.line, torn=fold.torn, lock=True, mode=0o600, durable=durable
+            )
+        except FileInUse:
+            raise ManifestError(
+                f"{target} is in use by another batch (another process holds its lock)"
+            ) from None
+        try:
+            manifest = cls(file, fold.states, redact=redact or _no_redaction)
+            if file.size == 0:
                 manifest._write({"manifest": FORMAT, "version": VERSION}, sync=True)
-                if created and durable:
-                    _fsync_dir(target.parent)
         except BaseException:
-            os.close(fd)
+            file.close()
             raise
         return manifest
 
     def close(self) -> None:
         """Release the lock and the file."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        self._file.close()
 
     def __enter__(self) -> Manifest:
         return self
@@ -261,16 +250,13 @@ class Manifest:
     # --- writing ------------------------------------------------------------------------------
 
     def _write(self, record: Mapping[str, Any], *, sync: bool) -> None:
-        if self._fd is None:
+        if self._file.closed:
             raise ManifestError(f"{self.path} is closed")
         line = self._redact(json.dumps(record, separators=(",", ":"), default=str)) + "\n"
-        data = line.encode("utf-8")
-        # One write call per line: with O_APPEND the line lands whole, after every other line.
-        written = os.write(self._fd, data)
-        if written != len(data):  # pragma: no cover - a full disk, say
-            raise ManifestError(f"{self.path}: short write ({written} of {len(data)} bytes)")
-        if sync and self._durable:
-            os.fsync(self._fd)
+        try:
+            self._file.append(line.encode("utf-8"), sync=sync)
+        except ShortWrite as exc:  # pragma: no cover - a full disk, say
+            raise ManifestError(str(exc)) from None
 
     def _record(self, key: str, event: ItemStatus, *, sync: bool, **fields: Any) -> None:
         record: dict[str, Any] = {"key": key, "event": event, "t": round(time.time(), 3)}
@@ -343,17 +329,3 @@ class Manifest:
             error=type(error).__name__ if error is not None else None,
             message=detail[:2000],
         )
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The new file's directory entry must be durable too, or a crash can lose the whole file.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - not possible on every platform
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)

@@ -15,15 +15,11 @@ from typing import Any
 import attrs
 
 from .._batch import BatchItem
+from .._jsonl import FileInUse, JsonlFile, lock_exclusive
 from .._models import Scheduler
 from .._shard import shard_manifest_name
 from .common import LOCK_NAME, MANIFEST_NAME, METADATA_NAME, RUN_NAME, InputError
 from .options import convert_field, defaults_from_args, option_name
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "MetadataWriter",
@@ -104,12 +100,11 @@ class OutputLock:
             raise InputError(
                 f"--out {folder}: cannot write in it ({exc.strerror or exc})"
             ) from None
-        if fcntl is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self._fd)
-                raise InputError(f"{folder} is in use by another dreambooth-async run") from None
+        try:
+            lock_exclusive(self._fd)
+        except FileInUse:
+            os.close(self._fd)
+            raise InputError(f"{folder} is in use by another dreambooth-async run") from None
 
     def close(self) -> None:
         os.close(self._fd)
@@ -265,22 +260,16 @@ class MetadataWriter:
         self.path = path
         self.known: set[str] = set()
         self.written = 0
-        good_end = 0
-        if path.exists():
-            with path.open("rb") as handle:
-                for number, raw in enumerate(handle, start=1):
-                    if not raw.endswith(b"\n"):
-                        break  # torn by a crash: dropped below
-                    try:
-                        row = json.loads(raw)
-                    except ValueError:
-                        raise InputError(f"{path}:{number}: not a metadata row") from None
-                    if isinstance(row, dict) and isinstance(row.get("file_name"), str):
-                        self.known.add(row["file_name"])
-                    good_end += len(raw)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        if os.fstat(self._fd).st_size > good_end:
-            os.ftruncate(self._fd, good_end)
+        # No lock of its own: the output folder's (OutputLock) keeps other runs out.
+        self._file = JsonlFile.open(path, self._read, mode=0o644)
+
+    def _read(self, number: int, raw: bytes) -> None:
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            raise InputError(f"{self.path}:{number}: not a metadata row") from None
+        if isinstance(row, dict) and isinstance(row.get("file_name"), str):
+            self.known.add(row["file_name"])
 
     def add(self, item: BatchItem) -> int:
         """Append the rows for ``item``'s files that are not in the file yet; returns how many."""
@@ -304,12 +293,11 @@ class MetadataWriter:
             rows.append(row)
         if rows:
             data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            os.write(self._fd, data.encode("utf-8"))
-            os.fsync(self._fd)
+            self._file.append(data.encode("utf-8"), sync=True)
             for row in rows:
                 self.known.add(row["file_name"])
             self.written += len(rows)
         return len(rows)
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._file.close()
