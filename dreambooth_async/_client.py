@@ -270,6 +270,7 @@ class DreamboothClient(AccountCalls):
         self._state = "closed"
         self._poller.close()
         cancelled = False
+        raised: BaseException | None = None
         # The task group first: cached requests in flight release their claims in the cache
         # file, which closes after them.
         for step in (
@@ -278,7 +279,14 @@ class DreamboothClient(AccountCalls):
             self._stop_webhooks,
             self._transport.close,
         ):
-            cancelled |= await _to_the_end(step)
+            try:
+                cancelled |= await _to_the_end(step)
+            except BaseException as error:
+                # A KeyboardInterrupt raised in one of our tasks (a second Ctrl-C), say: the
+                # rest still closes, then it is raised as itself, not wrapped in a group.
+                raised = raised or _alone(error)
+        if raised is not None:
+            raise raised
         if cancelled:
             raise asyncio.CancelledError
 
@@ -677,7 +685,7 @@ class DreamboothClient(AccountCalls):
             from ._progress import with_progress
 
             options = with_progress(progress, requests, options)
-        return map_requests(self, requests, concurrency, **options)
+        return map_requests(self, requests, concurrency, spawn=self._spawn, **options)
 
     async def gather(
         self,
@@ -689,6 +697,13 @@ class DreamboothClient(AccountCalls):
         async with self.map(requests, concurrency, **options) as run:
             items = [item async for item in run]
         return sorted(items, key=lambda item: item.index)
+
+
+def _alone(error: BaseException) -> BaseException:
+    """The one exception a task group wrapped, else ``error`` itself."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 async def _to_the_end(step: Callable[[], Awaitable[None]]) -> bool:

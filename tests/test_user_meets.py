@@ -46,9 +46,11 @@ from dreambooth_async.emulator import Emulator, EmulatorConfig
 async def main():
     async with Emulator(EmulatorConfig(time_scale=0.05)) as emu:
         async with dba.DreamboothClient(emu.key, base_url=emu.base_url) as client:
+            pressed = []
             def interrupt(event):
-                if event.kind == "queued":
-                    os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C does
+                if event.kind == "queued" and not pressed:
+                    pressed.append(True)
+                    os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C does, once
             requests = [dba.Text2Img(model_id="midjourney", prompt=f"p{n}") for n in range(6)]
             async with client.map(requests, on_event=interrupt) as run:
                 async for _ in run:

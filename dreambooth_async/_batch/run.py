@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -29,18 +30,14 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchRun", "map_requests"]
 
-# --- task ownership: the one place the batch starts a task of its own -------------------------
+# --- task ownership ---------------------------------------------------------------------------
 
-# Strong references to running engine tasks: asyncio keeps only weak ones, and an abandoned
-# BatchRun must not let its task be collected half-way through cleaning up.
-_LIVE_TASKS: set[asyncio.Task[None]] = set()
+#: Start a coroutine function in the client's task group (``DreamboothClient._spawn``): the
+#: engine's task belongs to the client, so nothing outlives ``async with DreamboothClient``.
+SpawnFn = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
 
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    # The engine stores its own errors; this only keeps asyncio from logging a native
-    # cancellation or an escaped BaseException as "never retrieved".
-    if not task.cancelled():
-        task.exception()
+# The engine tasks running now (for tests and diagnostics; the client's task group owns them).
+_LIVE_TASKS: set[asyncio.Task[Any]] = set()
 
 
 class BatchRun(AsyncIterator[BatchItem]):
@@ -59,14 +56,16 @@ class BatchRun(AsyncIterator[BatchItem]):
     The batch starts on first use, not when this object is created.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, spawn: SpawnFn) -> None:
         self._engine = engine
+        self._spawn = spawn
         self._receive = engine.receive
-        self._task: asyncio.Task[None] | None = None
+        # Set once the engine's task has ended (created on start, inside the event loop).
+        self._ended: anyio.Event | None = None
         self._finished = False
 
     def __repr__(self) -> str:
-        state = "finished" if self._finished else ("running" if self._task else "not started")
+        state = "finished" if self._finished else ("running" if self._ended else "not started")
         return f"<BatchRun {state} concurrency={self._engine.slots.limit}>"
 
     # --- introspection ------------------------------------------------------------------------
@@ -114,17 +113,16 @@ class BatchRun(AsyncIterator[BatchItem]):
     # --- lifecycle ----------------------------------------------------------------------------
 
     def _start(self) -> None:
-        # The engine's task is created here, and only here: it is kept alive by _LIVE_TASKS
-        # (asyncio holds tasks weakly) until it ends. Who owns this task (the client's task
-        # group) is the client's business; this is the one place to change.
-        if self._task is None and not self._finished:
-            task = asyncio.get_running_loop().create_task(
-                self._engine.run(), name="dreambooth-batch"
-            )
-            _LIVE_TASKS.add(task)
-            task.add_done_callback(_LIVE_TASKS.discard)
-            task.add_done_callback(_retrieve)
-            self._task = task
+        if self._ended is None and not self._finished:
+            self._ended = anyio.Event()
+            # Not a bound method: the task must not keep this object alive, or a run dropped
+            # after a `break` would never be collected, and so never cancelled.
+            self._spawn(partial(_run_engine, self._engine, self._ended), "dreambooth-batch")
+
+    async def _wait_ended(self) -> None:
+        assert self._ended is not None
+        with anyio.CancelScope(shield=True):
+            await self._ended.wait()
 
     async def __aenter__(self) -> Self:
         self._start()
@@ -142,11 +140,10 @@ class BatchRun(AsyncIterator[BatchItem]):
         """Cancel what is still running and wait until it has stopped."""
         self._engine.cancel()
         self._receive.close()
-        if self._task is None:
+        if self._ended is None:
             self._engine.send.close()
         else:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait({self._task})
+            await self._wait_ended()
         self._finished = True
 
     def __del__(self) -> None:
@@ -154,7 +151,7 @@ class BatchRun(AsyncIterator[BatchItem]):
         if not self._finished:
             self._engine.cancel()
             self._receive.close()
-            if self._task is None:
+            if self._ended is None:
                 self._engine.send.close()
 
     # --- iteration ----------------------------------------------------------------------------
@@ -171,9 +168,7 @@ class BatchRun(AsyncIterator[BatchItem]):
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             pass
         # The engine closed the stream: it is ending; wait for it, then report how it ended.
-        assert self._task is not None
-        with anyio.CancelScope(shield=True):
-            await asyncio.wait({self._task})
+        await self._wait_ended()
         self._finished = True
         self._receive.close()
         error = self._engine.error
@@ -182,11 +177,25 @@ class BatchRun(AsyncIterator[BatchItem]):
         raise StopAsyncIteration
 
 
+async def _run_engine(engine: Engine, ended: anyio.Event) -> None:
+    # The engine keeps its own errors (raised from the iterator), so none reaches the
+    # client's task group.
+    task = asyncio.current_task()
+    if task is not None:
+        _LIVE_TASKS.add(task)
+    try:
+        await engine.run()
+    finally:
+        _LIVE_TASKS.discard(task)
+        ended.set()
+
+
 def map_requests(
     client: DreamboothClient,
     requests: Iterable[BatchInput] | AsyncIterable[BatchInput],
     concurrency: int | None = None,
     *,
+    spawn: SpawnFn,
     max_concurrency: int | None = None,
     initial_concurrency: int = 2,
     fail_fast: bool = False,
@@ -214,6 +223,7 @@ def map_requests(
     requests, or of ``(key, request)`` pairs, and is read lazily, at most a few items ahead of
     the slots.
 
+    :param spawn: starts the engine in the client's task group (``client.map`` passes it).
     :param concurrency: a fixed number of slots; ``None`` (the default) finds the account's
         limit (see :class:`SlotWindow`), starting at ``initial_concurrency``.
     :param max_concurrency: the adaptive ceiling (default: ``client.max_concurrency``).
@@ -280,4 +290,4 @@ def map_requests(
         max_images=max_images,
         max_spend=max_spend,
     )
-    return BatchRun(Engine(client, requests, options))
+    return BatchRun(Engine(client, requests, options), spawn)
