@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.gen import make_dict_unstructure_fn, override
 
+from ._convert import REQUEST_CLASSES, structure_field
 from ._errors import APIError, RequestValidationError, error_from_response
 from ._models import (
     ApiVersion,
@@ -148,84 +149,43 @@ def to_wire(request: GenerationRequest, version: ApiVersion) -> dict[str, Any]:
 
 # --- wire to requests -------------------------------------------------------------------------
 
-_REQUEST_CLASSES: Mapping[str, type[GenerationRequest]] = {
-    "text2img": Text2Img,
-    "img2img": Img2Img,
-    "inpaint": Inpaint,
-}
-
-
-def _wire_int(value: Any, _: type) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"not an integer: {value!r}")
-    return int(value)
-
-
-def _wire_flag(value: Any, _: type) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("yes", "no", "true", "false"):
-        return value.lower() in ("yes", "true")
-    raise ValueError(f"not a yes/no flag: {value!r}")
-
-
-def _passthrough(value: Any, _: type) -> Any:
-    return value
-
-
-@cache
-def _reader_for(version: ApiVersion) -> cattrs.Converter:
-    """The inverse of :func:`converter_for`: a wire body back to the request class."""
-    conv = cattrs.Converter()
-    conv.register_structure_hook(bool, _wire_flag)
-    conv.register_structure_hook(int, _wire_int)
-    for cls in (Text2Img, Img2Img, Inpaint):
-        overrides: dict[str, Any] = {
-            name: override(struct_hook=_wire_int) for name in _STRING_FIELDS
-        }
-        overrides["steps"] = override(rename=_steps_name(cls.kind, version), struct_hook=_wire_int)
-        overrides["clip_skip"] = override(
-            struct_hook=lambda value, _: None if value is None else _wire_int(value, int)
-        )
-        for name in ("track_id", "init_image", "mask_image", "extra"):
-            overrides[name] = override(struct_hook=_passthrough)
-        conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, **overrides))
-    return conv
-
 
 def from_wire(body: Mapping[str, Any], kind: str, version: ApiVersion) -> GenerationRequest:
     """Read a wire body (as :func:`to_wire` writes it) back into a request.
 
-    Base64 images come back as bytes; fields the request class does not model go to
-    ``extra``. Raises :class:`RequestValidationError` when a value is out of its limits, and
-    ``ValueError`` when the body is not in the wire form at all.
+    Each field's value is read by :func:`~dreambooth_async._convert.structure_field` (the
+    rules the command line reads prompts files by); base64 images come back as bytes; fields
+    the request class does not model go to ``extra``. Raises :class:`RequestValidationError`
+    when a value is out of its limits, and ``ValueError`` when the body is not in the wire form
+    at all.
     """
-    cls = _REQUEST_CLASSES[kind]
+    cls = REQUEST_CLASSES[kind]
     data = {k: v for k, v in body.items() if k not in ("key", "base64")}
     if str(body.get("base64", "no")).lower() == "yes":
         for name in ("init_image", "mask_image"):
             if isinstance(data.get(name), str) and not _is_url(data[name]):
                 data[name] = base64.b64decode(data[name], validate=True)
-    wire_names = {
-        a.name if a.name != "steps" else _steps_name(kind, version) for a in attrs.fields(cls)
+    # Wire name -> field: only ``steps`` is renamed, per endpoint and version.
+    fields = {
+        _steps_name(kind, version) if a.name == "steps" else a.name: a.name
+        for a in attrs.fields(cls)
+        if a.name != "extra"
     }
-    data["extra"] = {k: v for k, v in data.items() if k not in wire_names}
-    for name in data["extra"]:
-        del data[name]
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     try:
-        return _reader_for(version).structure(data, cls)
-    except cattrs.BaseValidationError as exc:
-        # Validators raise inside the generated function; surface the first of our own.
-        for leaf in _leaves(exc):
-            if isinstance(leaf, RequestValidationError):
-                raise leaf from None
+        for wire_name, value in data.items():
+            field = fields.get(wire_name)
+            if field is None:
+                extra[wire_name] = value
+            else:
+                values[field] = structure_field(cls, field, value)
+    except ValueError as exc:
         raise ValueError(f"not a {kind} wire body: {exc}") from None
-
-
-def _leaves(error: BaseException) -> list[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for sub in error.exceptions for leaf in _leaves(sub)]
-    return [error]
+    try:
+        return cls(**values, extra=extra)
+    except TypeError as exc:  # a required field missing
+        raise ValueError(f"not a {kind} wire body: {exc}") from None
 
 
 # --- inbound ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ assembles the subcommands.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -19,7 +20,8 @@ from .._client import (
     DEFAULT_API_VERSION,
     DEFAULT_BASE_URL,
 )
-from .._models import API_VERSIONS, Img2Img, Inpaint, Scheduler, Text2Img
+from .._convert import REQUEST_CLASSES, structure_field, value_type
+from .._models import API_VERSIONS, Inpaint, Scheduler
 from .._shard import add_shard_argument, shard_manifest_name
 from .common import DEMO_TIME_SCALE, MANIFEST_NAME
 
@@ -27,7 +29,6 @@ __all__ = [
     "KINDS",
     "REQUEST_FIELDS",
     "add_generate_arguments",
-    "convert_field",
     "defaults_from_args",
     "option_name",
     "positive_float",
@@ -36,86 +37,27 @@ __all__ = [
 
 # --- request fields as options and columns ----------------------------------------------------
 
-KINDS: dict[str, type[Text2Img] | type[Img2Img] | type[Inpaint]] = {
-    "text2img": Text2Img,
-    "img2img": Img2Img,
-    "inpaint": Inpaint,
-}
-_INT_FIELDS = frozenset({"width", "height", "samples", "steps", "clip_skip", "seed"})
-_FLOAT_FIELDS = frozenset({"guidance_scale", "strength"})
-_BOOL_FIELDS = frozenset(
-    {
-        "safety_checker",
-        "enhance_prompt",
-        "multi_lingual",
-        "panorama",
-        "self_attention",
-        "upscale",
-        "tomesd",
-        "use_karras_sigmas",
-        "highres_fix",
-        "temp",
-    }
-)
+#: The request class of each ``--kind`` (and ``kind`` column).
+KINDS = REQUEST_CLASSES
 #: Every request field a prompts file row or a default may set (``extra`` is not one).
 REQUEST_FIELDS: tuple[str, ...] = tuple(f.name for f in attrs.fields(Inpaint) if f.name != "extra")
-
-
-def _parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("yes", "true", "1", "on", "y"):
-        return True
-    if value in ("no", "false", "0", "off", "n"):
-        return False
-    raise ValueError(f"expected yes or no, got {text!r}")
-
-
-def convert_field(name: str, value: Any) -> Any:
-    """A row or option value as the request field wants it (CSV and text give strings)."""
-    if value is None:
-        return None
-    if name in _INT_FIELDS:
-        if isinstance(value, bool):
-            raise ValueError(f"{name}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"{name}: expected an integer, got {value!r}")
-    if name in _FLOAT_FIELDS:
-        if isinstance(value, bool):
-            raise ValueError(f"{name}: expected a number, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    if name in _BOOL_FIELDS:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return _parse_bool(value)
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
-        raise ValueError(f"{name}: expected yes or no, got {value!r}")
-    if name == "track_id" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"{name}: expected text, got {value!r}")
-    return value
+#: The placeholder shown in --help for an option of each type.
+_METAVARS: Mapping[type, str] = {int: "N", float: "X", bool: "yes|no"}
 
 
 def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
+
+
+def _option_type(name: str, kind: type) -> Callable[[str], Any]:
+    """The argparse type of field ``name``'s option: the field's own conversion."""
+
+    def convert(text: str) -> Any:
+        return structure_field(Inpaint, name, text)
+
+    # argparse names the type in its usage error ("invalid int value: 'wide'").
+    convert.__name__ = kind.__name__
+    return convert
 
 
 def _add_request_options(parser: argparse.ArgumentParser) -> None:
@@ -126,13 +68,12 @@ def _add_request_options(parser: argparse.ArgumentParser) -> None:
         if name == "prompt":
             continue
         flag = option_name(name)
-        if name in _INT_FIELDS:
-            group.add_argument(flag, dest=f"field_{name}", type=int, metavar="N")
-        elif name in _FLOAT_FIELDS:
-            group.add_argument(flag, dest=f"field_{name}", type=float, metavar="X")
-        elif name in _BOOL_FIELDS:
-            group.add_argument(flag, dest=f"field_{name}", type=_parse_bool, metavar="yes|no")
-        elif name == "scheduler":
+        kind = value_type(Inpaint, name)
+        if kind in _METAVARS:
+            group.add_argument(
+                flag, dest=f"field_{name}", type=_option_type(name, kind), metavar=_METAVARS[kind]
+            )
+        elif kind is Scheduler:
             group.add_argument(
                 flag, dest=f"field_{name}", choices=[s.value for s in Scheduler], metavar="NAME"
             )

@@ -15,11 +15,12 @@ from typing import Any
 import attrs
 
 from .._batch import BatchItem
+from .._convert import structure_field
 from .._jsonl import FileInUse, JsonlFile, lock_exclusive
 from .._models import Scheduler
 from .._shard import shard_manifest_name
 from .common import LOCK_NAME, MANIFEST_NAME, METADATA_NAME, RUN_NAME, InputError
-from .options import convert_field, defaults_from_args, option_name
+from .options import defaults_from_args, option_name
 
 __all__ = [
     "MetadataWriter",
@@ -241,7 +242,11 @@ def _what_ran(item: BatchItem) -> dict[str, Any]:
         if value is None:
             continue
         try:
-            ran[field] = convert_field(field, value) if field != "scheduler" else str(value)
+            ran[field] = (
+                structure_field(type(item.request), field, value)
+                if field != "scheduler"
+                else str(value)
+            )
         except ValueError:
             continue
     if "seed" not in ran and item.request.seed is None and item.result is not None:

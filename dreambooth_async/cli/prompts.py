@@ -18,11 +18,12 @@ from typing import Any
 import attrs
 
 from .._batch import request_key
+from .._convert import structure_field
 from .._errors import RequestValidationError
 from .._models import GenerationRequest
 from .._shard import shard_of
 from .common import MAX_LINE_BYTES, InputError
-from .options import KINDS, REQUEST_FIELDS, convert_field
+from .options import KINDS, REQUEST_FIELDS
 
 __all__ = ["PromptSource", "detect_format"]
 
@@ -180,7 +181,9 @@ class PromptSource:
                 raise InputError(f"{where}: {name} does not apply to {kind_name} requests")
         merged = {k: v for k, v in self.defaults.items() if k in accepted}
         try:
-            merged.update({name: convert_field(name, value) for name, value in fields.items()})
+            merged.update(
+                {name: structure_field(cls, name, value) for name, value in fields.items()}
+            )
         except ValueError as exc:
             raise InputError(f"{where}: {exc}") from None
         if "model_id" not in merged:
