@@ -21,43 +21,26 @@ from typing import TYPE_CHECKING, Any, Self, Unpack
 
 import anyio
 
-from ._account import AccountCalls
 from ._cache import CachedSubmissions, ResultCache
 from ._download import DEFAULT_MAX_BYTES
 from ._endpoints import (
-    PATHS,
-    fetch_target,
     is_loopback,
     same_origin,
     warn_if_plain_http,
 )
 from ._errors import (
-    APIError,
-    AuthenticationError,
     ClientClosedError,
-    DreamboothError,
-    GenerationFailed,
-    InsufficientCredits,
-    JobNotFound,
     RequestValidationError,
-    TransportError,
 )
-from ._keys import KeyRing, pinned_index
+from ._generating import GenerateCalls
+from ._keys import KeyRing
 from ._models import (
     API_VERSIONS,
     ApiVersion,
-    GenerationRequest,
     GenerationResult,
-    Img2Img,
-    Img2ImgFields,
-    Inpaint,
-    InpaintFields,
-    Processing,
-    Text2Img,
-    Text2ImgFields,
     is_http_url,
 )
-from ._poller import Job, Poller, PollPolicy
+from ._poller import Poller, PollPolicy
 from ._settings import (
     API_KEY_ENV,
     API_KEY_ENV_FALLBACK,
@@ -69,8 +52,7 @@ from ._settings import (
     base_url_from_env,
     checked_keys,
 )
-from ._transport import RetryPolicy, Timeouts, Transport, logger
-from ._wire import parse_response, to_wire
+from ._transport import RetryPolicy, Timeouts, Transport
 
 if TYPE_CHECKING:
     import aiohttp
@@ -96,7 +78,7 @@ __all__ = [
 _same_origin = same_origin
 
 
-class DreamboothClient(AccountCalls):
+class DreamboothClient(GenerateCalls):
     """An asyncio client for the Dreambooth API.
 
     Use it as ``async with DreamboothClient(...) as client:``; the block owns the HTTP session
@@ -382,254 +364,6 @@ class DreamboothClient(AccountCalls):
         """The background poller (its ``fetch_calls`` and ``pending`` counts are handy)."""
         return self._poller
 
-    # --- generation ---------------------------------------------------------------------------
-
-    async def submit(
-        self,
-        request: GenerationRequest,
-        *,
-        timeout: float | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> Job:
-        """Send ``request``; return its :class:`Job` once the service accepted it.
-
-        The job may already be finished (the service answers at once when it can). ``timeout``
-        bounds the job (default: the poll policy's ``job_timeout``). ``retry`` overrides the
-        retry policy for this call.
-        """
-        answer = await self._cached(request, timeout=timeout, retry=retry, final=False)
-        if answer is None:
-            answer = await self._send(request, timeout=timeout, retry=retry)
-        if isinstance(answer, GenerationResult):
-            return self._poller.resolved(answer, request)
-        return answer
-
-    async def generate(
-        self, request: GenerationRequest, *, timeout: float | None = None
-    ) -> GenerationResult:
-        """Submit ``request`` and wait through "processing" for its result.
-
-        ``timeout`` bounds the wait for the job; on expiry :class:`JobTimeout` carries the job id.
-        """
-        answer = await self._cached(request, timeout=timeout, retry=None, final=True)
-        if answer is None:
-            answer = await self._send(request, timeout=timeout, retry=None)
-        # An answer that is already final needs no Job: this is the hot path of fast models.
-        return answer if isinstance(answer, GenerationResult) else await answer.wait()
-
-    async def _cached(
-        self,
-        request: GenerationRequest,
-        *,
-        timeout: float | None,
-        retry: RetryPolicy | None,
-        final: bool,
-    ) -> GenerationResult | Job | None:
-        """The answer from (or through) the result cache; None when it has no part in it."""
-        if self._cache is None:
-            return None
-        self._check_open()
-        return await self._cache.answer(request, timeout=timeout, retry=retry, final=final)
-
-    async def _send(
-        self, request: GenerationRequest, *, timeout: float | None, retry: RetryPolicy | None
-    ) -> GenerationResult | Job:
-        """Submit ``request``: the result when the answer is final, else the tracked job."""
-        self._check_open()
-        if not isinstance(request, Text2Img | Img2Img | Inpaint):
-            raise RequestValidationError(
-                "request", request, "a Text2Img, Img2Img or Inpaint instance"
-            )
-        body = to_wire(request, self.api_version)
-        token = None
-        if self._webhooks is not None and request.webhook is None:
-            token, body["webhook"] = self._webhooks.new_url()
-            if request.track_id is None:
-                body["track_id"] = token
-        url = self._url(PATHS[self.api_version][request.kind])
-        try:
-            answer, key_index = await self._submit_with_a_key(url, body, retry)
-        except (TransportError, APIError) as error:
-            if token is not None and self._webhooks is not None:
-                if error.may_have_landed:
-                    # Keep the token: the service's webhook call may still reveal the job.
-                    error.webhook_token = token
-                else:
-                    self._webhooks.forget(token)
-            raise
-        except BaseException:
-            if token is not None and self._webhooks is not None:
-                self._webhooks.forget(token)
-            raise
-        if isinstance(answer, GenerationResult):
-            if token is not None and self._webhooks is not None:
-                self._webhooks.forget(token)
-            return answer
-        # Bound before the poller's first fetch: the job is fetched with the key that paid.
-        self._keys.bind(answer.id, key_index)
-        job = self._poller.track(
-            answer, request=request, timeout=timeout, webhook=token is not None
-        )
-        if token is not None and self._webhooks is not None:
-            self._webhooks.bind(token, job.id)
-        logger.debug("job %s queued, eta %s", job.id, job.eta)
-        return job
-
-    async def _submit_with_a_key(
-        self, url: str, body: Mapping[str, Any], retry: RetryPolicy | None
-    ) -> tuple[GenerationResult | Processing, int]:
-        """POST a submission with the key chosen for it; (the answer, the key's index).
-
-        With several keys, a key refused (401) or unable to pay (402) is retired; a submission
-        no batch pinned to that key then goes to the next live key (nothing was accepted, so
-        nothing is paid twice)."""
-        while True:
-            key_index = self._keys.choose()
-            try:
-                answer = await self._transport.call(
-                    url, body, idempotent=False, parse=self._parse, retry=retry, key_index=key_index
-                )
-            except (AuthenticationError, InsufficientCredits) as error:
-                others = self._keys.retire(key_index, error)
-                if others and pinned_index() is None:
-                    continue
-                raise
-            return answer, key_index
-
-    async def text2img(self, **fields: Unpack[Text2ImgFields]) -> GenerationResult:
-        """``generate(Text2Img(**fields))``."""
-        return await self.generate(Text2Img(**fields))
-
-    async def img2img(self, **fields: Unpack[Img2ImgFields]) -> GenerationResult:
-        """``generate(Img2Img(**fields))``."""
-        return await self.generate(Img2Img(**fields))
-
-    async def inpaint(self, **fields: Unpack[InpaintFields]) -> GenerationResult:
-        """``generate(Inpaint(**fields))``."""
-        return await self.generate(Inpaint(**fields))
-
-    # --- fetching -----------------------------------------------------------------------------
-
-    def _fetch_target(self, job_id: str, fetch_url: str | None) -> tuple[str, dict[str, Any]]:
-        return fetch_target(self.base_url, self.api_version, job_id, fetch_url)
-
-    async def _fetch_for_poller(
-        self, job_id: str, fetch_url: str | None
-    ) -> GenerationResult | Processing:
-        url, body = self._fetch_target(job_id, fetch_url)
-
-        def parse(
-            http_status: int, headers: Mapping[str, str], raw: bytes
-        ) -> GenerationResult | Processing:
-            try:
-                return parse_response(http_status, headers, raw, client=self, job_id=job_id)
-            except GenerationFailed as error:
-                error.job_id = error.job_id or job_id
-                raise
-            except APIError as error:
-                if type(error) is APIError and _says_not_found(error):
-                    raise JobNotFound(
-                        f"job {job_id}: {error.message}",
-                        job_id=job_id,
-                        http_status=error.http_status,
-                        body=error.body,
-                        tip=error.tip,
-                    ) from None
-                raise
-
-        # The key that submitted the job: the service answers another account's job like a
-        # missing one.
-        return await self._transport.call(
-            url, body, idempotent=True, parse=parse, key_index=self._keys.key_of(job_id)
-        )
-
-    async def fetch(
-        self,
-        job: str | int | Job,
-        *,
-        fetch_url: str | None = None,
-        key_index: int | None = None,
-    ) -> GenerationResult | Processing:
-        """One fetch call for a queued job, no waiting: its result, or its processing status.
-
-        Follows the ``fetch_result`` URL the service gave (``fetch_url``, or the job's own)
-        when it is on the client's origin. With several keys, the job is fetched with the key
-        that submitted it when this client knows it, else with ``key_index`` (0-based; default
-        the first key).
-        """
-        self._check_open()
-        if isinstance(job, Job):
-            job_id = job.id
-            fetch_url = fetch_url or job.fetch_url
-        else:
-            job_id = str(job).strip()
-        if not job_id or isinstance(job, bool):
-            raise RequestValidationError("job_id", job, "a non-empty job id")
-        if key_index is not None:
-            self._keys.bind(job_id, self._key_index(key_index))
-        return await self._fetch_for_poller(job_id, fetch_url)
-
-    async def wait_for(
-        self,
-        job_id: str | int,
-        *,
-        timeout: float | None = None,
-        fetch_url: str | None = None,
-        key_index: int | None = None,
-    ) -> GenerationResult:
-        """Attach to a job submitted earlier (by this or another process) and wait for it."""
-        return await self.attach(
-            job_id, timeout=timeout, fetch_url=fetch_url, key_index=key_index
-        ).wait()
-
-    def attach(
-        self,
-        job_id: str | int,
-        *,
-        timeout: float | None = None,
-        fetch_url: str | None = None,
-        key_index: int | None = None,
-    ) -> Job:
-        """A :class:`Job` handle for a job submitted earlier; polling starts at once.
-
-        ``key_index``: with several keys, the position (0-based) of the key that submitted
-        the job: it is fetched with that key (default: the first)."""
-        self._check_open()
-        text = str(job_id).strip()
-        if not text:
-            raise RequestValidationError("job_id", job_id, "a non-empty job id")
-        if key_index is not None:
-            self._keys.bind(text, self._key_index(key_index))
-        job = self._poller.track(Processing(id=text, fetch_result=fetch_url), timeout=timeout)
-        self._poller.nudge(text)
-        return job
-
-    async def recover(
-        self, error: DreamboothError, *, timeout: float, key_index: int | None = None
-    ) -> Job | None:
-        """For a submission that may have landed (``error.may_have_landed``): wait up to
-        ``timeout`` seconds for the service's webhook call to reveal its job, and attach to it.
-
-        ``key_index``: with several keys, the one the submission was sent with (the job is
-        fetched with it). Works only with a :class:`WebhookReceiver`; returns None when there
-        is none, or when no delivery came in time (the submission may then never have
-        landed: the caller decides whether to send it again).
-        """
-        token = getattr(error, "webhook_token", None)
-        if token is None or self._webhooks is None:
-            return None
-        job_id = await self._webhooks.reveal(token, timeout)
-        if not job_id:
-            return None
-        logger.info("recovered job %s of a submission whose answer was lost", job_id)
-        return self.attach(job_id, key_index=key_index)
-
-    def _parse(
-        self, http_status: int, headers: Mapping[str, str], body: bytes
-    ) -> GenerationResult | Processing:
-        """:func:`parse_response`, with results bound to this client (for ``save()``)."""
-        return parse_response(http_status, headers, body, client=self)
-
     # --- downloads and batches ----------------------------------------------------------------
 
     async def download(
@@ -718,7 +452,3 @@ async def _to_the_end(step: Callable[[], Awaitable[None]]) -> bool:
             if cancelled:
                 raise
             cancelled = True
-
-
-def _says_not_found(error: APIError) -> bool:
-    return error.http_status == 404 or "not found" in error.message.lower()

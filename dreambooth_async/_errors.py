@@ -377,3 +377,22 @@ def error_from_response(
     if ok_http and status not in ("error", ""):
         return APIError(f"unexpected status {status!r}: {message}", **common)
     return APIError(message, **common)
+
+
+def about_job(error: APIError, job_id: str) -> APIError:
+    """``error``, from a fetch of ``job_id``, as the error about that job: a failure names the
+    job it was asked about when the answer did not, and a plain "not found" (or HTTP 404)
+    becomes :class:`JobNotFound`."""
+    if isinstance(error, GenerationFailed):
+        error.job_id = error.job_id or job_id
+        return error
+    not_found = error.http_status == 404 or "not found" in error.message.lower()
+    if type(error) is APIError and not_found:
+        return JobNotFound(
+            f"job {job_id}: {error.message}",
+            job_id=job_id,
+            http_status=error.http_status,
+            body=error.body,
+            tip=error.tip,
+        )
+    return error

@@ -1,0 +1,168 @@
+"""Submitting generation requests: submit, generate and the shortcuts, through the result
+cache when there is one, on a key that can pay, with a webhook token when the client has a
+receiver. A base class of :class:`DreamboothClient`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Unpack
+
+from ._endpoints import PATHS
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    InsufficientCredits,
+    RequestValidationError,
+    TransportError,
+)
+from ._fetching import JobCalls
+from ._job import Job
+from ._keys import pinned_index
+from ._models import (
+    GenerationRequest,
+    GenerationResult,
+    Img2Img,
+    Img2ImgFields,
+    Inpaint,
+    InpaintFields,
+    Processing,
+    Text2Img,
+    Text2ImgFields,
+)
+from ._transport import RetryPolicy, logger
+from ._wire import to_wire
+
+if TYPE_CHECKING:
+    from ._cache import CachedSubmissions
+
+__all__ = ["GenerateCalls"]
+
+
+class GenerateCalls(JobCalls):
+    """Calls that submit a generation request."""
+
+    _cache: CachedSubmissions | None
+
+    async def submit(
+        self,
+        request: GenerationRequest,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Job:
+        """Send ``request``; return its :class:`Job` once the service accepted it.
+
+        The job may already be finished (the service answers at once when it can). ``timeout``
+        bounds the job (default: the poll policy's ``job_timeout``). ``retry`` overrides the
+        retry policy for this call.
+        """
+        answer = await self._cached(request, timeout=timeout, retry=retry, final=False)
+        if answer is None:
+            answer = await self._send(request, timeout=timeout, retry=retry)
+        if isinstance(answer, GenerationResult):
+            return self._poller.resolved(answer, request)
+        return answer
+
+    async def generate(
+        self, request: GenerationRequest, *, timeout: float | None = None
+    ) -> GenerationResult:
+        """Submit ``request`` and wait through "processing" for its result.
+
+        ``timeout`` bounds the wait for the job; on expiry :class:`JobTimeout` carries the job id.
+        """
+        answer = await self._cached(request, timeout=timeout, retry=None, final=True)
+        if answer is None:
+            answer = await self._send(request, timeout=timeout, retry=None)
+        # An answer that is already final needs no Job: this is the hot path of fast models.
+        return answer if isinstance(answer, GenerationResult) else await answer.wait()
+
+    async def _cached(
+        self,
+        request: GenerationRequest,
+        *,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+        final: bool,
+    ) -> GenerationResult | Job | None:
+        """The answer from (or through) the result cache; None when it has no part in it."""
+        if self._cache is None:
+            return None
+        self._check_open()
+        return await self._cache.answer(request, timeout=timeout, retry=retry, final=final)
+
+    async def _send(
+        self, request: GenerationRequest, *, timeout: float | None, retry: RetryPolicy | None
+    ) -> GenerationResult | Job:
+        """Submit ``request``: the result when the answer is final, else the tracked job."""
+        self._check_open()
+        if not isinstance(request, Text2Img | Img2Img | Inpaint):
+            raise RequestValidationError(
+                "request", request, "a Text2Img, Img2Img or Inpaint instance"
+            )
+        body = to_wire(request, self.api_version)
+        token = None
+        if self._webhooks is not None and request.webhook is None:
+            token, body["webhook"] = self._webhooks.new_url()
+            if request.track_id is None:
+                body["track_id"] = token
+        url = self._url(PATHS[self.api_version][request.kind])
+        try:
+            answer, key_index = await self._submit_with_a_key(url, body, retry)
+        except (TransportError, APIError) as error:
+            if token is not None and self._webhooks is not None:
+                if error.may_have_landed:
+                    # Keep the token: the service's webhook call may still reveal the job.
+                    error.webhook_token = token
+                else:
+                    self._webhooks.forget(token)
+            raise
+        except BaseException:
+            if token is not None and self._webhooks is not None:
+                self._webhooks.forget(token)
+            raise
+        if isinstance(answer, GenerationResult):
+            if token is not None and self._webhooks is not None:
+                self._webhooks.forget(token)
+            return answer
+        # Bound before the poller's first fetch: the job is fetched with the key that paid.
+        self._keys.bind(answer.id, key_index)
+        job = self._poller.track(
+            answer, request=request, timeout=timeout, webhook=token is not None
+        )
+        if token is not None and self._webhooks is not None:
+            self._webhooks.bind(token, job.id)
+        logger.debug("job %s queued, eta %s", job.id, job.eta)
+        return job
+
+    async def _submit_with_a_key(
+        self, url: str, body: Mapping[str, Any], retry: RetryPolicy | None
+    ) -> tuple[GenerationResult | Processing, int]:
+        """POST a submission with the key chosen for it; (the answer, the key's index).
+
+        With several keys, a key refused (401) or unable to pay (402) is retired; a submission
+        no batch pinned to that key then goes to the next live key (nothing was accepted, so
+        nothing is paid twice)."""
+        while True:
+            key_index = self._keys.choose()
+            try:
+                answer = await self._transport.call(
+                    url, body, idempotent=False, parse=self._parse, retry=retry, key_index=key_index
+                )
+            except (AuthenticationError, InsufficientCredits) as error:
+                others = self._keys.retire(key_index, error)
+                if others and pinned_index() is None:
+                    continue
+                raise
+            return answer, key_index
+
+    async def text2img(self, **fields: Unpack[Text2ImgFields]) -> GenerationResult:
+        """``generate(Text2Img(**fields))``."""
+        return await self.generate(Text2Img(**fields))
+
+    async def img2img(self, **fields: Unpack[Img2ImgFields]) -> GenerationResult:
+        """``generate(Img2Img(**fields))``."""
+        return await self.generate(Img2Img(**fields))
+
+    async def inpaint(self, **fields: Unpack[InpaintFields]) -> GenerationResult:
+        """``generate(Inpaint(**fields))``."""
+        return await self.generate(Inpaint(**fields))
