@@ -22,7 +22,6 @@ import attrs as _attrs
 
 from ._batch import AmbiguousSubmission, BatchItem, BatchRun, request_key
 from ._cache import CachedResult, CacheStats, ResultCache
-from ._cache import CachedResult, CacheStats, ResultCache
 from ._client import DEFAULT_BASE_URL, DreamboothClient
 from ._download import safe_file_name
 from ._errors import (
@@ -79,8 +78,6 @@ __all__ = [
     "BatchRun",
     "CacheStats",
     "CachedResult",
-    "CacheStats",
-    "CachedResult",
     "ClientClosedError",
     "DownloadError",
     "DreamboothClient",
@@ -104,7 +101,6 @@ __all__ = [
     "Processing",
     "RateLimitError",
     "RequestValidationError",
-    "ResultCache",
     "ResultCache",
     "RetryPolicy",
     "Scheduler",
