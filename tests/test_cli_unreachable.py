@@ -71,6 +71,7 @@ async def test_an_unreachable_service_stops_the_batch_fast_and_a_rerun_completes
     stdout, stderr = first.stdout.decode(), first.stderr.decode()
     assert first.returncode == cli.EXIT_PARTIAL, (stdout, stderr)
     assert f"cannot reach {base_url}" in stdout, stdout
+    assert "check --base-url" in stdout  # what to do about it
     assert "done 0," in stdout and "ambiguous 0," in stdout  # the summary
     assert "run the same command again" in stdout
     assert "last error:" in stderr  # the progress said what was failing

@@ -139,13 +139,13 @@ async def _run_generate(
                             summary.stopped = client.redact(
                                 f"cannot reach {client.base_url}: {error}"
                             )
+                            summary.remedy = (
+                                "check --base-url (or $" + BASE_URL_ENV + ") and the network"
+                            )
                         except UploadError:
                             # In mirror.failure, for the summary; nothing more is sent, and what
                             # was not uploaded stays staged for the rerun.
                             pass
-                            summary.remedy = (
-                                "check --base-url (or $" + BASE_URL_ENV + ") and the network"
-                            )
                     after = await read_balances(client)
                     report = build_report(
                         stats=run.stats,
