@@ -29,7 +29,9 @@ from typing import Any
 
 import attrs
 
+from . import _jsonl
 from ._manifest import ItemState, ManifestError, read_manifest
+from ._settings import MANIFEST_NAME, METADATA_NAME
 
 __all__ = [
     "GALLERY_NAME",
@@ -42,10 +44,6 @@ __all__ = [
 ]
 
 GALLERY_NAME = "index.html"
-# The names ``generate`` writes (cli.py has the same constants; it imports this module, so the
-# dependency cannot go the other way).
-METADATA_NAME = "metadata.jsonl"
-MANIFEST_NAME = "dreambooth-manifest.jsonl"
 #: Image files in the folder that no metadata row names are shown too (an interrupted run, or a
 #: folder that was not written by ``generate``).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
@@ -110,30 +108,33 @@ def _relative_name(file_name: str) -> str | None:
 
 
 def _read_rows(path: Path, notes: list[str]) -> list[dict[str, Any]]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        notes.append(f"{path.name} could not be read: {exc}")
-        return []
-    rows = []
-    lines = data.split(b"\n")
-    torn = lines.pop()  # after the last newline: empty, or a row a crash cut short
-    if torn.strip():
-        notes.append(f"{path.name}: the last line is incomplete and was left out")
-    skipped = []
-    for number, raw in enumerate(lines, start=1):
+    rows: list[dict[str, Any]] = []
+    skipped: list[int] = []
+
+    def read(number: int, raw: bytes) -> None:
         if not raw.strip():
-            continue
+            return
         try:
             row = json.loads(raw.decode("utf-8", errors="replace"))
         except ValueError:
             row = None
         if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
             skipped.append(number)
-            continue
+            return
         rows.append(row)
+
+    def torn(_number: int, raw: bytes) -> None:
+        # After the last newline: a row a crash cut short.
+        if raw.strip():
+            notes.append(f"{path.name}: the last line is incomplete and was left out")
+
+    try:
+        _jsonl.scan(path, read, torn=torn)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        notes.append(f"{path.name} could not be read: {exc}")
+        return []
     if skipped:
         shown = ", ".join(str(n) for n in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
         notes.append(f"{path.name}: lines that are not metadata rows were left out: {shown}")

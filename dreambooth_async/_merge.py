@@ -34,6 +34,9 @@ from typing import Any
 
 import attrs
 
+from . import _jsonl
+from ._settings import METADATA_NAME
+
 __all__ = [
     "MergeReport",
     "add_merge_parser",
@@ -42,7 +45,6 @@ __all__ = [
     "read_metadata",
 ]
 
-METADATA_NAME = "metadata.jsonl"
 #: Left in a merged folder, so a later merge knows it may replace the folder.
 MARKER_NAME = ".dreambooth-merge.json"
 PARQUET_FOLDER = "parquet"
@@ -78,23 +80,24 @@ class MergeReport:
 def read_metadata(folder: Path) -> Iterator[dict[str, Any]]:
     """The rows of ``folder/metadata.jsonl``; a last line torn by a crash is ignored."""
     path = folder / METADATA_NAME
+    rows: list[dict[str, Any]] = []
+
+    def read(number: int, raw: bytes) -> None:
+        if not raw.strip():
+            return
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            raise MergeError(f"{path}:{number}: not a metadata row") from None
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+            raise MergeError(f"{path}:{number}: a row without a file_name")
+        rows.append(row)
+
     try:
-        handle = path.open("rb")
+        _jsonl.scan(path, read)  # a torn last line: generate cuts it off on resume too
     except FileNotFoundError:
         raise MergeError(f"{folder}: no {METADATA_NAME} (not an output folder?)") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.endswith(b"\n"):
-                return  # torn by a crash: generate cuts it off on resume too
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except ValueError:
-                raise MergeError(f"{path}:{number}: not a metadata row") from None
-            if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
-                raise MergeError(f"{path}:{number}: a row without a file_name")
-            yield row
+    yield from rows
 
 
 def _digest(path: Path) -> str:

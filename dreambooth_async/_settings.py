@@ -16,6 +16,8 @@ __all__ = [
     "BASE_URL_ENV",
     "DEFAULT_API_VERSION",
     "DEFAULT_BASE_URL",
+    "MANIFEST_NAME",
+    "METADATA_NAME",
     "api_key_from_env",
     "api_keys_from_env",
     "base_url_from_env",
@@ -31,6 +33,12 @@ API_KEY_ENV = "DREAMBOOTH_API_KEY"
 #: Read when ``DREAMBOOTH_API_KEY`` is not set: the name the service's own tools use.
 API_KEY_ENV_FALLBACK = "MODELSLAB_API_KEY"
 BASE_URL_ENV = "DREAMBOOTH_BASE_URL"
+
+
+#: The files a run writes into its output folder: the Hugging Face imagefolder's metadata and
+#: the batch manifest (the CLI, the gallery and merge all read them by these names).
+METADATA_NAME = "metadata.jsonl"
+MANIFEST_NAME = "dreambooth-manifest.jsonl"
 
 
 def base_url_from_env() -> str:

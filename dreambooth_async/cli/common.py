@@ -3,6 +3,8 @@ of the files ``generate`` writes, and the error that means "the input cannot be 
 
 from __future__ import annotations
 
+from .._settings import MANIFEST_NAME, METADATA_NAME
+
 __all__ = [
     "CLI_EXTRA",
     "DEMO_TIME_SCALE",
@@ -26,8 +28,6 @@ EXIT_PARTIAL = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-MANIFEST_NAME = "dreambooth-manifest.jsonl"
-METADATA_NAME = "metadata.jsonl"
 LOCK_NAME = ".dreambooth.lock"
 #: The options that shaped the folder's requests, so a rerun with other ones does not mix sets.
 RUN_NAME = "dreambooth-run.json"
