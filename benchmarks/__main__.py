@@ -26,7 +26,7 @@ from benchmarks._harness import RESULTS, machine, table, write_results
 ROOT = Path(__file__).resolve().parent.parent
 
 #: In the order they run: the emulator's capacity first, as the ceiling for the rest.
-NAMES = ("emulator", "overhead", "batch", "poll", "memory", "startup")
+NAMES = ("emulator", "overhead", "batch", "poll", "keys", "memory", "startup")
 
 #: (figure, value, unit, baseline, baseline value, ratio): ratio = value / baseline value.
 Row = tuple[str, float | int | None, str, str, float | int | None, float | None]
@@ -234,11 +234,30 @@ def _startup(data: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _keys(data: dict[str, Any]) -> list[Row]:
+    rows = []
+    for run in data["runs"]:
+        if run["mode"] != "adaptive":
+            continue
+        rows.append(
+            _row(
+                f"{data['jobs']} x {data['job_seconds']} s jobs, {run['keys']} key(s) of "
+                f"{data['slots_per_key']} slots: makespan",
+                run["seconds"],
+                "s",
+                "ideal",
+                run["ideal_seconds"],
+            )
+        )
+    return rows
+
+
 SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "emulator": _emulator,
     "overhead": _overhead,
     "batch": _batch,
     "poll": _poll,
+    "keys": _keys,
     "memory": _memory,
     "startup": _startup,
 }
