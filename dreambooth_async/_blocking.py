@@ -132,11 +132,6 @@ class Job:
         return self._job.id
 
     @property
-    def asynchronous(self) -> AsyncJob:
-        """The :class:`dreambooth_async.Job` this one blocks on (it lives in the loop thread)."""
-        return self._job
-
-    @property
     def request(self) -> GenerationRequest | None:
         """The request that created the job (None when attached by id)."""
         return self._job.request

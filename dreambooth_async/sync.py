@@ -170,7 +170,7 @@ class DreamboothClient:
 
     @property
     def api_version(self) -> ApiVersion:
-        """``"v3"``, ``"v4"`` or ``"v6"``."""
+        """``"v6"`` (default), ``"v7"``, or the legacy ``"v3"``/``"v4"``."""
         return self._client.api_version
 
     @property
@@ -238,7 +238,7 @@ class DreamboothClient:
         key_index: int | None = None,
     ) -> GenerationResult | Processing:
         """One fetch call for a queued job, no waiting: its result, or its processing status."""
-        target = job.asynchronous if isinstance(job, Job) else job
+        target = job.async_job if isinstance(job, Job) else job
         answer = self._loop.call(
             partial(self._client.fetch, target, fetch_url=fetch_url, key_index=key_index)
         )
