@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import anyio
 import pytest
+from _cli_commands import generate_command
 
 from dreambooth_async import cli
 from dreambooth_async.emulator import CostModel, Emulator, EmulatorConfig
@@ -29,25 +29,7 @@ def _config() -> EmulatorConfig:
 
 
 def _command(prompts: Path, out: Path | str, base_url: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dreambooth_async.cli",
-        "generate",
-        str(prompts),
-        "--model-id",
-        "midjourney",
-        "--out",
-        str(out),
-        "--base-url",
-        base_url,
-        "--api-key",
-        SECRET,
-        "--poll-scale",
-        str(SCALE),
-        "--no-progress",
-        *extra,
-    ]
+    return generate_command(prompts, out, base_url, SECRET, *extra, poll_scale=SCALE)
 
 
 async def _run(command: list[str]) -> tuple[int, str, str]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
+from _cli_commands import generate_command
 
 import dreambooth_async as dba
 from dreambooth_async import cli
@@ -35,23 +35,7 @@ def closed_port() -> Iterator[int]:
 
 
 def _command(prompts: Path, out: Path, base_url: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dreambooth_async.cli",
-        "generate",
-        str(prompts),
-        "--model-id",
-        "midjourney",
-        "--out",
-        str(out),
-        "--base-url",
-        base_url,
-        "--api-key",
-        SECRET,
-        "--poll-scale",
-        str(SCALE),
-    ]
+    return generate_command(prompts, out, base_url, SECRET, poll_scale=SCALE, progress=True)
 
 
 async def test_an_unreachable_service_stops_the_batch_fast_and_a_rerun_completes_it(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _cli_commands import generate_command
 from PIL import Image
 
 import dreambooth_async as dba
@@ -131,25 +131,7 @@ async def test_a_job_the_service_said_failed_is_submitted_again_on_rerun(
 
 
 def _generate(prompts: Path, out: Path, base_url: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dreambooth_async.cli",
-        "generate",
-        str(prompts),
-        "--model-id",
-        "midjourney",
-        "--out",
-        str(out),
-        "--base-url",
-        base_url,
-        "--api-key",
-        SECRET,
-        "--poll-scale",
-        str(SCALE),
-        "--no-progress",
-        *extra,
-    ]
+    return generate_command(prompts, out, base_url, SECRET, *extra, poll_scale=SCALE)
 
 
 async def _run(command: list[str]) -> tuple[int, str]:

@@ -1,0 +1,40 @@
+"""The command line of a `dreambooth-async generate` run, as the CLI tests start it in a process
+of its own (python -m, so that no console script needs to be installed)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def generate_command(
+    prompts: Path,
+    out: Path | str,
+    base_url: str,
+    api_key: str,
+    *extra: str,
+    poll_scale: float | None = None,
+    progress: bool = False,
+    model_id: str = "midjourney",
+) -> list[str]:
+    """``generate PROMPTS --model-id ... --out OUT --base-url ... --api-key ... [extra]``."""
+    command = [
+        sys.executable,
+        "-m",
+        "dreambooth_async.cli",
+        "generate",
+        str(prompts),
+        "--model-id",
+        model_id,
+        "--out",
+        str(out),
+        "--base-url",
+        base_url,
+        "--api-key",
+        api_key,
+    ]
+    if poll_scale is not None:
+        command += ["--poll-scale", str(poll_scale)]
+    if not progress:
+        command.append("--no-progress")
+    return [*command, *extra]
