@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "APIError",
+    "AmbiguousSubmission",
     "AuthenticationError",
     "ClientClosedError",
     "DownloadError",
@@ -204,6 +205,19 @@ class OutputError(DreamboothError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         self.path = path
         super().__init__(message)
+
+
+class AmbiguousSubmission(DreamboothError):
+    """A submission may or may not have been accepted (and billed): the connection broke after
+    the request was sent, a proxy answered 5xx, or a batch died between sending it and hearing
+    back. The item is reported rather than sent again, which could pay twice; pass
+    ``resubmit_ambiguous=True`` to send it anyway. ``cause`` is the error seen, when there was
+    one in this run."""
+
+    def __init__(self, key: str | None, detail: str, cause: BaseException | None = None) -> None:
+        self.key = key
+        self.cause = cause
+        super().__init__(detail)
 
 
 class ClientClosedError(DreamboothError, RuntimeError):

@@ -222,3 +222,48 @@ async def test_plan_and_cache_command(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not any((tmp_path / "cache-images").iterdir())
     missing = argparse.Namespace(action="stats", path=str(tmp_path / "nope"), older_than=1)
     assert cache_command(missing) == 2
+
+
+async def test_a_submission_whose_answer_was_lost_is_never_sent_again_by_the_cache(
+    tmp_path: Path,
+) -> None:
+    # The emulator accepts the job, then drops the connection: it may have paid.
+    from dreambooth_async.emulator import FaultConfig
+
+    db = tmp_path / "cache.sqlite"
+    async with emulator(faults=FaultConfig(rate_drop_after=1.0)) as emu:
+        async with client_for(emu, db) as first:
+            with pytest.raises((dba.TransportError, dba.AmbiguousSubmission)):
+                await first.generate(req())
+        assert emu.stats.submissions_accepted == 1
+        async with client_for(emu, db) as second:
+            with pytest.raises(dba.AmbiguousSubmission, match="cache prune"):
+                await second.generate(req())
+        assert emu.stats.submissions_received == 1  # the second client sent nothing
+    assert ResultCache(db).stats().pending == 1
+
+
+async def test_a_claim_left_by_a_dead_process_turns_ambiguous_not_resent(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "cache.sqlite"
+    async with emulator() as emu:
+        key = cache_key(req(), "v6", emu.base_url)
+        assert key is not None
+        # A process claimed the request, sent it, and died before recording the answer.
+        dead = ResultCache(db)
+        assert dead.claim(key) is None
+        dead.close()
+        with sqlite3.connect(db) as raw:
+            raw.execute("UPDATE results SET updated = updated - 3600 WHERE key = ?", (key,))
+        async with client_for(emu, db) as client:
+            with pytest.raises(dba.AmbiguousSubmission):
+                await client.generate(req())
+        assert emu.stats.submissions_received == 0
+        # The user decides: pruning the row lets the request go again.
+        cache = ResultCache(db)
+        assert cache.prune(0) == 1
+        cache.close()
+        async with client_for(emu, db) as client:
+            assert (await client.generate(req())).output
+        assert emu.stats.submissions_accepted == 1

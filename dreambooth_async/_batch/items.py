@@ -8,7 +8,7 @@ from typing import Literal, TypeAlias
 
 import attrs
 
-from .._errors import DreamboothError
+from .._errors import AmbiguousSubmission
 from .._models import GenerationRequest, GenerationResult
 
 __all__ = ["AmbiguousSubmission", "BatchInput", "BatchItem", "ItemOutcome"]
@@ -18,19 +18,6 @@ BatchInput: TypeAlias = GenerationRequest | tuple[str, GenerationRequest]
 
 #: How a batch item ended.
 ItemOutcome: TypeAlias = Literal["done", "failed", "ambiguous"]
-
-
-class AmbiguousSubmission(DreamboothError):
-    """A submission may or may not have been accepted (and billed): the connection broke after
-    the request was sent, a proxy answered 5xx, or a batch died between sending it and hearing
-    back. The item is reported rather than sent again, which could pay twice; pass
-    ``resubmit_ambiguous=True`` to send it anyway. ``cause`` is the error seen, when there was
-    one in this run."""
-
-    def __init__(self, key: str | None, detail: str, cause: BaseException | None = None) -> None:
-        self.key = key
-        self.cause = cause
-        super().__init__(detail)
 
 
 @attrs.frozen(kw_only=True)

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from .. import _backoff
-from .._errors import ClientClosedError
+from .._errors import (
+    AmbiguousSubmission,
+    APIError,
+    ClientClosedError,
+    GenerationFailed,
+    RequestValidationError,
+    TransportError,
+)
 from .._models import GenerationRequest, GenerationResult
 from .._transport import logger
 from .store import ResultCache, cache_key
@@ -59,6 +66,16 @@ def _settle(future: asyncio.Future[Any], error: BaseException) -> None:
 
 #: Start a coroutine function in the client's task group (``DreamboothClient._spawn``).
 SpawnFn = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
+
+
+def _provably_not_sent(error: BaseException) -> bool:
+    """True when ``error`` shows that no submission was accepted: bad input, a connection that
+    was never made, or an answer of the service refusing it."""
+    if isinstance(error, RequestValidationError):
+        return True
+    if isinstance(error, TransportError | APIError):
+        return not error.may_have_landed
+    return False
 
 
 class CachedSubmissions:
@@ -161,6 +178,14 @@ class CachedSubmissions:
                 flight.answer.set_result(cached)
                 flight.final.set_result(cached)
                 return
+            if row.state == "ambiguous":
+                raise AmbiguousSubmission(
+                    None,
+                    f"the cache holds an earlier submission of this request that may have been "
+                    f"accepted (its answer was lost; cache key {key[:16]}): it is not sent "
+                    f"again. To send it anyway: dreambooth-async cache prune "
+                    f"{cache.path} --older-than 0",
+                )
             if row.state == "submitted" and row.job_id:
                 # Another process (or an earlier run) paid for it: follow its job.
                 job = client.attach(row.job_id, timeout=timeout, fetch_url=row.fetch_url)
@@ -174,8 +199,11 @@ class CachedSubmissions:
         if not attached:
             try:
                 answer = await self._send(request, timeout=timeout, retry=retry)
-            except BaseException:
-                cache.release(key)
+            except BaseException as error:
+                if _provably_not_sent(error):
+                    cache.release(key)
+                else:
+                    cache.ambiguous(key)  # it may have been accepted: nobody sends it again
                 raise
             if isinstance(answer, GenerationResult):
                 stored = await self._store(key, answer)
@@ -188,7 +216,9 @@ class CachedSubmissions:
         try:
             result = await job.wait()
         except BaseException as error:
-            if not isinstance(error, asyncio.CancelledError):
+            # Only the service's word that the job failed frees the row: a job that timed out
+            # or could not be fetched may still finish, and the next call attaches to it.
+            if isinstance(error, GenerationFailed):
                 cache.release(key, job_id=job.id)
             raise
         flight.final.set_result(await self._store(key, result))

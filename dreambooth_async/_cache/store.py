@@ -26,7 +26,8 @@ __all__ = ["CLAIM_TIMEOUT", "CacheRow", "CacheStats", "ResultCache", "cache_key"
 
 # Not part of what a request asks for: who is asking and where the answer goes.
 _NOT_THE_REQUEST = ("key", "webhook", "track_id")
-#: A claim older than this is from a process that died while submitting: it may be taken over.
+#: A claim older than this is from a process that died while submitting: what it sent may
+#: have been accepted (and billed), so the row turns ambiguous instead of being taken over.
 CLAIM_TIMEOUT = 180.0
 
 _SCHEMA = """
@@ -75,7 +76,9 @@ class CacheStats:
 
 @attrs.frozen
 class CacheRow:
-    """One row of the file: ``state`` is ``claimed``, ``submitted`` or ``done``."""
+    """One row of the file: ``state`` is ``claimed``, ``submitted``, ``done`` or ``ambiguous``
+    (a submission that may have been accepted, whose answer was lost: never sent again by the
+    cache; ``dreambooth-async cache prune PATH --older-than 0`` lets it be)."""
 
     key: str
     state: str
@@ -136,9 +139,14 @@ class ResultCache:
         now = time.time()
         with self._transaction() as db:
             row = self.row(key)
-            if row is not None and not (
-                row.state == "claimed" and now - row.updated > CLAIM_TIMEOUT
-            ):
+            if row is not None and row.state == "claimed" and now - row.updated > CLAIM_TIMEOUT:
+                # Its process died between sending and recording the answer: it may have paid.
+                db.execute(
+                    "UPDATE results SET state = 'ambiguous', updated = ? WHERE key = ?",
+                    (now, key),
+                )
+                return attrs.evolve(row, state="ambiguous", updated=now)
+            if row is not None:
                 return row
             db.execute(
                 "INSERT OR REPLACE INTO results (key, state, owner, created, updated) "
@@ -152,6 +160,15 @@ class ResultCache:
             "UPDATE results SET state = 'submitted', job_id = ?, fetch_url = ?, updated = ? "
             "WHERE key = ? AND state != 'done'",
             (job_id, fetch_url, time.time(), key),
+        )
+
+    def ambiguous(self, key: str) -> None:
+        """This process's claim sent a submission that may have been accepted: keep the row,
+        so that no process sends the request again behind the user's back."""
+        self._db.execute(
+            "UPDATE results SET state = 'ambiguous', updated = ? "
+            "WHERE key = ? AND state = 'claimed' AND owner = ?",
+            (time.time(), key, self.owner),
         )
 
     def release(self, key: str, *, job_id: str | None = None) -> None:
