@@ -153,13 +153,19 @@ class EtaModel:
             self._cached = None
 
     def _fallback(self) -> tuple[float, float]:
-        if len(self._trends) < 3:
+        if len(self._trends) < 4:
             return self._prior
         # Each reading is off by the noise of two ETAs, and noisy ETAs make readings that
-        # scatter: keep a margin of half their spread, and at least 8%.
+        # scatter. Readings that disagree widely say little, and a few of them placed close
+        # together by chance would narrow the range wrongly: keep the prior then. Else keep a
+        # margin of half their spread above, their whole spread below (a low end placed too
+        # high keeps results waiting past their budget), and at least 8% either way.
         lo, hi = min(self._trends), max(self._trends)
-        margin = max(0.5 * (hi - lo), 0.08 * hi)
-        return (max(self._prior[0] * lo, lo - margin), hi + margin)
+        if hi - lo > 0.4 * hi:
+            return self._prior
+        above = max(0.5 * (hi - lo), 0.08 * hi)
+        below = max(hi - lo, 0.08 * hi)
+        return (max(self._prior[0] * lo, lo - below), hi + above)
 
     def _measure(self, bounds: tuple[float, float]) -> Iterator[_Sample]:
         for job in (*self._early, *self._jobs):

@@ -27,6 +27,8 @@ __all__ = ["FetchPlanner", "PollPolicy"]
 
 #: Below this many unbiased measurements of the ETA's low end, the poller probes more often.
 _LOW_SAMPLES = 4
+#: From this many, the low end is well placed: probes only keep it fresh, and are rarer.
+_WELL_PLACED = 8
 
 
 @attrs.frozen(kw_only=True)
@@ -121,7 +123,7 @@ class FetchPlanner:
         low_samples = self.eta_model.low_samples
         if low_samples < _LOW_SAMPLES:
             every = min(every, max(2, explore // 4))
-        elif low_samples >= 16:
+        elif low_samples >= _WELL_PLACED:
             every *= 4  # the low end is well placed: probes only keep it fresh
         self._since_probe += 1
         if self._since_probe < every:
@@ -140,10 +142,14 @@ class FetchPlanner:
             if state.anchors:
                 # The ETA fell by (previous - eta) while (at - then) passed: if it is off by
                 # a steady factor, that factor shows. Rough, but it spares a new client the
-                # blind polling of its first jobs.
+                # blind polling of its first jobs. The jobs already pending are planned again
+                # when it moves the model: with many jobs in flight, most were planned on the
+                # prior alone and would each be fetched early.
                 then, previous = state.anchors[-1]
                 if previous - eta > 0.3 * previous:
+                    before = self.eta_model.bounds()
                     self.eta_model.observe_trend((at - then) / (previous - eta))
+                    self._moved(before)
             state.anchors.append((at, eta))
 
     def window(self, state: JobState) -> tuple[float, float] | None:
@@ -217,6 +223,12 @@ class FetchPlanner:
             )
         return _backoff.share_of_age(now - state.submitted_at, share, cap=policy.max_interval)
 
+    def _moved(self, before: tuple[float, float]) -> None:
+        """Replan the pending jobs if the model's range moved from ``before`` enough to matter."""
+        after = self.eta_model.bounds()
+        if max(abs(a - b) for a, b in zip(before, after, strict=True)) > 0.005 * after[1]:
+            self._on_model_moved()
+
     def expected_duration(self, state: JobState) -> float | None:
         window = self.window(state)
         return None if window is None else max(0.0, window[1] - state.submitted_at)
@@ -253,9 +265,7 @@ class FetchPlanner:
             self._since_probe = self.policy.explore_every
         before = self.eta_model.bounds()
         self.eta_model.observe_job(seen)
-        after = self.eta_model.bounds()
-        if max(abs(a - b) for a, b in zip(before, after, strict=True)) > 0.005 * after[1]:
-            self._on_model_moved()
+        self._moved(before)
         if state.measured:
             earliest, latest = seen.finish(self.eta_model.bounds())
             self.durations.observe((earliest + latest) / 2 - state.submitted_at, latest - earliest)

@@ -256,3 +256,46 @@ def test_the_low_end_stays_put_when_only_slow_jobs_are_measured() -> None:
     for _ in range(100):
         model.observe_job(_job(rng.uniform(0.795, 0.81), first=7.95))
     assert model.bounds()[0] <= start + 0.002
+
+
+def test_how_fast_pending_jobs_etas_fall_gives_the_bias_before_any_job_finishes() -> None:
+    model = EtaModel()
+    # The ETA falls slower than the clock: each reading says ~0.77 (a 30% high ETA).
+    for rho in (0.76, 0.78, 0.77):
+        model.observe_trend(rho)
+    assert model.bounds() == (0.5, 1.5)  # three readings are too few to trust
+    model.observe_trend(0.79)
+    lo, hi = model.bounds()
+    assert 0.5 < lo < 0.76 and 0.79 < hi < 1.0
+    # Below, a margin of at least their whole spread; above, half of it.
+    assert 0.76 - lo >= hi - 0.79
+
+
+def test_trend_readings_that_disagree_widely_leave_the_prior() -> None:
+    model = EtaModel()
+    for rho in (0.7, 1.4, 0.9, 1.2):  # very noisy ETAs
+        model.observe_trend(rho)
+    assert model.bounds() == (0.5, 1.5)
+
+
+async def test_jobs_planned_on_the_prior_are_planned_again_when_etas_show_the_bias() -> None:
+    poller = Poller(_never, dba.PollPolicy(explore_every=0))
+    # Several jobs in flight before any finishes: each planned on the prior alone.
+    states = [
+        poller.track(dba.Processing(id=str(i), eta=13.0, raw={"status": "processing"}))._state
+        for i in range(6)
+    ]
+    waiting = states[-1]
+    planned = waiting.due
+    # The first four are fetched: each ETA fell more slowly than the clock ran (30% high).
+    for state in states[:4]:
+        at = state.submitted_at + 5.0
+        state.last_fetch = at
+        state.due = float("inf")  # in flight
+        eta = 13.0 - 5.0 / 0.77
+        poller._observe_processing(state, dba.Processing(id=state.id, eta=eta), at, at)
+    assert poller.eta_model.bounds() != (0.5, 1.5)
+    # The job still waiting was planned again on what those ETAs showed: later than the prior's
+    # low end, as the job cannot be done before about 0.7 of its ETA.
+    assert waiting.due > planned
+    assert waiting.due - waiting.submitted_at > 0.6 * 13.0
