@@ -11,7 +11,7 @@ def generate_command(
     prompts: Path,
     out: Path | str,
     base_url: str,
-    api_key: str,
+    api_key: str | None,
     *extra: str,
     poll_scale: float | None = None,
     progress: bool = False,
@@ -30,9 +30,9 @@ def generate_command(
         str(out),
         "--base-url",
         base_url,
-        "--api-key",
-        api_key,
     ]
+    if api_key is not None:  # else from the environment, or --api-key in ``extra``
+        command += ["--api-key", api_key]
     if poll_scale is not None:
         command += ["--poll-scale", str(poll_scale)]
     if not progress:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import anyio
 import pytest
+from _cli_commands import generate_command
 from anyio.abc import Process
 
 import dreambooth_async as dba
@@ -27,24 +27,7 @@ SCALE = 0.01
 
 
 def _command(prompts: Path, out: Path, base_url: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dreambooth_async.cli",
-        "generate",
-        str(prompts),
-        "--model-id",
-        "midjourney",
-        "--out",
-        str(out),
-        "--base-url",
-        base_url,
-        "--api-key",
-        SECRET,
-        "--poll-scale",
-        str(SCALE),
-        "--no-progress",
-    ]
+    return generate_command(prompts, out, base_url, SECRET, poll_scale=SCALE)
 
 
 def _process_state(pid: int) -> str:

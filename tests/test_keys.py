@@ -8,13 +8,13 @@ import contextlib
 import json
 import logging
 import os
-import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from _cli_commands import generate_command
 from aiohttp import web
 
 import dreambooth_async as dba
@@ -263,23 +263,7 @@ async def test_no_key_in_outputs_manifest_or_cache(tmp_path: Path) -> None:
 
 
 def _generate(prompts: Path, out: Path, base_url: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dreambooth_async.cli",
-        "generate",
-        str(prompts),
-        "--model-id",
-        "midjourney",
-        "--out",
-        str(out),
-        "--base-url",
-        base_url,
-        "--poll-scale",
-        str(SCALE),
-        "--no-progress",
-        *extra,
-    ]
+    return generate_command(prompts, out, base_url, None, *extra, poll_scale=SCALE)
 
 
 async def _run(command: list[str], **env: str) -> tuple[int, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from _cli_commands import generate_command
 from anyio.abc import Process
 from hypothesis import given
 from hypothesis import strategies as st
@@ -143,26 +144,9 @@ CLI_PROMPTS = 48
 
 
 def _generate(prompts: Path, out: Path, base_url: str, index: int, count: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dreambooth_async.cli",
-        "generate",
-        str(prompts),
-        "--model-id",
-        "midjourney",
-        "--out",
-        str(out),
-        "--shard",
-        f"{index}/{count}",
-        "--base-url",
-        base_url,
-        "--api-key",
-        SECRET,
-        "--poll-scale",
-        str(SCALE),
-        "--no-progress",
-    ]
+    return generate_command(
+        prompts, out, base_url, SECRET, "--shard", f"{index}/{count}", poll_scale=SCALE
+    )
 
 
 def _state(pid: int) -> str:
