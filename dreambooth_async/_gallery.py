@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 
 from . import _jsonl
+from ._gallery_assets import SCRIPT, STYLE
 from ._manifest import ItemState, ManifestError, read_manifest
 from ._settings import MANIFEST_NAME, METADATA_NAME
 
@@ -48,7 +49,7 @@ GALLERY_NAME = "index.html"
 #: folder that was not written by ``generate``).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
 
-EXIT_OK = 0
+EXIT_OK = 0  # as the rest of the command line (cli/common.py)
 EXIT_USAGE = 2
 
 # Row fields shown under each image, in this order, with their labels; other fields a row has
@@ -223,61 +224,6 @@ def read_gallery(
 
 # --- the page ---------------------------------------------------------------------------------
 
-_STYLE = """
-:root { color-scheme: light dark; --line: #8884; --dim: #888; }
-* { box-sizing: border-box; }
-body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5rem 2rem; }
-header { position: sticky; top: 0; padding: .75rem 0; background: Canvas; z-index: 1;
-         border-bottom: 1px solid var(--line); }
-h1 { font-size: 1.25rem; margin: 0 0 .25rem; overflow-wrap: anywhere; }
-h2 { font-size: 1.05rem; margin: 1.5rem 0 .5rem; }
-#filter { width: min(36rem, 100%); font: inherit; padding: .35rem .5rem; }
-.counts, .dim { color: var(--dim); }
-.grid { display: grid; gap: 1rem; margin-top: 1rem;
-        grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); }
-figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; overflow: hidden; }
-figure img, .noimage { display: block; width: 100%; height: auto; background: #8882; }
-.noimage { aspect-ratio: 1; display: flex; align-items: center; justify-content: center;
-           padding: 1rem; text-align: center; overflow-wrap: anywhere; }
-figcaption { padding: .5rem .6rem .6rem; }
-.prompt { margin: 0 0 .35rem; overflow-wrap: anywhere; }
-.negative { margin: 0 0 .35rem; color: var(--dim); overflow-wrap: anywhere; }
-.glance { margin: 0 0 .2rem; color: var(--dim); font-size: 12px; overflow-wrap: anywhere; }
-summary { color: var(--dim); font-size: 12px; cursor: pointer; }
-dl { display: grid; grid-template-columns: auto 1fr; gap: 0 .6rem; margin: .25rem 0 0;
-     font-size: 12px; }
-dt { color: var(--dim); }
-dd { margin: 0; overflow-wrap: anywhere; }
-table { border-collapse: collapse; width: 100%; font-size: 13px; }
-th, td { text-align: left; vertical-align: top; padding: .3rem .5rem;
-         border-bottom: 1px solid var(--line); overflow-wrap: anywhere; }
-td.message { white-space: pre-wrap; }
-.notes li { color: var(--dim); }
-[hidden] { display: none !important; }
-"""
-
-# Filters every element marked data-filter by its text: all the words typed must occur in it.
-_SCRIPT = """
-(function () {
-  var box = document.getElementById("filter");
-  var shown = document.getElementById("shown");
-  var items = Array.prototype.slice.call(document.querySelectorAll("[data-filter]"));
-  var texts = items.map(function (el) { return el.textContent.toLowerCase(); });
-  function apply() {
-    var words = box.value.toLowerCase().split(/\\s+/).filter(Boolean);
-    var count = 0;
-    items.forEach(function (el, i) {
-      var hit = words.every(function (w) { return texts[i].indexOf(w) !== -1; });
-      el.hidden = !hit;
-      if (hit && el.tagName === "FIGURE") { count += 1; }
-    });
-    shown.textContent = String(count);
-  }
-  box.addEventListener("input", apply);
-  apply();
-})();
-"""
-
 
 def _hash(source: str) -> str:
     digest = hashlib.sha256(source.encode("utf-8")).digest()
@@ -289,8 +235,8 @@ def _hash(source: str) -> str:
 _CSP = (
     "default-src 'none'; "
     "img-src 'self' file:; "
-    f"style-src {_hash(_STYLE)}; "
-    f"script-src {_hash(_SCRIPT)}; "
+    f"style-src {_hash(STYLE)}; "
+    f"script-src {_hash(SCRIPT)}; "
     "base-uri 'none'; form-action 'none'"
 )
 
@@ -409,7 +355,7 @@ def render_gallery(gallery: Gallery) -> str:
         '<meta name="referrer" content="no-referrer">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<meta name="generator" content="dreambooth-async">',
-        f"<title>{title}</title><style>{_STYLE}</style></head><body>",
+        f"<title>{title}</title><style>{STYLE}</style></head><body>",
         f"<header><h1>{title}</h1>",
         f'<div class="counts">{_counts(gallery)}</div>',
         '<label><input type="search" id="filter" placeholder="filter by prompt, seed, model, '
@@ -430,7 +376,7 @@ def render_gallery(gallery: Gallery) -> str:
         parts.append(
             f'<p class="dim">No images in this folder yet (no rows in {METADATA_NAME}).</p>'
         )
-    parts.append(f"<script>{_SCRIPT}</script></body></html>\n")
+    parts.append(f"<script>{SCRIPT}</script></body></html>\n")
     return "\n".join(parts)
 
 
