@@ -64,7 +64,7 @@ from ._webhooks import WebhookReceiver, WebhookStats
 if TYPE_CHECKING:
     from . import emulator as emulator
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 """The version of this package."""
 
 __all__ = [
