@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -57,14 +58,17 @@ async def test_a_spend_budget_stops_quietly_and_a_rerun_continues(
     manifest = tmp_path / "run.jsonl"
     requests = prompts(50)
     async with emulator() as emu, client(emu, keys) as dbc:
+        started = time.monotonic()
         async with dbc.map(requests, manifest=manifest, max_spend=10) as run:
             first = [item async for item in run]  # no error: a budget is not a failure
+        elapsed = time.monotonic() - started
         assert 7 <= spent(emu) <= 10
         assert all(item.ok for item in first) and len(first) == spent(emu)
         assert run.stats["unsent"] == 50 - len(first)
-        # Read sparingly: at the start, and about once per ten submissions.
+        # Read sparingly: at the start, and about once per ten submissions (or five seconds:
+        # a loaded machine may take that long, so allow one more reading per five seconds).
         guard = run._engine._spend
-        assert guard is not None and guard.readings <= 4
+        assert guard is not None and guard.readings <= 4 + int(elapsed // 5)
         pending = [s for s in dba.read_manifest(manifest).values() if s.status == "pending"]
         assert len(pending) == 50 - len(first)
 
