@@ -5,8 +5,8 @@ summary, exits 1, and leaves every item for a rerun, which then completes them."
 from __future__ import annotations
 
 import os
+import re
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,15 +47,16 @@ async def test_an_unreachable_service_stops_the_batch_fast_and_a_rerun_completes
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     base_url = f"http://127.0.0.1:{closed_port}"
 
-    started = time.monotonic()
     # Generous for a loaded machine; a batch that fails item by item takes minutes.
     with anyio.fail_after(30):
         first = await anyio.run_process(_command(prompts, out, base_url), check=False, env=env)
-    elapsed = time.monotonic() - started
     stdout, stderr = first.stdout.decode(), first.stderr.decode()
     assert first.returncode == cli.EXIT_PARTIAL, (stdout, stderr)
     assert f"cannot reach {base_url}" in stdout, stdout
     assert "check --base-url" in stdout  # what to do about it
+    # It gave up after a few submissions, not after failing all sixty one by one.
+    sent = re.search(r"submissions (\d+)", stdout)
+    assert sent is not None and int(sent.group(1)) <= 6, stdout
     assert "done 0," in stdout and "ambiguous 0," in stdout  # the summary
     assert "run the same command again" in stdout
     assert "last error:" in stderr  # the progress said what was failing
@@ -65,7 +66,6 @@ async def test_an_unreachable_service_stops_the_batch_fast_and_a_rerun_completes
     # sent again) and none done.
     states = dba.read_manifest(out / cli.MANIFEST_NAME)
     assert not [s for s in states.values() if s.status in ("ambiguous", "done", "submitted")]
-    assert elapsed < 20, f"took {elapsed:.1f} s to give up"
 
     config = EmulatorConfig(
         keys=(SECRET,),
