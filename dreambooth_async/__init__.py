@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import attrs as _attrs
 
-from ._batch import AmbiguousSubmission, BatchItem, BatchRun, request_key
+from ._batch import AmbiguousSubmission, BatchInput, BatchItem, BatchRun, MapOptions, request_key
 from ._cache import CachedResult, CacheStats, ResultCache
 from ._client import DEFAULT_BASE_URL, DreamboothClient
 from ._download import safe_file_name
@@ -41,7 +41,7 @@ from ._errors import (
     ServerError,
     TransportError,
 )
-from ._events import BatchEvent
+from ._events import BatchEvent, EventKind
 from ._manifest import ItemState, Manifest, ManifestError, read_manifest
 from ._models import (
     ApiVersion,
@@ -57,6 +57,7 @@ from ._models import (
     WalletBalance,
 )
 from ._poller import Job, PollPolicy
+from ._progress import ProgressReporter
 from ._shard import shard
 from ._transport import RetryPolicy, Timeouts
 from ._webhooks import WebhookReceiver, WebhookStats
@@ -74,6 +75,7 @@ __all__ = [
     "ApiVersion",
     "AuthenticationError",
     "BatchEvent",
+    "BatchInput",
     "BatchItem",
     "BatchRun",
     "CacheStats",
@@ -82,6 +84,7 @@ __all__ = [
     "DownloadError",
     "DreamboothClient",
     "DreamboothError",
+    "EventKind",
     "GenerationFailed",
     "GenerationRequest",
     "GenerationResult",
@@ -94,11 +97,13 @@ __all__ = [
     "JobTimeout",
     "Manifest",
     "ManifestError",
+    "MapOptions",
     "ModelInfo",
     "OutputError",
     "PermissionDenied",
     "PollPolicy",
     "Processing",
+    "ProgressReporter",
     "RateLimitError",
     "RequestValidationError",
     "ResultCache",
