@@ -37,6 +37,10 @@ __all__ = [
 class DreamboothError(Exception):
     """Base of every error this library raises."""
 
+    #: Set by the client on a submission that may have landed when it has a webhook receiver:
+    #: ``client.recover(error)`` can then learn the job from the service's webhook call.
+    webhook_token: str | None = None
+
 
 class RequestValidationError(DreamboothError, ValueError):
     """A request field is out of its documented limits. Raised before any network call."""
@@ -79,9 +83,6 @@ class APIError(DreamboothError):
         self.body = body
         self.tip = tip
         self.may_have_landed = may_have_landed
-        #: Set by the client on a submission that may have landed when it has a webhook
-        #: receiver: ``client.recover(error)`` can then learn the job from the webhook call.
-        self.webhook_token: str | None = None
         super().__init__(self._describe())
 
     def _describe(self) -> str:
@@ -183,8 +184,6 @@ class TransportError(DreamboothError):
     def __init__(self, message: str, *, may_have_landed: bool, url: str | None = None) -> None:
         self.may_have_landed = may_have_landed
         self.url = url
-        #: As on :class:`APIError`: for ``client.recover(error)``.
-        self.webhook_token: str | None = None
         if may_have_landed:
             message += " (the request was sent: the service may have accepted it)"
         super().__init__(message)

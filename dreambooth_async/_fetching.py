@@ -131,7 +131,7 @@ class JobCalls(AccountCalls):
         is none, or when no delivery came in time (the submission may then never have
         landed: the caller decides whether to send it again).
         """
-        token = getattr(error, "webhook_token", None)
+        token = error.webhook_token
         if token is None or self._webhooks is None:
             return None
         job_id = await self._webhooks.reveal(token, timeout)

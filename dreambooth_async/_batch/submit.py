@@ -207,7 +207,7 @@ class Submitter:
         """The job of a submission whose answer was lost, if the service's webhook call
         names it in time (only with a webhook receiver)."""
         wait = self._options.recover_ambiguous
-        if wait <= 0 or getattr(error, "webhook_token", None) is None:
+        if wait <= 0 or error.webhook_token is None:
             return None
         self._tally.emit(
             "retried", entry, detail="answer lost: waiting for the webhook to name the job"
