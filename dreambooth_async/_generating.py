@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Unpack
 
+import attrs
+
 from ._endpoints import PATHS
 from ._errors import (
     APIError,
@@ -17,7 +19,6 @@ from ._errors import (
 )
 from ._fetching import JobCalls
 from ._job import Job
-from ._keys import pinned_index
 from ._models import (
     GenerationRequest,
     GenerationResult,
@@ -29,13 +30,24 @@ from ._models import (
     Text2Img,
     Text2ImgFields,
 )
-from ._transport import RetryPolicy, logger
+from ._transport import RetryHook, RetryPolicy, logger
 from ._wire import to_wire
 
 if TYPE_CHECKING:
     from ._cache import CachedSubmissions
 
 __all__ = ["GenerateCalls"]
+
+
+@attrs.frozen(kw_only=True)
+class Sending:
+    """How one submission is sent: the job's timeout, the retry policy, the key (None: the
+    client chooses) and who hears of its retries."""
+
+    timeout: float | None = None
+    retry: RetryPolicy | None = None
+    key_index: int | None = None
+    on_retry: RetryHook | None = None
 
 
 class GenerateCalls(JobCalls):
@@ -49,16 +61,21 @@ class GenerateCalls(JobCalls):
         *,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        key_index: int | None = None,
+        on_retry: RetryHook | None = None,
     ) -> Job:
         """Send ``request``; return its :class:`Job` once the service accepted it.
 
         The job may already be finished (the service answers at once when it can). ``timeout``
         bounds the job (default: the poll policy's ``job_timeout``). ``retry`` overrides the
-        retry policy for this call.
+        retry policy for this call. ``key_index`` sends it with that key (0-based; by default
+        the client chooses, and moves on when a key is retired); ``on_retry(attempt, error,
+        delay)`` hears of this submission's retries.
         """
-        answer = await self._cached(request, timeout=timeout, retry=retry, final=False)
+        sending = Sending(timeout=timeout, retry=retry, key_index=key_index, on_retry=on_retry)
+        answer = await self._cached(request, sending, final=False)
         if answer is None:
-            answer = await self._send(request, timeout=timeout, retry=retry)
+            answer = await self._send(request, sending)
         if isinstance(answer, GenerationResult):
             return self._poller.resolved(answer, request)
         return answer
@@ -70,29 +87,23 @@ class GenerateCalls(JobCalls):
 
         ``timeout`` bounds the wait for the job; on expiry :class:`JobTimeout` carries the job id.
         """
-        answer = await self._cached(request, timeout=timeout, retry=None, final=True)
+        sending = Sending(timeout=timeout)
+        answer = await self._cached(request, sending, final=True)
         if answer is None:
-            answer = await self._send(request, timeout=timeout, retry=None)
+            answer = await self._send(request, sending)
         # An answer that is already final needs no Job: this is the hot path of fast models.
         return answer if isinstance(answer, GenerationResult) else await answer.wait()
 
     async def _cached(
-        self,
-        request: GenerationRequest,
-        *,
-        timeout: float | None,
-        retry: RetryPolicy | None,
-        final: bool,
+        self, request: GenerationRequest, sending: Sending, *, final: bool
     ) -> GenerationResult | Job | None:
         """The answer from (or through) the result cache; None when it has no part in it."""
         if self._cache is None:
             return None
         self._check_open()
-        return await self._cache.answer(request, timeout=timeout, retry=retry, final=final)
+        return await self._cache.answer(request, sending, final=final)
 
-    async def _send(
-        self, request: GenerationRequest, *, timeout: float | None, retry: RetryPolicy | None
-    ) -> GenerationResult | Job:
+    async def _send(self, request: GenerationRequest, sending: Sending) -> GenerationResult | Job:
         """Submit ``request``: the result when the answer is final, else the tracked job."""
         self._check_open()
         if not isinstance(request, Text2Img | Img2Img | Inpaint):
@@ -107,7 +118,7 @@ class GenerateCalls(JobCalls):
                 body["track_id"] = token
         url = self._url(PATHS[self.api_version][request.kind])
         try:
-            answer, key_index = await self._submit_with_a_key(url, body, retry)
+            answer, key_index = await self._submit_with_a_key(url, body, sending)
         except (TransportError, APIError) as error:
             if token is not None and self._webhooks is not None:
                 if error.may_have_landed:
@@ -127,7 +138,7 @@ class GenerateCalls(JobCalls):
         # Bound before the poller's first fetch: the job is fetched with the key that paid.
         self._keys.bind(answer.id, key_index)
         job = self._poller.track(
-            answer, request=request, timeout=timeout, webhook=token is not None
+            answer, request=request, timeout=sending.timeout, webhook=token is not None
         )
         if token is not None and self._webhooks is not None:
             self._webhooks.bind(token, job.id)
@@ -135,22 +146,28 @@ class GenerateCalls(JobCalls):
         return job
 
     async def _submit_with_a_key(
-        self, url: str, body: Mapping[str, Any], retry: RetryPolicy | None
+        self, url: str, body: Mapping[str, Any], sending: Sending
     ) -> tuple[GenerationResult | Processing, int]:
         """POST a submission with the key chosen for it; (the answer, the key's index).
 
         With several keys, a key refused (401) or unable to pay (402) is retired; a submission
-        no batch pinned to that key then goes to the next live key (nothing was accepted, so
-        nothing is paid twice)."""
+        the caller did not send with that key then goes to the next live key (nothing was
+        accepted, so nothing is paid twice)."""
         while True:
-            key_index = self._keys.choose()
+            key_index = self._keys.choose() if sending.key_index is None else sending.key_index
             try:
                 answer = await self._transport.call(
-                    url, body, idempotent=False, parse=self._parse, retry=retry, key_index=key_index
+                    url,
+                    body,
+                    idempotent=False,
+                    parse=self._parse,
+                    retry=sending.retry,
+                    key_index=key_index,
+                    on_retry=sending.on_retry,
                 )
             except (AuthenticationError, InsufficientCredits) as error:
                 others = self._keys.retire(key_index, error)
-                if others and pinned_index() is None:
+                if others and sending.key_index is None:
                     continue
                 raise
             return answer, key_index

@@ -5,49 +5,26 @@ Only positions live here, never the keys themselves (those stay in the transport
 are 0-based in code and 1-based for people: the second key is ``key #2`` in every warning,
 manifest line and report.
 
-A submission is sent with a key chosen per call. A batch pins the key of each submission (each
-key has its own queue-slot window there) through :func:`pinned`; any other submission goes to
-the live key with the fewest jobs of this client pending. A key the service refused (401) or
-that cannot pay (402) is retired: no submission uses it again in this client, and while another
-key is live the work carries on there. A job is fetched with the key that submitted it: the
-service answers another account's job like a missing one.
+A submission is sent with a key chosen per call. A batch names the key of each submission
+(``client.submit(..., key_index=)``: each key has its own queue-slot window there); any other
+submission goes to the live key with the fewest jobs of this client pending. A key the service
+refused (401) or that cannot pay (402) is retired: no submission uses it again in this client,
+and while another key is live the work carries on there. A job is fetched with the key that
+submitted it: the service answers another account's job like a missing one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
-from collections.abc import Iterator
 
-__all__ = ["KeyRing", "pinned", "position"]
+__all__ = ["KeyRing", "position"]
 
 logger = logging.getLogger("dreambooth_async")
-
-#: The key (0-based) a submission made in this context must use: set by a batch per item.
-_PINNED: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "dreambooth_pinned_key", default=None
-)
 
 
 def position(index: int) -> str:
     """How people read a key's 0-based index: ``key #1`` for the first."""
     return f"key #{index + 1}"
-
-
-@contextlib.contextmanager
-def pinned(index: int) -> Iterator[None]:
-    """Submissions made inside the block (and tasks started from it) use key ``index``."""
-    token = _PINNED.set(index)
-    try:
-        yield
-    finally:
-        _PINNED.reset(token)
-
-
-def pinned_index() -> int | None:
-    """The key pinned for the current context, if any."""
-    return _PINNED.get()
 
 
 class KeyRing:
@@ -73,11 +50,9 @@ class KeyRing:
         return [index for index in range(self.count) if index not in self.retired]
 
     def choose(self) -> int:
-        """The key for a submission nobody pinned: the pinned one, else the live key with the
-        fewest pending jobs (the first key when every key is retired: its error is the answer)."""
-        index = pinned_index()
-        if index is not None:
-            return index
+        """The key for a submission the caller sent with no key of its own: the live key with
+        the fewest pending jobs (the first key when every key is retired: its error is the
+        answer)."""
         live = self.live()
         if not live:
             return 0

@@ -196,9 +196,11 @@ class Transport:
         parse: Callable[[int, Mapping[str, str], bytes], T],
         retry: RetryPolicy | None = None,
         key_index: int = 0,
+        on_retry: RetryHook | None = None,
     ) -> T:
         """POST ``body`` plus key number ``key_index`` (0-based) to ``url`` and ``parse`` the
-        answer, retrying per policy."""
+        answer, retrying per policy; ``on_retry`` hears of this call's retries (after the
+        transport's own hook)."""
         policy = retry or self.retry
         payload = {"key": self._keys[key_index], **body}
         deadline = None if self.timeouts.total is None else time.monotonic() + self.timeouts.total
@@ -224,8 +226,9 @@ class Transport:
                     policy.max_retries,
                     self.redact(str(error)),
                 )
-                if self._on_retry is not None:
-                    self._on_retry(attempt, error, delay)
+                for hook in (self._on_retry, on_retry):
+                    if hook is not None:
+                        hook(attempt, error, delay)
                 await asyncio.sleep(delay)
 
     async def _post_once(

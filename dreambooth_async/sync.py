@@ -197,14 +197,24 @@ class DreamboothClient:
         *,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        key_index: int | None = None,
+        on_retry: Callable[[int, Exception, float], None] | None = None,
     ) -> Job:
         """Send ``request``; return its :class:`Job` once the service accepted it.
 
         ``timeout`` bounds the job (default: the poll policy's ``job_timeout``); ``retry``
-        overrides the retry policy for this call.
+        overrides the retry policy for this call; ``key_index`` picks the key (0-based);
+        ``on_retry`` hears of this submission's retries (it runs in the loop thread).
         """
-        job = self._loop.call(partial(self._client.submit, request, timeout=timeout, retry=retry))
-        return Job(job, self._loop)
+        call = partial(
+            self._client.submit,
+            request,
+            timeout=timeout,
+            retry=retry,
+            key_index=key_index,
+            on_retry=on_retry,
+        )
+        return Job(self._loop.call(call), self._loop)
 
     def generate(
         self, request: GenerationRequest, *, timeout: float | None = None

@@ -14,7 +14,6 @@ item when a slot (and a task permit) is free, and takes each item from plan to e
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sized
 from typing import TYPE_CHECKING
 
@@ -43,12 +42,6 @@ if TYPE_CHECKING:
     from .._client import DreamboothClient
 
 __all__ = ["Engine"]
-
-#: (engine, entry) of the item whose task is running: lets the client's retry hook tell which
-#: item a transport retry belongs to.
-_CURRENT: contextvars.ContextVar[tuple[Engine, Entry] | None] = contextvars.ContextVar(
-    "dreambooth_batch_item", default=None
-)
 
 
 class Engine:
@@ -131,14 +124,12 @@ class Engine:
             scope.cancel()
 
     async def run(self) -> None:
-        remove_listener = None
         try:
             if not self.client.is_open:
                 raise ClientClosedError(
                     "the client is not open (not started, or closed): use it inside "
                     "`async with DreamboothClient(...) as client:`"
                 )
-            remove_listener = self.client.on_retry(self._on_retry)
             if self.options.download_to is not None:
                 # Before anything is paid for: images that cannot be written are money lost.
                 writable_folder(self.options.download_to)
@@ -180,8 +171,6 @@ class Engine:
             self.send.close()
             if self.manifest is not None:
                 self.manifest.close()
-            if remove_listener is not None:
-                remove_listener()
             if self.options.on_finish is not None:
                 try:
                     self.options.on_finish()
@@ -200,12 +189,6 @@ class Engine:
         if self.error is None:
             self.error = error
         self._spawner.cancel()
-
-    def _on_retry(self, attempt: int, error: Exception, delay: float) -> None:
-        current = _CURRENT.get()
-        if current is not None and current[0] is self:
-            self.tally.count("retried", current[1])
-            self.tally.emit("retried", current[1], eta=delay, detail=f"attempt {attempt}: {error}")
 
     # --- input --------------------------------------------------------------------------------
 
@@ -284,7 +267,6 @@ class Engine:
     # --- one item -----------------------------------------------------------------------------
 
     async def _work(self, entry: Entry, endings: Endings, submitter: Submitter) -> None:
-        _CURRENT.set((self, entry))
         try:
             try:
                 item = await self._process(entry, endings, submitter)

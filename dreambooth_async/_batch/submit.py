@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -20,7 +21,7 @@ from .._errors import (
     ServerError,
     TransportError,
 )
-from .._keys import KeyRing, pinned
+from .._keys import KeyRing
 from .._manifest import Manifest
 from .._poller import Job
 from .._transport import logger
@@ -256,11 +257,15 @@ class Submitter:
         try:
             with scope:
                 try:
-                    # The submission goes out with the key whose slot the item holds.
-                    with pinned(slot.index):
-                        job = await self._client.submit(
-                            entry.request, retry=self._retry, timeout=self._options.job_timeout
-                        )
+                    # The submission goes out with the key whose slot the item holds; its retries
+                    # are this item's.
+                    job = await self._client.submit(
+                        entry.request,
+                        retry=self._retry,
+                        timeout=self._options.job_timeout,
+                        key_index=slot.index,
+                        on_retry=partial(self._tally.retried, entry),
+                    )
                 except DreamboothError as error:
                     if isinstance(error, RateLimitError):
                         if error.queue_full:

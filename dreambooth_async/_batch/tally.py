@@ -73,6 +73,11 @@ class Tally:
         if entry.key_index is not None:
             self.key_counts[entry.key_index][name] += amount
 
+    def retried(self, entry: Entry, attempt: int, error: Exception, delay: float) -> None:
+        """One of ``entry``'s submissions is sent again (the transport's retry hook)."""
+        self.count("retried", entry)
+        self.emit("retried", entry, eta=delay, detail=f"attempt {attempt}: {error}")
+
     def emit(self, kind: EventKind, entry: Entry, **fields: Any) -> None:
         """Tell the hooks of a change in ``entry``'s state (with the window as it is now)."""
         if self._hooks:

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable
 
     from .._client import DreamboothClient
+    from .._generating import Sending
     from .._job import Job
-    from .._transport import RetryPolicy
     from .files import CachedResult
 
 __all__ = ["CachedSubmissions", "SendFn"]
@@ -42,7 +42,7 @@ class SendFn(Protocol):
     the tracked job."""
 
     def __call__(
-        self, request: GenerationRequest, *, timeout: float | None, retry: RetryPolicy | None
+        self, request: GenerationRequest, sending: Sending
     ) -> Awaitable[GenerationResult | Job]: ...
 
 
@@ -96,9 +96,8 @@ class CachedSubmissions:
     async def answer(
         self,
         request: GenerationRequest,
+        sending: Sending,
         *,
-        timeout: float | None,
-        retry: RetryPolicy | None,
         final: bool,
     ) -> GenerationResult | Job | None:
         """The cache's part of ``submit`` (``final=False``: the answer, a result or the job)
@@ -117,7 +116,7 @@ class CachedSubmissions:
             # A task of the client's group, not the caller's: a caller that gives up must not
             # take the shared submission with it; closing the client ends it.
             self._spawn(
-                partial(self._fly, key, request, flight, timeout=timeout, retry=retry),
+                partial(self._fly, key, request, flight, sending),
                 "dreambooth-cache",
             )
         if final:
@@ -138,12 +137,10 @@ class CachedSubmissions:
         key: str,
         request: GenerationRequest,
         flight: _Flight,
-        *,
-        timeout: float | None,
-        retry: RetryPolicy | None,
+        sending: Sending,
     ) -> None:
         try:
-            await self._resolve(key, request, flight, timeout=timeout, retry=retry)
+            await self._resolve(key, request, flight, sending)
         except asyncio.CancelledError:
             closed = ClientClosedError("the client closed while the request was in flight")
             _settle(flight.answer, closed)
@@ -161,9 +158,7 @@ class CachedSubmissions:
         key: str,
         request: GenerationRequest,
         flight: _Flight,
-        *,
-        timeout: float | None,
-        retry: RetryPolicy | None,
+        sending: Sending,
     ) -> None:
         cache, client = self.cache, self._client
         waits = 0
@@ -188,7 +183,7 @@ class CachedSubmissions:
                 )
             if row.state == "submitted" and row.job_id:
                 # Another process (or an earlier run) paid for it: follow its job.
-                job = client.attach(row.job_id, timeout=timeout, fetch_url=row.fetch_url)
+                job = client.attach(row.job_id, timeout=sending.timeout, fetch_url=row.fetch_url)
                 attached = True
                 break
             # Claimed by another process that is sending it now: its answer is a moment away
@@ -198,7 +193,7 @@ class CachedSubmissions:
             waits += 1
         if not attached:
             try:
-                answer = await self._send(request, timeout=timeout, retry=retry)
+                answer = await self._send(request, sending)
             except BaseException as error:
                 if _provably_not_sent(error):
                     cache.release(key)
