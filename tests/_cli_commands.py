@@ -38,3 +38,23 @@ def generate_command(
     if not progress:
         command.append("--no-progress")
     return [*command, *extra]
+
+
+def emulator_generate_args(
+    prompts: Path, out: Path, *extra: str, time_scale: float = 0.005
+) -> list[str]:
+    """The arguments of ``generate`` against the embedded emulator (for ``cli.main``, in
+    process): ``generate PROMPTS --model-id midjourney --out OUT --emulator ... [extra]``."""
+    return [
+        "generate",
+        str(prompts),
+        "--model-id",
+        "midjourney",
+        "--out",
+        str(out),
+        "--emulator",
+        "--emulator-time-scale",
+        str(time_scale),
+        "--no-progress",
+        *extra,
+    ]

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 import pytest
+from _cli_commands import emulator_generate_args
 from PIL import Image
 
 import dreambooth_async as dba
@@ -22,19 +23,7 @@ def run(*argv: str) -> int:
 
 
 def generate(prompts: Path, out: Path, *extra: str) -> int:
-    return run(
-        "generate",
-        str(prompts),
-        "--model-id",
-        "midjourney",
-        "--out",
-        str(out),
-        "--emulator",
-        "--emulator-time-scale",
-        "0.005",
-        "--no-progress",
-        *extra,
-    )
+    return run(*emulator_generate_args(prompts, out, *extra))
 
 
 def metadata(out: Path) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from _cli_commands import emulator_generate_args
 
 import dreambooth_async as dba
 from dreambooth_async import cli
@@ -41,21 +42,7 @@ def _help(command: str) -> str:
 
 
 def _generate(prompts: Path, out: Path, *extra: str) -> int:
-    return cli.main(
-        [
-            "generate",
-            str(prompts),
-            "--model-id",
-            "midjourney",
-            "--out",
-            str(out),
-            "--emulator",
-            "--emulator-time-scale",
-            "0.005",
-            "--no-progress",
-            *extra,
-        ]
-    )
+    return cli.main(emulator_generate_args(prompts, out, *extra))
 
 
 def _prompts_made(out: Path) -> list[str]:

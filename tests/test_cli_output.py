@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from _cli_commands import generate_command
+from _cli_commands import emulator_generate_args, generate_command
 
 from dreambooth_async import cli
 from dreambooth_async.emulator import CostModel, Emulator, EmulatorConfig
@@ -128,21 +128,7 @@ def test_demo_with_a_file_as_out(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def _generate(prompts: Path, out: Path, *extra: str) -> int:
-    return cli.main(
-        [
-            "generate",
-            str(prompts),
-            "--model-id",
-            "midjourney",
-            "--out",
-            str(out),
-            "--emulator",
-            "--emulator-time-scale",
-            str(SCALE),
-            "--no-progress",
-            *extra,
-        ]
-    )
+    return cli.main(emulator_generate_args(prompts, out, *extra, time_scale=SCALE))
 
 
 def _rows(out: Path) -> list[dict[str, object]]:

@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+from _cli_commands import emulator_generate_args
 from PIL import Image
 
 import dreambooth_async as dba
@@ -100,21 +101,7 @@ def figures(doc: Node) -> list[Node]:
 
 
 def generate(prompts: Path, out: Path, *extra: str) -> int:
-    return cli.main(
-        [
-            "generate",
-            str(prompts),
-            "--model-id",
-            "midjourney",
-            "--out",
-            str(out),
-            "--emulator",
-            "--emulator-time-scale",
-            "0.005",
-            "--no-progress",
-            *extra,
-        ]
-    )
+    return cli.main(emulator_generate_args(prompts, out, *extra))
 
 
 PROMPTS = [
