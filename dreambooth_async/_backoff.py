@@ -98,17 +98,26 @@ def spread_over(wait: float, remaining: float, tries_left: int) -> float:
 
 
 def in_window(
-    now: float, earliest: float, latest: float, *, started: float, budget: float, lead: float
+    now: float,
+    earliest: float,
+    latest: float,
+    *,
+    started: float,
+    pending_at: float,
+    budget: float,
+    lead: float,
 ) -> float:
     """The wait before fetching a job expected to finish between ``earliest`` and ``latest``.
 
     The result may wait ``budget`` of the job's duration (from ``started``), measured against
     the shortest it may have, so that a job finishing early is not kept waiting: the fetch goes
-    at ``latest`` when that is within the allowance, else at the earliest moment plus it.
-    ``lead``: how much earlier to send, as the service looks at the job that long after the
-    request leaves (half a round trip).
+    at ``latest`` when that is within the allowance, else at the earliest moment plus it. The
+    job was still running at ``pending_at`` (its last "processing"): it may have finished any
+    time after that, so the allowance runs from there, not from ``now`` (a job planned again
+    inside its window has already spent part of it). ``lead``: how much earlier to send, as
+    the service looks at the job that long after the request leaves (half a round trip).
     """
-    start = max(now, earliest)
+    start = max(pending_at, earliest)
     allowed = budget * (start - started)
     target = latest if latest - start <= allowed else start + allowed
     return max(0.0, target - now - lead)

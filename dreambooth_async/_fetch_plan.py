@@ -131,6 +131,18 @@ class FetchPlanner:
         self._since_probe = 0
         return True
 
+    def _is_probe(self, state: JobState) -> bool:
+        """Whether a job not fetched yet is a probe, decided when it is first planned on
+        finished jobs' measurements: before that every job is fetched on the prior or the
+        trends, early enough to be measured whatever its speed, and a probe would cost a
+        fetch for nothing. Deciding then, not when the job was tracked, also counts the
+        measurements that arrived in between."""
+        if self.eta_model.samples == 0:
+            return False
+        if state.probe is None:
+            state.probe = self.probe_next()
+        return state.probe
+
     def observe_eta(self, state: JobState, eta: float, at: float) -> None:
         """The service gave ``eta`` for the job at about ``at``: the job's window moves, and
         the fall of the ETA since the previous one teaches the model."""
@@ -182,7 +194,7 @@ class FetchPlanner:
         if window is not None and now < window[1]:
             state.overdue = 0
             earliest, latest = window
-            if state.probe and state.fetches == 0 and self.eta_model.samples > 0:
+            if state.fetches == 0 and self._is_probe(state):
                 # An exploring job asks well before the earliest plausible finish (the model's
                 # low end may be too high): the model needs both sides.
                 wait = _backoff.probe_wait(now, earliest)
@@ -193,12 +205,25 @@ class FetchPlanner:
                     earliest,
                     latest,
                     started=state.submitted_at,
+                    pending_at=state.last_processing
+                    if state.last_processing is not None
+                    else state.submitted_at,
                     budget=policy.delay_budget,
                     lead=self.round_trip / 2,
                 )
-        else:
-            wait = self.backoff(state, now, known=window is not None, step=state.overdue)
+        elif window is None:
+            wait = self.backoff(state, now, known=False, step=state.overdue)
             state.overdue += 1
+        else:
+            # The first time, the window closed since the last answer (its ETA was about to
+            # run out): the job is most likely done this instant, and a share of its age
+            # would all be delay. Past that, the job overruns its estimates.
+            state.overdue += 1
+            wait = (
+                0.0
+                if state.overdue == 1
+                else self.backoff(state, now, known=True, step=state.overdue - 2)
+            )
         if state.webhook:
             wait *= policy.webhook_slowdown
         return now + wait
@@ -243,7 +268,7 @@ class FetchPlanner:
             first_fetch=state.first_fetch,
             after=state.last_processing,
             by=finished_by,
-            probe=state.probe,
+            probe=bool(state.probe),
             early=state.first_unbiased,
         )
         if not state.probe and state.anchors:

@@ -75,7 +75,8 @@ class JobState:
         self.puzzled = 0
         self.puzzled_age: float | None = None
         self.fetches = 0
-        self.probe = False
+        #: Fetched early on purpose to teach the ETA model (None: not decided yet).
+        self.probe: bool | None = None
         self.webhook = False
         self.nudged = False
 

@@ -122,7 +122,6 @@ class Poller:
             state.measured = request is not None
             limit = timeout if timeout is not None else self.policy.job_timeout
             state.deadline = None if limit is None else state.submitted_at + limit
-            state.probe = self._planner.probe_next()
             self._jobs[state.id] = state
             now = time.monotonic()
             if request is None and not processing.raw:
@@ -268,7 +267,7 @@ class Poller:
         state.last_fetch = now
         if state.first_fetch is None:
             state.first_fetch = now
-            state.first_unbiased = bool(state.anchors) and self.eta_model.at_prior
+            state.first_unbiased = bool(state.anchors) and self.eta_model.samples == 0
         state.fetches += 1
         self.fetch_calls += 1
         try:

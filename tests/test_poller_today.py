@@ -299,3 +299,34 @@ async def test_jobs_planned_on_the_prior_are_planned_again_when_etas_show_the_bi
     # low end, as the job cannot be done before about 0.7 of its ETA.
     assert waiting.due > planned
     assert waiting.due - waiting.submitted_at > 0.6 * 13.0
+
+
+async def test_a_job_whose_estimate_just_ran_out_is_fetched_at_once() -> None:
+    policy = dba.PollPolicy(explore_every=0)
+    poller = Poller(_never, policy)
+    state = poller.track(dba.Processing(id="1", eta=0.6, raw={"status": "processing"}))._state
+    # Its fetch finds it nearly done: the window closes before the answer is even planned.
+    at = state.submitted_at + 0.55
+    state.last_fetch = at
+    poller._observe_processing(state, dba.Processing(id="1", eta=0.0001), at, at + 0.004)
+    # Not a share of its age (9% of 0.55 s would all be delay): the politeness floor only.
+    assert state.due - (at + 0.004) <= policy.min_interval + 1e-9
+    # Still running at that fetch: now it overruns its estimate, and waits a share of its age.
+    later = state.due + 0.004
+    state.last_fetch = later
+    poller._observe_processing(state, dba.Processing(id="1", eta=0.0), later, later)
+    assert state.due - later > 0.5 * policy.delay_budget * (later - state.submitted_at)
+
+
+async def test_a_job_planned_again_inside_its_window_keeps_its_allowance() -> None:
+    policy = dba.PollPolicy(explore_every=0)
+    poller = Poller(_never, policy)
+    state = poller.track(dba.Processing(id="1", eta=10.0, raw={"status": "processing"}))._state
+    earliest, latest = poller._window(state)  # type: ignore[misc]
+    allowed = policy.delay_budget * (earliest - state.submitted_at)
+    assert latest - earliest > allowed  # the prior's window is wide
+    # Planned again (the model moved) well inside the window: the job may have finished at
+    # its earliest, so the fetch still goes by the earliest plus the allowance, not later.
+    now = earliest + 0.5 * allowed
+    due = poller._planner.plan(state, now)
+    assert due <= earliest + allowed + 1e-9
