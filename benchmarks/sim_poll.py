@@ -45,7 +45,7 @@ class _Clock:
 
 async def simulate(
     *, jobs: int, rate: float, length: float, bias: float, noise: float, seed: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     clock = _Clock()
     # Every module of the poller that reads the clock reads this one instead.
     modules = [m for m in _CLOCK_READERS if getattr(m, "time", None) is time]
@@ -60,7 +60,7 @@ async def simulate(
 
 async def _run(
     clock: _Clock, jobs: int, rate: float, length: float, bias: float, noise: float, seed: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     rng = random.Random(seed)
     random.seed(seed)  # the poller's own jitter
     rtt = 0.004
@@ -126,6 +126,12 @@ async def _run(
         "fetches_after_5": statistics.fmean(steady_fetches),
         "p95": percentile(delays, 0.95),
         "p95_after_5": percentile(steady_delays, 0.95),
+        "raw": {
+            "fetches": fetches,
+            "fetches_after_5": steady_fetches,
+            "p95": delays,
+            "p95_after_5": steady_delays,
+        },
     }
 
 

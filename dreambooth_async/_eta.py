@@ -14,6 +14,7 @@ loosely placed jobs gain precision as the model does, instead of widening it for
 from __future__ import annotations
 
 import bisect
+import math
 import statistics
 from collections import deque
 from collections.abc import Iterator
@@ -21,6 +22,10 @@ from collections.abc import Iterator
 import attrs
 
 __all__ = ["DurationModel", "EtaModel", "FinishedJob"]
+
+#: A finish narrowed by the last ETA measures an earlier one only if the last is at most this
+#: share of it.
+_NARROWS = 0.3
 
 
 @attrs.frozen
@@ -42,13 +47,21 @@ class FinishedJob:
 
     def finish(self, bounds: tuple[float, float]) -> tuple[float, float]:
         """Where the real finish lies, ``(earliest, latest)``: between the last "processing"
-        and the success, narrowed by where the last ETA puts it (if ``bounds`` agree)."""
+        and the success, narrowed by where the last ETA puts it under ``bounds``. Where that
+        misses the two answers altogether, the model is off for this job: the finish is put
+        at the edge nearest to it (as closely as the model places any), so that the job pulls
+        the model its way instead of being left out, which would let a wrong model keep
+        itself."""
         earliest, latest = self.after, self.by
         if len(self.anchors) >= 2:
             at, eta = self.anchors[-1]
-            narrow = max(earliest, at + eta * bounds[0]), min(latest, at + eta * bounds[1])
-            if narrow[0] <= narrow[1]:
-                earliest, latest = narrow
+            low, high = at + eta * bounds[0], at + eta * bounds[1]
+            width = high - low
+            if high < earliest:
+                low, high = earliest, earliest + width
+            elif low > latest:
+                low, high = latest - width, latest
+            earliest, latest = max(earliest, low), min(latest, high)
         return earliest, latest
 
 
@@ -56,19 +69,58 @@ class FinishedJob:
 class _Sample:
     rho: float
     width: float
-    #: Its job was fetched, the first time, before it could possibly be done: whatever its
-    #: speed, it was going to be measured.
-    unbiased: bool
+    #: The job was already done at the next fetch: ``rho`` is only an upper bound.
+    censored: bool = False
 
 
-def _extreme(samples: list[_Sample], *, high: bool) -> tuple[float, int, float]:
-    """The 95% (or 5%) quantile of the measurements, their count and their median half-width.
-    The measurements are midpoints of their ranges: the errors of the midpoints already spread
-    the extremes, so the widths are not added to them."""
-    ordered = sorted(s.rho for s in samples)
-    n = len(ordered)
-    value = ordered[round(0.95 * (n - 1))] if high else ordered[int(0.05 * (n - 1))]
-    return value, n, statistics.median(s.width for s in samples) / 2
+@attrs.frozen
+class _Distribution:
+    """The share of jobs at or below each measured ``rho``, ascending: a Kaplan-Meier estimate
+    over measurements some of which are only upper bounds (jobs done at their first fetch).
+
+    Which jobs get measured depends on their speed: a job still running at its first fetch is
+    measured closely, one already done only bounded (it was faster than that). Dropping the
+    bounded ones would leave the slow ones and place both ends too high; the estimate instead
+    spreads each bounded job over the measurements below its bound. That is sound because no
+    job's first fetch depended on its own speed, only on its ETA and on what other jobs showed.
+    """
+
+    #: (rho, share of jobs at or below it), ascending.
+    steps: tuple[tuple[float, float], ...]
+    #: The share of jobs below every measurement (bounded ones the measurements do not reach).
+    below: float
+    #: The smallest value seen, measurement or bound.
+    floor: float
+
+    @classmethod
+    def of(cls, samples: list[_Sample]) -> _Distribution:
+        bounds = sorted(s.rho for s in samples if s.censored)
+        exact = sorted(s.rho for s in samples if not s.censored)
+        steps: list[tuple[float, float]] = []
+        at_or_below = 1.0
+        for index in range(len(exact) - 1, -1, -1):
+            value = exact[index]
+            steps.append((value, at_or_below))
+            # Still to place at or below this value: the measurements there and the bounds.
+            at_risk = index + 1 + bisect.bisect_right(bounds, value)
+            at_or_below *= 1 - 1 / at_risk
+        steps.reverse()
+        return cls(tuple(steps), at_or_below, min(s.rho for s in samples))
+
+    def quantile(self, share: float) -> float | None:
+        """The smallest measurement with at least ``share`` of the jobs at or below it; None
+        when jobs only bounded from above (done at a first fetch, with nothing measured
+        below them) hold that share: how much faster they were, nothing here says."""
+        if self.below >= share:
+            return None
+        for value, at_or_below in self.steps:
+            if at_or_below >= share:
+                return value
+        return self.steps[-1][0]
+
+    def share_at_or_below(self, rho: float) -> float:
+        index = bisect.bisect_right([value for value, _ in self.steps], rho)
+        return self.steps[index - 1][1] if index else self.below * (rho >= self.floor)
 
 
 class EtaModel:
@@ -100,7 +152,7 @@ class EtaModel:
         self._early: deque[FinishedJob] = deque(maxlen=window // 2)
         # Rough readings from how fast a pending job's ETA falls: used only until enough
         # finished jobs have been measured, so that a new client does not poll blindly.
-        self._trends: deque[float] = deque(maxlen=16)
+        self._trends: deque[tuple[float, float]] = deque(maxlen=16)
         self._min_samples = min_samples
         self._max_width = max_width
         self._precise_width = precise_width
@@ -109,7 +161,7 @@ class EtaModel:
         self._last: tuple[float, float] | None = None
         self._samples = 0
         self._low_samples = 0
-        self._unbiased: list[float] = []
+        self._distribution: _Distribution | None = None
 
     @property
     def samples(self) -> int:
@@ -132,9 +184,9 @@ class EtaModel:
         """The share of unbiased measurements below ``rho``: how many jobs the model expects
         done by then (None with fewer than three)."""
         self.bounds()
-        if len(self._unbiased) < 3:
+        if self._distribution is None or self._low_samples < 3:
             return None
-        return bisect.bisect_right(self._unbiased, rho) / len(self._unbiased)
+        return self._distribution.share_at_or_below(rho)
 
     def observe_job(self, job: FinishedJob) -> None:
         """A finished job, as the poller saw it."""
@@ -146,75 +198,103 @@ class EtaModel:
             self._jobs.append(job)
         self._cached = None
 
-    def observe_trend(self, rho: float) -> None:
-        """A rough reading of ``rho`` from two ETAs of a job still pending (see the poller)."""
-        if rho > 0:
-            self._trends.append(rho)
+    def observe_trend(self, rho: float, spread: float = 1.0) -> None:
+        """A rough reading of ``rho`` from two ETAs of a job still pending (see the poller).
+        ``spread``: how many times the noise of one ETA the reading's error is (it depends on
+        how far the ETA fell: a small fall between two noisy ETAs says little)."""
+        if rho > 0 and spread > 0:
+            self._trends.append((rho, spread))
             self._cached = None
 
     def _fallback(self) -> tuple[float, float]:
         if len(self._trends) < 4:
             return self._prior
-        # Each reading is off by the noise of two ETAs, and noisy ETAs make readings that
-        # scatter. Readings that disagree widely say little, and a few of them placed close
-        # together by chance would narrow the range wrongly: keep the prior then. Else keep a
-        # margin of half their spread above, their whole spread below (a low end placed too
-        # high keeps results waiting past their budget), and at least 8% either way.
-        lo, hi = min(self._trends), max(self._trends)
-        if hi - lo > 0.4 * hi:
+        # Each reading is off by the noise of two ETAs, amplified by its own ``spread``: the
+        # readings, so weighed, give the centre and, from how they scatter, the noise of one
+        # ETA, which is also how far ``rho`` itself spreads. The range covers that spread and
+        # the centre's own uncertainty, more of it below (a low end placed too high keeps
+        # results waiting past their budget). Readings that scatter widely say little: keep
+        # the prior then.
+        weights = [1 / spread**2 for _, spread in self._trends]
+        total = sum(weights)
+        centre = sum(w * rho for w, (rho, _) in zip(weights, self._trends, strict=True)) / total
+        n = len(self._trends)
+        noise = math.sqrt(
+            sum(((rho / centre - 1) / spread) ** 2 for rho, spread in self._trends) / (n - 1)
+        )
+        # A few readings may agree by chance: take the noise as large as they allow (the
+        # upper end of its 80% confidence interval, by Wilson and Hilferty's approximation
+        # of the chi-square quantile).
+        k = n - 1
+        chi2 = k * (1 - 2 / (9 * k) - 1.2816 * math.sqrt(2 / (9 * k))) ** 3
+        noise *= math.sqrt(k / max(chi2, 0.1))
+        uncertain = noise + noise / math.sqrt(total)
+        if uncertain > 0.3:
             return self._prior
-        above = max(0.5 * (hi - lo), 0.08 * hi)
-        below = max(hi - lo, 0.08 * hi)
-        return (max(self._prior[0] * lo, lo - below), hi + above)
+        uncertain = max(uncertain, 0.04)
+        return (
+            max(self._prior[0] * centre, centre * (1 - 2.5 * uncertain)),
+            centre * (1 + 2.0 * uncertain),
+        )
 
     def _measure(self, bounds: tuple[float, float]) -> Iterator[_Sample]:
         for job in (*self._early, *self._jobs):
             anchors = job.anchors
-            if len(anchors) == 1 and job.probe and job.after <= anchors[0][0]:
-                # A probe found done at its first fetch: it was faster than the model's low
-                # end, which must come down at least to this.
-                at, eta = anchors[0]
-                yield _Sample((job.by - at) / eta, 0.0, True)
+            # The fetch after the last ETA found the job done: of that ETA, only a bound.
+            at, eta = anchors[-1]
+            yield _Sample((job.by - at) / eta, 0.0, censored=True)
+            if len(anchors) == 1:
                 continue
+            # After each earlier one, it was still running: those are measured, as closely
+            # as the finish is known.
             earliest, latest = job.finish(bounds)
-            finished = (earliest + latest) / 2
-            for n, (at, eta) in enumerate(anchors if len(anchors) == 1 else anchors[:-1]):
-                rho = (finished - at) / eta
-                width = (latest - earliest) / eta
+            last_eta = anchors[-1][1]
+            for at, eta in anchors[:-1]:
+                # Narrowed by the last ETA under the model, the finish is only as good as the
+                # model: fine when that ETA is short beside this one, circular when not (a
+                # model placed wrong would place the measurements where it expects them, and
+                # keep itself).
+                if last_eta <= _NARROWS * eta:
+                    low, high = earliest, latest
+                else:
+                    low, high = job.after, job.by
+                rho = ((low + high) / 2 - at) / eta
+                width = (high - low) / eta
                 if rho > 0 and width <= self._max_width * rho:
-                    yield _Sample(rho, width, n == 0 and (job.early or job.probe))
+                    yield _Sample(rho, width)
 
     def _estimate(self, bounds: tuple[float, float]) -> tuple[tuple[float, float] | None, int, int]:
-        samples = list(self._measure(bounds))
+        measured = list(self._measure(bounds))
+        exact = [s for s in measured if not s.censored]
         # Once enough precise measurements are in, the loose ones say nothing more.
-        precise = [s for s in samples if s.width <= self._precise_width * s.rho]
-        used = precise if len(precise) >= self._min_samples else samples
+        precise = [s for s in exact if s.width <= self._precise_width * s.rho]
+        used = precise if len(precise) >= self._min_samples else exact
         if len(used) < self._min_samples:
             return None, 0, 0
-        hi, count, _ = _extreme(used, high=True)
-        # The low end from the unbiased measurements (there are few): the precise ones, or
-        # all, whichever places it more closely; from the biased ones only when there is
-        # nothing else. A sample of n falls short of the extreme by about 1/(n+1) of the range.
-        pools = [
-            pool
-            for pool in ([s for s in used if s.unbiased], [s for s in samples if s.unbiased])
-            if len(pool) >= 3
-        ]
-        lows = [_extreme(pool, high=False) for pool in pools] or [_extreme(used, high=False)]
-        # Judged on a common range, or the pool whose low end is highest would look best.
-        common = hi - min(low[0] for low in lows)
-        lo, low_count, _ = min(lows, key=lambda low: common / (low[1] + 1) + low[2])
-        self._unbiased = sorted(s.rho for s in samples if s.unbiased)
+        bounded = [s for s in measured if s.censored]
+        distribution = _Distribution.of(used + bounded)
+        hi = distribution.quantile(0.95) or max(s.rho for s in used)
+        lo = distribution.quantile(0.05)
+        if lo is None:
+            # Jobs were done at their first fetch, and nothing measured is faster: how much
+            # faster they were is unknown. The low end rests on no measurement (the poller
+            # probes until some are in); until then, at most their bound.
+            lo = distribution.floor
+        # The low end rests on the measurements below where first fetches usually find jobs
+        # done (few: a new client's first jobs and probes); a sample of n falls short of the
+        # extreme by about 1/(n+1) of the range, and the low end placed too high keeps results
+        # waiting past their budget: half as much again.
+        cut = statistics.median(s.rho for s in bounded) if bounded else hi
+        low_count = sum(s.rho <= cut for s in used)
+        self._distribution = distribution
         spread = max(0.0, hi - lo)
         return (
-            # The low end is drawn from fewer, and placed too high it keeps results waiting
-            # past their budget: half as much again.
             (
                 max(0.0, lo - self._low_pad * (1 + 3 * spread / hi) * spread / (low_count + 1)),
-                hi + spread / (count + 1),
+                hi + spread / (len(used) + 1),
             ),
             len(used),
-            max((len(pool) for pool in pools), default=0),
+            low_count,
         )
 
     def bounds(self) -> tuple[float, float]:

@@ -15,6 +15,7 @@ politeness floor between two fetches of a job, is applied by the poller.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import attrs
@@ -160,7 +161,10 @@ class FetchPlanner:
                 then, previous = state.anchors[-1]
                 if previous - eta > 0.3 * previous:
                     before = self.eta_model.bounds()
-                    self.eta_model.observe_trend((at - then) / (previous - eta))
+                    self.eta_model.observe_trend(
+                        (at - then) / (previous - eta),
+                        math.hypot(previous, eta) / (previous - eta),
+                    )
                     self._moved(before)
             state.anchors.append((at, eta))
 

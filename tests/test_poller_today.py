@@ -245,17 +245,63 @@ def test_the_first_jobs_finished_give_the_bias(bias: float) -> None:
     assert model.samples >= 6 and model.low_samples >= 3
 
 
+def _done_at_first(fetched: float, *, eta: float = 10.0) -> FinishedJob:
+    """A job given ``eta`` at 0 and found done at its first fetch, at ``fetched * eta``."""
+    return FinishedJob(
+        anchors=((0.0, eta),), first_fetch=fetched * eta, after=0.0, by=fetched * eta
+    )
+
+
 def test_the_low_end_stays_put_when_only_slow_jobs_are_measured() -> None:
     # In steady state, only jobs still running at their first fetch are measured: the slow
-    # ones. They must not drag the low end up (results would wait past their budget).
+    # ones. The others are only known to have been faster than that fetch. The measured ones
+    # must not drag the low end up (results would wait past their budget).
     rng = random.Random(9)
     model = EtaModel()
     for k in range(8):
         model.observe_job(_job(0.73 + 0.08 * (k + 0.5) / 8, first=4.0, early=True))
     start = model.bounds()[0]
-    for _ in range(100):
+    for _ in range(25):
         model.observe_job(_job(rng.uniform(0.795, 0.81), first=7.95))
+        for _ in range(3):
+            model.observe_job(_done_at_first(0.795))
     assert model.bounds()[0] <= start + 0.002
+
+
+def test_jobs_done_at_their_first_fetch_are_counted_not_dropped() -> None:
+    # Jobs spread evenly over 0.6-0.8 of their ETA, first fetched at 0.7: half are found done
+    # (only bounded), half measured. Dropping the first half would say that every job runs
+    # past 0.7; counted as bounds, they put half of the jobs there, as it should be.
+    model = EtaModel()
+    for k in range(30):
+        model.observe_job(_job(0.7 + 0.1 * (k + 0.5) / 30, first=7.0))
+        model.observe_job(_done_at_first(0.7))
+    share = model.share_below(0.7)
+    assert share is not None and 0.4 <= share <= 0.6
+    # How much faster than 0.7 the bounded half was, nothing measured says: the low end
+    # reaches at least down to their bound.
+    assert model.bounds()[0] <= 0.7
+
+
+def test_a_finish_placed_by_a_long_last_eta_is_not_taken_as_a_measurement() -> None:
+    # Seen "processing" at 0.6 of the ETA with 0.4 of it still to go, then done by 1.06:
+    # where the job ended in between only the model could say, and a model that placed it
+    # would then measure itself there (and keep itself, were it wrong).
+    model = EtaModel()
+    for k in range(12):  # measured closely: their last ETA was short
+        model.observe_job(_job(1.0 + 0.02 * k / 11, first=4.0, early=True))
+    assert model.samples == 12
+    for k in range(10):
+        model.observe_job(
+            FinishedJob(
+                anchors=((0.0, 10.0), (6.0, 4.0)),
+                first_fetch=6.0,
+                after=6.0,
+                by=10.6 + 0.01 * k,
+                early=True,
+            )
+        )
+    assert model.samples == 12
 
 
 def test_how_fast_pending_jobs_etas_fall_gives_the_bias_before_any_job_finishes() -> None:
