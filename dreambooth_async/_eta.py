@@ -1,14 +1,19 @@
 """How far to trust the service's ETA: a small model learned from the jobs this client saw.
 
-The service's ``eta`` is only a hint: it may be consistently high or low, and noisy. Each finished
-job that was seen "processing" after its first ETA places its real finish closely (the last
-"processing" answer and the success answer bound it, and the last, short ETA narrows that), so
-each earlier ETA yields one measurement of ``rho = real time left / eta``. The model keeps the
-recent jobs as observed and offers the range of ``rho`` it expects: :meth:`EtaModel.bounds`.
+The service's ``eta`` is only a hint: it may be consistently high or low, and noisy. Each ETA
+relates to the job's real finish by ``rho = real time left / eta``, and the model offers the
+range of ``rho`` it expects: :meth:`EtaModel.bounds`. A finished job tells, for each ETA it was
+given, either ``rho`` closely (the job was still running at the next fetch, and later answers
+place its finish) or only a bound (the next fetch found it done: it was at least that fast).
+Both kinds go into one Kaplan-Meier estimate, so that the fast jobs a fetch came too late to
+measure are counted rather than dropped; no fetch was ever timed by the job's own speed, only
+by its ETA and what other jobs showed, which is what makes that sound.
 
 The measurements depend on the model (the last ETA narrows the finish by the model's range), so
-they are recomputed from the raw observations whenever the model changes: a new client's first,
-loosely placed jobs gain precision as the model does, instead of widening it for good.
+they are recomputed from the raw observations whenever the model changes, and a finish is
+narrowed so only when the last ETA was short beside the one measured: otherwise a model placed
+wrong would place the measurements where it expects them, and keep itself. Until enough jobs
+have finished, how fast pending jobs' ETAs fall gives a rough range.
 """
 
 from __future__ import annotations
@@ -126,12 +131,11 @@ class _Distribution:
 class EtaModel:
     """The learned range of ``rho`` (real time left divided by the ETA the service gave).
 
-    Measurements come from jobs that needed more than one fetch, and those are the slower ones:
-    a job done at its first fetch yields none. That would bias the low end upward, so the low
-    end is taken from jobs first fetched before they could be done (a new client's first jobs,
-    fetched before the model knew anything, and *probes*: jobs fetched early on purpose).
-    Deciding that from the model itself would feed on itself: a low end placed too high would
-    count slow jobs as unbiased, and rise further.
+    Close measurements come from jobs still running at their first fetch, the slower ones; the
+    faster ones give only bounds. How far below those bounds the fastest jobs are, only jobs
+    first fetched before they could be done say: a new client's first jobs (fetched while the
+    model knew nothing of finished jobs) and *probes*, jobs the poller fetches early on
+    purpose. :attr:`low_samples` counts those the low end rests on.
     """
 
     def __init__(

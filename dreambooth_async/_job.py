@@ -60,7 +60,8 @@ class JobState:
         self.due = 0.0
         self.last_fetch: float | None = None
         self.first_fetch: float | None = None
-        #: The first fetch came while the ETA model knew nothing yet (its wide prior).
+        #: The first fetch came before any finished job was measured (on the prior or the
+        #: trends): timed without regard to how fast such jobs really are.
         self.first_unbiased = False
         #: When the service last said "processing" (the midpoint of that exchange).
         self.last_processing: float | None = None
