@@ -10,10 +10,11 @@ measurement of the client: no HTTP, no event loop lag (a fixed 4 ms round trip),
 out a little lower than in real time.
 
 ``--oracle`` gives the planner the true range of the ETA's error from the start instead of
-what it learns: the same planning with nothing to learn, which shows what the learning costs.
+what it learns: the same planning with nothing to learn, which shows what the learning costs;
+``--oracle after-first`` only once jobs have finished, which shows what the first jobs cost.
 
     python -m benchmarks.sim_poll [--jobs 60] [--rate 10] [--length 0.6] [--seeds 100]
-        [--after 0] [--oracle]
+        [--after] [--oracle [after-first]]
 """
 
 from __future__ import annotations
@@ -50,18 +51,27 @@ class _Clock:
 
 
 class _Oracle(_eta.EtaModel):
-    """An ETA model that knows the true range of ``rho`` from the start and learns nothing."""
+    """An ETA model that knows the true range of ``rho``: from the start, or (``learning``)
+    only once its own estimate rests on finished jobs, so that the first jobs are planned as a
+    fresh client plans them."""
 
-    def __init__(self, bounds: tuple[float, float]) -> None:
+    def __init__(self, bounds: tuple[float, float], *, learning: bool = False) -> None:
         super().__init__()
         self._true = bounds
+        self._learning = learning
 
     def bounds(self) -> tuple[float, float]:
-        return self._true
+        learned = super().bounds()
+        return learned if self._learning and self._learned() == 0 else self._true
+
+    def _learned(self) -> int:
+        # How many finished-job measurements the model's own estimate rests on.
+        super().bounds()
+        return self._samples
 
     @property
     def samples(self) -> int:
-        return 1000
+        return self._learned() if self._learning else 1000
 
     @property
     def low_samples(self) -> int:
@@ -85,7 +95,7 @@ async def simulate(
     bias: float,
     noise: float,
     seed: int,
-    oracle: bool = False,
+    oracle: str | None = None,
 ) -> dict[str, Any]:
     clock = _Clock()
     # Every module of the poller that reads the clock reads this one instead.
@@ -107,7 +117,7 @@ async def _run(
     bias: float,
     noise: float,
     seed: int,
-    oracle: bool,
+    oracle: str | None,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     random.seed(seed)  # the poller's own jitter
@@ -131,7 +141,8 @@ async def _run(
 
     poller = _poller.Poller(fetch, dba.PollPolicy())
     if oracle:
-        poller._planner.eta_model = _Oracle(true_range(bias, noise))
+        learning = oracle == "after-first"
+        poller._planner.eta_model = _Oracle(true_range(bias, noise), learning=learning)
     arrivals = []
     at = clock.now
     for _ in range(jobs):
@@ -196,7 +207,7 @@ def _pooled(runs: list[dict[str, Any]], fetch_key: str, delay_key: str) -> tuple
 
 
 async def run(
-    jobs: int, rate: float, length: float, seeds: int, *, after: bool, oracle: bool
+    jobs: int, rate: float, length: float, seeds: int, *, after: bool, oracle: str | None
 ) -> dict[str, Any]:
     fetch_key, delay_key = ("fetches_after_5", "p95_after_5") if after else ("fetches", "p95")
     out: dict[str, Any] = {}
@@ -235,6 +246,12 @@ def _summary(draws: list[tuple[float, float]], bound: float) -> dict[str, Any]:
     }
 
 
+ORACLE_LABELS = {
+    "always": ", the true ETA range given",
+    "after-first": ", the true ETA range given once jobs finished",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--jobs", type=int, default=60)
@@ -245,7 +262,11 @@ def main() -> None:
         "--after", action="store_true", help="leave each client's first five jobs out"
     )
     parser.add_argument(
-        "--oracle", action="store_true", help="the planner knows the ETA's error range"
+        "--oracle",
+        nargs="?",
+        const="always",
+        choices=["always", "after-first"],
+        help="the planner knows the ETA's error range (after-first: once jobs have finished)",
     )
     args = parser.parse_args()
     results = asyncio.run(
@@ -254,7 +275,7 @@ def main() -> None:
     print(
         f"{args.seeds} seeds of {args.jobs} jobs of {args.length:g} s arriving "
         f"{args.rate:g} a second (fake clock, default PollPolicy()"
-        f"{', the true ETA range given' if args.oracle else ''})"
+        f"{ORACLE_LABELS.get(args.oracle or '', '')})"
         f"{', first five jobs of each client left out' if args.after else ''}"
     )
     for regime, r in results.items():
