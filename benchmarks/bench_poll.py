@@ -26,7 +26,7 @@ Delay is "result in the caller's hands" minus "job finished on the server" (the 
 clock, read from its admin endpoint; same machine, same monotonic clock), as a share of the
 job's duration on the server (submission to finish).
 
-    python -m benchmarks.bench_poll [--quick] [--only 0.6s 6s 60s]
+    python -m benchmarks.bench_poll [--quick] [--only 0.6s 6s 60s] [--seed N]
 """
 
 from __future__ import annotations
@@ -189,10 +189,14 @@ async def run_streams(
     return pooled
 
 
-async def run_length(name: str, quick: bool) -> dict[str, Any]:
+async def run_length(name: str, quick: bool, seed: int | None = None) -> dict[str, Any]:
     job, scale, jobs, rate, quick_jobs = LENGTHS[name]
     count = quick_jobs if quick else jobs
     streams = 2 if quick else max(1, round(POOLED_JOBS / count))
+    # The draw: the clients' arrivals, and (given a seed) the emulator's job lengths and ETA
+    # errors; without one, the emulator's own default seed.
+    first_stream = 7 if seed is None else seed
+    draw = () if seed is None else ("--seed", str(seed))
     baselines: dict[str, Strategy] = {
         "fixed 10% of the job": fixed_interval(0.1 * job * scale),
         "fixed 0.5 s": fixed_interval(0.5 * scale),
@@ -201,19 +205,19 @@ async def run_length(name: str, quick: bool) -> dict[str, Any]:
         baselines["official SDK (60 s, 10 tries)"] = fixed_interval(60 * scale, tries=10)
     rows: dict[str, Any] = {}
     for regime, eta in REGIMES.items():
-        async with emulator_process(*emulator_options(job, scale, eta)) as base_url:
+        async with emulator_process(*emulator_options(job, scale, eta), *draw) as base_url:
             rows[regime] = {
                 OURS: await run_streams(
-                    base_url, ours, jobs=count, rate=rate, streams=streams, seed=7
+                    base_url, ours, jobs=count, rate=rate, streams=streams, seed=first_stream
                 )
             }
     # The baselines ignore the ETA: one client each, under the first regime's settings.
     first = next(iter(REGIMES.values()))
     fixed: dict[str, Any] = {}
     for label, strategy in baselines.items():
-        async with emulator_process(*emulator_options(job, scale, first)) as base_url:
+        async with emulator_process(*emulator_options(job, scale, first), *draw) as base_url:
             fixed[label] = await run_streams(
-                base_url, strategy, jobs=count, rate=rate, streams=1, seed=7
+                base_url, strategy, jobs=count, rate=rate, streams=1, seed=first_stream
             )
     return {
         "job_service_seconds": job,
@@ -227,8 +231,10 @@ async def run_length(name: str, quick: bool) -> dict[str, Any]:
     }
 
 
-async def run(quick: bool = False, only: list[str] | None = None) -> dict[str, Any]:
-    return {name: await run_length(name, quick) for name in LENGTHS if not only or name in only}
+async def run(quick: bool = False, only: list[str] | None = None, seed: int = 7) -> dict[str, Any]:
+    return {
+        name: await run_length(name, quick, seed) for name in LENGTHS if not only or name in only
+    }
 
 
 def render(results: dict[str, Any]) -> str:
@@ -285,10 +291,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer jobs")
     parser.add_argument("--only", nargs="+", choices=list(LENGTHS), help="these job lengths only")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="another draw: the clients' arrivals and the emulator's job lengths and ETA errors",
+    )
     args = parser.parse_args()
-    results = asyncio.run(run(quick=args.quick, only=args.only))
+    results = asyncio.run(run(quick=args.quick, only=args.only, seed=args.seed))
     print(render(results))
-    path = write_results("poll", {"benchmark": "poll", "quick": args.quick, "lengths": results})
+    name = "poll" if args.seed is None else f"poll-seed{args.seed}"
+    path = write_results(
+        name, {"benchmark": "poll", "quick": args.quick, "seed": args.seed, "lengths": results}
+    )
     print(f"\nwritten to {path}")
 
 
