@@ -179,14 +179,9 @@ class EtaModel:
         self.bounds()
         return self._low_samples
 
-    @property
-    def at_prior(self) -> bool:
-        """True while the model knows nothing: its range is the prior's."""
-        return self.bounds() == self._prior and self._samples == 0
-
     def share_below(self, rho: float) -> float | None:
-        """The share of unbiased measurements below ``rho``: how many jobs the model expects
-        done by then (None with fewer than three)."""
+        """The share of jobs the model expects done by ``rho`` of their ETA (None while fewer
+        than three measurements place the low end)."""
         self.bounds()
         if self._distribution is None or self._low_samples < 3:
             return None
@@ -277,17 +272,18 @@ class EtaModel:
             return None, 0, 0
         bounded = [s for s in measured if s.censored]
         distribution = _Distribution.of(used + bounded)
-        hi = distribution.quantile(0.95) or max(s.rho for s in used)
+        top = distribution.quantile(0.95)
+        hi = top if top is not None else max(s.rho for s in used)
         lo = distribution.quantile(0.05)
         if lo is None:
             # Jobs were done at their first fetch, and nothing measured is faster: how much
-            # faster they were is unknown. The low end rests on no measurement (the poller
-            # probes until some are in); until then, at most their bound.
+            # faster they were is unknown. At most their bound (only probes measure below).
             lo = distribution.floor
         # The low end rests on the measurements below where first fetches usually find jobs
-        # done (few: a new client's first jobs and probes); a sample of n falls short of the
-        # extreme by about 1/(n+1) of the range, and the low end placed too high keeps results
-        # waiting past their budget: half as much again.
+        # done (few: a new client's first jobs and probes), and a sample of n falls short of
+        # the extreme by about 1/(n+1) of the range. Placed too high, the low end keeps
+        # results waiting past their budget, the more so the wider the range: a margin of
+        # that share, more for a wide range.
         cut = statistics.median(s.rho for s in bounded) if bounded else hi
         low_count = sum(s.rho <= cut for s in used)
         self._distribution = distribution
