@@ -145,7 +145,6 @@ class EtaModel:
         window: int = 64,
         min_samples: int = 4,
         max_width: float = 0.25,
-        precise_width: float = 0.02,
         low_pad: float = 0.75,
     ) -> None:
         self._prior = prior
@@ -159,7 +158,6 @@ class EtaModel:
         self._trends: deque[tuple[float, float]] = deque(maxlen=16)
         self._min_samples = min_samples
         self._max_width = max_width
-        self._precise_width = precise_width
         self._low_pad = low_pad
         self._cached: tuple[float, float] | None = None
         self._last: tuple[float, float] | None = None
@@ -264,10 +262,10 @@ class EtaModel:
 
     def _estimate(self, bounds: tuple[float, float]) -> tuple[tuple[float, float] | None, int, int]:
         measured = list(self._measure(bounds))
-        exact = [s for s in measured if not s.censored]
-        # Once enough precise measurements are in, the loose ones say nothing more.
-        precise = [s for s in exact if s.width <= self._precise_width * s.rho]
-        used = precise if len(precise) >= self._min_samples else exact
+        # Every measurement counts, the loose ones too (within ``max_width``): the few that
+        # reach below where first fetches find jobs done are all that says how far down the
+        # fastest jobs go, and leaving one out for being loose would leave that to a bound.
+        used = [s for s in measured if not s.censored]
         if len(used) < self._min_samples:
             return None, 0, 0
         bounded = [s for s in measured if s.censored]
@@ -288,9 +286,13 @@ class EtaModel:
         low_count = sum(s.rho <= cut for s in used)
         self._distribution = distribution
         spread = max(0.0, hi - lo)
+        # One ETA far off (a job done long before its last ETA said) may bound a job very
+        # low: that must not send every first fetch to the start of its job. Below the
+        # prior's low end, only a measurement takes the range down.
+        reach = min(self._prior[0], min(s.rho for s in used))
         return (
             (
-                max(0.0, lo - self._low_pad * (1 + 3 * spread / hi) * spread / (low_count + 1)),
+                max(reach, lo - self._low_pad * (1 + 3 * spread / hi) * spread / (low_count + 1)),
                 hi + spread / (len(used) + 1),
             ),
             len(used),

@@ -376,3 +376,45 @@ async def test_a_job_planned_again_inside_its_window_keeps_its_allowance() -> No
     now = earliest + 0.5 * allowed
     due = poller._planner.plan(state, now)
     assert due <= earliest + allowed + 1e-9
+
+
+def test_a_loose_measurement_below_the_bounds_still_places_the_low_end() -> None:
+    # First fetches at 1.03 of the ETA find the fast jobs done; the slow ones are measured
+    # closely. A few jobs were caught running at 0.75 with about a tenth of the ETA left, and
+    # done by 0.875: placed only to within about 4% (the model's range is wide), they are
+    # still all that says how far down the fast jobs go.
+    model = EtaModel()
+    for k in range(20):
+        model.observe_job(_job(1.03 + 0.2 * (k + 0.5) / 20, first=10.3))
+        model.observe_job(_done_at_first(1.03))
+    assert model.bounds()[0] >= 0.95  # nothing measured below the bounds
+    for _ in range(3):
+        model.observe_job(
+            FinishedJob(
+                anchors=((0.0, 10.0), (7.5, 1.0)),
+                first_fetch=7.5,
+                after=7.5,
+                by=8.75,
+                probe=True,
+            )
+        )
+    assert model.bounds()[0] <= 0.87
+
+
+def test_one_eta_far_off_does_not_send_every_first_fetch_to_the_start() -> None:
+    # A job seen with 3.5 s left and done 0.25 s later: its last ETA was 14 times too long.
+    # That says little of the other jobs; the low end stays within the prior's reach.
+    model = EtaModel()
+    for k in range(20):
+        model.observe_job(_job(1.03 + 0.2 * (k + 0.5) / 20, first=10.3))
+        model.observe_job(_done_at_first(1.03))
+    model.observe_job(
+        FinishedJob(
+            anchors=((0.0, 10.0), (8.8, 3.5)),
+            first_fetch=8.8,
+            after=8.8,
+            by=9.05,
+            probe=True,
+        )
+    )
+    assert model.bounds()[0] >= 0.4
