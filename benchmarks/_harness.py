@@ -18,6 +18,23 @@ import aiohttp
 RESULTS = Path(__file__).parent / "results"
 
 
+def job_cost(seconds: float, *, noise: float = 0.0) -> tuple[str, ...]:
+    """Emulator options for jobs of ``seconds`` of service time whatever their parameters,
+    their lengths varying by ``noise`` (a relative standard deviation)."""
+    return (
+        "--cost-base",
+        str(seconds),
+        "--cost-per-step",
+        "0",
+        "--cost-per-sample",
+        "0",
+        "--cost-per-megapixel",
+        "0",
+        "--cost-noise",
+        str(noise),
+    )
+
+
 #: Options for an emulator that answers every submission with "success" at once: no queue
 #: limit worth the name, no spam filter, jobs that cost nothing, and a sync window so wide that
 #: nothing is ever "processing". What is left to measure is the HTTP round trip and the client.
@@ -32,16 +49,7 @@ INSTANT_OPTIONS: tuple[str, ...] = (
     "64",
     "--spam-filter",
     "off",
-    "--cost-base",
-    "0",
-    "--cost-per-step",
-    "0",
-    "--cost-per-sample",
-    "0",
-    "--cost-per-megapixel",
-    "0",
-    "--cost-noise",
-    "0",
+    *job_cost(0),
 )
 
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import dreambooth_async as dba
-from benchmarks._harness import admin_get, emulator_process, table, write_results
+from benchmarks._harness import admin_get, emulator_process, job_cost, table, write_results
 
 SCALE = 0.01
 JOB_SERVICE_SECONDS = 20.0  # 0.2 s real per job at SCALE
@@ -41,16 +41,7 @@ def emulator_options(keys: tuple[str, ...]) -> list[str]:
         str(SLOTS_PER_KEY),
         "--workers",
         str(WORKERS),
-        "--cost-base",
-        str(JOB_SERVICE_SECONDS),
-        "--cost-per-step",
-        "0",
-        "--cost-per-sample",
-        "0",
-        "--cost-per-megapixel",
-        "0",
-        "--cost-noise",
-        "0",
+        *job_cost(JOB_SERVICE_SECONDS),
     ]
     for key in keys:
         options += ["--key", key]

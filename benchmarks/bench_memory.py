@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 
 import dreambooth_async as dba
-from benchmarks._harness import admin_get, running_emulator, table, write_results
+from benchmarks._harness import admin_get, job_cost, running_emulator, table, write_results
 
 KEY = "emulator-key"
 JOBS = 10_000
@@ -52,16 +52,7 @@ PENDING_OPTIONS = (
     "100000",
     "--spam-filter",
     "off",
-    "--cost-base",
-    str(JOB_SECONDS),
-    "--cost-per-step",
-    "0",
-    "--cost-per-sample",
-    "0",
-    "--cost-per-megapixel",
-    "0",
-    "--cost-noise",
-    "0",
+    *job_cost(JOB_SECONDS),
 )
 
 

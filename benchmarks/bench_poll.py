@@ -41,7 +41,7 @@ from typing import Any
 import aiohttp
 
 import dreambooth_async as dba
-from benchmarks._harness import emulator_process, percentile, table, write_results
+from benchmarks._harness import emulator_process, job_cost, percentile, table, write_results
 
 KEY = "emulator-key"
 #: A new client knows nothing of the service's ETA yet; figures are given with and without
@@ -106,16 +106,7 @@ def emulator_options(job: float, scale: float, eta: dict[str, float]) -> list[st
         "0",
         "--spam-filter",
         "off",
-        "--cost-base",
-        str(job),
-        "--cost-per-step",
-        "0",
-        "--cost-per-sample",
-        "0",
-        "--cost-per-megapixel",
-        "0",
-        "--cost-noise",
-        "0.15",
+        *job_cost(job, noise=0.15),
         "--eta-bias",
         str(eta["eta_bias"]),
         "--eta-noise",

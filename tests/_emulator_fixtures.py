@@ -14,9 +14,29 @@ import aiohttp
 from aiohttp import web
 from PIL import Image
 
-from dreambooth_async.emulator import DEFAULT_KEY
+from dreambooth_async.emulator import DEFAULT_KEY, CostModel, EmulatorConfig
 
 KEY = DEFAULT_KEY
+
+#: The poller's tests run the emulator 100 times faster than real time.
+POLL_SCALE = 0.01
+#: Jobs of about 10 service seconds (0.1 s real), no noise, answered "processing" at first.
+POLL_COST = CostModel(base=10.0, per_step=0.0, per_sample=0.0, per_megapixel=0.0, noise=0.0)
+
+
+def poller_config(**overrides: object) -> EmulatorConfig:
+    """An emulator for the poller's tests: scaled, roomy, every job queued first."""
+    settings: dict[str, object] = {
+        "time_scale": POLL_SCALE,
+        "cost": POLL_COST,
+        "workers": 4,
+        "queue_limit": 50,
+        "sync_window": 0.0,
+        "spam_filter": False,
+    }
+    settings.update(overrides)
+    return EmulatorConfig(**settings)  # type: ignore[arg-type]
+
 
 # The seed page's example (dreambooth-inpaint-endpoint.txt), as printed there.
 SEED_REQUEST: dict[str, Any] = {

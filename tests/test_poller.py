@@ -12,28 +12,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 import anyio
 import pytest
+from _emulator_fixtures import POLL_SCALE, poller_config
 
 import dreambooth_async as dba
-from dreambooth_async.emulator import DEFAULT_KEY, CostModel, Emulator, EmulatorConfig, FaultConfig
+from dreambooth_async.emulator import DEFAULT_KEY, Emulator, FaultConfig
 
 pytestmark = pytest.mark.anyio
-
-SCALE = 0.01
-# Jobs of about 10 service seconds (0.1 s real), no noise, answered "processing" at first.
-COST = CostModel(base=10.0, per_step=0.0, per_sample=0.0, per_megapixel=0.0, noise=0.0)
-
-
-def config(**overrides: object) -> EmulatorConfig:
-    settings: dict[str, object] = {
-        "time_scale": SCALE,
-        "cost": COST,
-        "workers": 4,
-        "queue_limit": 50,
-        "sync_window": 0.0,
-        "spam_filter": False,
-    }
-    settings.update(overrides)
-    return EmulatorConfig(**settings)  # type: ignore[arg-type]
 
 
 def request(i: int = 0, **fields: object) -> dba.Text2Img:
@@ -42,7 +26,7 @@ def request(i: int = 0, **fields: object) -> dba.Text2Img:
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[Emulator]:
-    async with Emulator(config()) as emu:
+    async with Emulator(poller_config()) as emu:
         yield emu
 
 
@@ -50,7 +34,7 @@ def client_for(emu: Emulator, **options: object) -> dba.DreamboothClient:
     return dba.DreamboothClient(
         DEFAULT_KEY,
         base_url=emu.base_url,
-        poll=dba.PollPolicy().scaled(SCALE),
+        poll=dba.PollPolicy().scaled(POLL_SCALE),
         **options,  # type: ignore[arg-type]
     )
 
@@ -103,7 +87,7 @@ async def test_cancelling_one_waiter_leaves_the_others(emulator: Emulator) -> No
 
 
 async def test_a_failure_in_the_middle_of_the_queue_fails_only_that_job() -> None:
-    cfg = config(faults=FaultConfig(seed=3, rate_failed=0.3))
+    cfg = poller_config(faults=FaultConfig(seed=3, rate_failed=0.3))
     async with Emulator(cfg) as emu, client_for(emu) as client:
         jobs = [await client.submit(request(i)) for i in range(12)]
         outcomes = await asyncio.gather(*(job.wait() for job in jobs), return_exceptions=True)
@@ -155,7 +139,7 @@ async def _post(url: str, body: object, **kw: object) -> int:
 async def test_webhook_resolves_the_job_before_the_poller_would(emulator: Emulator) -> None:
     receiver = dba.WebhookReceiver()
     # Polling alone would wait a hundred times the job's ETA: only the webhook can be on time.
-    policy = dba.PollPolicy(webhook_slowdown=100.0).scaled(SCALE)
+    policy = dba.PollPolicy(webhook_slowdown=100.0).scaled(POLL_SCALE)
     async with dba.DreamboothClient(
         DEFAULT_KEY, base_url=emulator.base_url, poll=policy, webhooks=receiver
     ) as client:
@@ -169,13 +153,13 @@ async def test_webhook_resolves_the_job_before_the_poller_would(emulator: Emulat
 
 
 async def test_duplicate_and_forged_webhooks_change_nothing() -> None:
-    cfg = config(webhook_duplicate_rate=1.0)
+    cfg = poller_config(webhook_duplicate_rate=1.0)
     async with Emulator(cfg) as emu:
         receiver = dba.WebhookReceiver()
         async with dba.DreamboothClient(
             DEFAULT_KEY,
             base_url=emu.base_url,
-            poll=dba.PollPolicy().scaled(SCALE),
+            poll=dba.PollPolicy().scaled(POLL_SCALE),
             webhooks=receiver,
         ) as client:
             assert receiver.public_url is not None
@@ -208,7 +192,7 @@ async def test_duplicate_and_forged_webhooks_change_nothing() -> None:
 
 async def test_receiver_down_polling_still_completes(emulator: Emulator) -> None:
     receiver = dba.WebhookReceiver()
-    policy = dba.PollPolicy(webhook_slowdown=2.0).scaled(SCALE)
+    policy = dba.PollPolicy(webhook_slowdown=2.0).scaled(POLL_SCALE)
     async with dba.DreamboothClient(
         DEFAULT_KEY, base_url=emulator.base_url, poll=policy, webhooks=receiver
     ) as client:

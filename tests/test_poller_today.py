@@ -19,30 +19,15 @@ import random
 
 import anyio
 import pytest
+from _emulator_fixtures import poller_config
 from replay_server import ReplayServer, Reply, fast_client_options
 
 import dreambooth_async as dba
 from dreambooth_async._eta import EtaModel, FinishedJob
 from dreambooth_async._poller import Poller
-from dreambooth_async.emulator import DEFAULT_KEY, CostModel, Emulator, EmulatorConfig
+from dreambooth_async.emulator import DEFAULT_KEY, Emulator
 
 pytestmark = pytest.mark.anyio
-
-SCALE = 0.01
-COST = CostModel(base=10.0, per_step=0.0, per_sample=0.0, per_megapixel=0.0, noise=0.0)
-
-
-def config(**overrides: object) -> EmulatorConfig:
-    settings: dict[str, object] = {
-        "time_scale": SCALE,
-        "cost": COST,
-        "workers": 4,
-        "queue_limit": 50,
-        "sync_window": 0.0,
-        "spam_filter": False,
-    }
-    settings.update(overrides)
-    return EmulatorConfig(**settings)  # type: ignore[arg-type]
 
 
 def request(i: int = 0) -> dba.Text2Img:
@@ -55,7 +40,7 @@ def request(i: int = 0) -> dba.Text2Img:
 async def test_idless_processing_answers_keep_the_job_pending_to_its_result() -> None:
     # Every "processing" fetch answer in the docs' form: no id, no eta, output "".
     async with (
-        Emulator(config(idless_processing_rate=1.0)) as emu,
+        Emulator(poller_config(idless_processing_rate=1.0)) as emu,
         dba.DreamboothClient(
             DEFAULT_KEY, base_url=emu.base_url, api_version="v6", poll=dba.PollPolicy()
         ) as client,
@@ -72,7 +57,7 @@ async def test_the_seed_of_the_processing_answer_reaches_the_result(api_version:
     # The v3/v4 fetch answer is {status, id, output}: without the processing answer's meta
     # the seed that ran is lost.
     async with (
-        Emulator(config()) as emu,
+        Emulator(poller_config()) as emu,
         dba.DreamboothClient(
             DEFAULT_KEY,
             base_url=emu.base_url,
