@@ -73,7 +73,6 @@ class FinishedJob:
 @attrs.frozen
 class _Sample:
     rho: float
-    width: float
     #: The job was already done at the next fetch: ``rho`` is only an upper bound.
     censored: bool = False
 
@@ -239,7 +238,7 @@ class EtaModel:
             anchors = job.anchors
             # The fetch after the last ETA found the job done: of that ETA, only a bound.
             at, eta = anchors[-1]
-            yield _Sample((job.by - at) / eta, 0.0, censored=True)
+            yield _Sample((job.by - at) / eta, censored=True)
             if len(anchors) == 1:
                 continue
             # After each earlier one, it was still running: those are measured, as closely
@@ -258,7 +257,7 @@ class EtaModel:
                 rho = ((low + high) / 2 - at) / eta
                 width = (high - low) / eta
                 if rho > 0 and width <= self._max_width * rho:
-                    yield _Sample(rho, width)
+                    yield _Sample(rho)
 
     def _estimate(self, bounds: tuple[float, float]) -> tuple[tuple[float, float] | None, int, int]:
         measured = list(self._measure(bounds))
