@@ -31,6 +31,9 @@ __all__ = ["DurationModel", "EtaModel", "FinishedJob"]
 #: A finish narrowed by the last ETA measures an earlier one only if the last is at most this
 #: share of it.
 _NARROWS = 0.3
+#: The margin below the low end grows with the range's width beside its level up to this
+#: width, and no more (see :meth:`EtaModel._estimate`).
+_WIDE = 0.3
 
 
 @attrs.frozen
@@ -144,7 +147,7 @@ class EtaModel:
         window: int = 64,
         min_samples: int = 4,
         max_width: float = 0.25,
-        low_pad: float = 0.75,
+        low_pad: float = 5.0,
     ) -> None:
         self._prior = prior
         self._jobs: deque[FinishedJob] = deque(maxlen=window)
@@ -278,9 +281,12 @@ class EtaModel:
             lo = distribution.floor
         # The low end rests on the measurements below where first fetches usually find jobs
         # done (few: a new client's first jobs and probes), and a sample of n falls short of
-        # the extreme by about 1/(n+1) of the range. Placed too high, the low end keeps
-        # results waiting past their budget, the more so the wider the range: a margin of
-        # that share, more for a wide range.
+        # the extreme by about 1/(n+1) of the range: a margin of about that share, more for
+        # a wide range, much less for a narrow one. In a wide one a low end placed too high
+        # keeps results waiting past their budget; in a narrow one the first fetch lands near
+        # the range's top, so every bit of margin sends that share of the jobs to a second
+        # fetch, while a low end a little too high costs little delay. So the margin grows
+        # with the range's width beside its level, up to ``_WIDE`` (1.5 times the share).
         cut = statistics.median(s.rho for s in bounded) if bounded else hi
         low_count = sum(s.rho <= cut for s in used)
         self._distribution = distribution
@@ -291,7 +297,7 @@ class EtaModel:
         reach = min(self._prior[0], min(s.rho for s in used))
         return (
             (
-                max(reach, lo - self._low_pad * (1 + 3 * spread / hi) * spread / (low_count + 1)),
+                max(reach, lo - self._low_pad * min(spread / hi, _WIDE) * spread / (low_count + 1)),
                 hi + spread / (len(used) + 1),
             ),
             len(used),

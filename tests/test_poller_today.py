@@ -403,3 +403,22 @@ def test_one_eta_far_off_does_not_send_every_first_fetch_to_the_start() -> None:
         )
     )
     assert model.bounds()[0] >= 0.4
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "margin"), [(0.73, 0.81, (0.0, 0.006)), (0.8, 1.25, (0.05, 0.15))]
+)
+def test_the_margin_below_the_low_end_grows_with_the_range_width(
+    low: float, high: float, margin: tuple[float, float]
+) -> None:
+    # A narrow range (a steady bias, little noise): the first fetch lands near its top, and
+    # every bit of margin below the lowest measurement sends that share of the jobs to a
+    # second fetch. A wide one: a low end placed too high keeps results waiting.
+    model = EtaModel()
+    for k in range(8):
+        model.observe_job(
+            _job(low + (high - low) * (k + 0.5) / 8, first=0.4 * low * 10, early=True)
+        )
+    lowest = low + (high - low) * 0.5 / 8
+    lo, _ = model.bounds()
+    assert margin[0] * lowest <= lowest - lo <= margin[1] * lowest
