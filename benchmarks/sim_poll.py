@@ -12,9 +12,11 @@ out a little lower than in real time.
 ``--oracle`` gives the planner the true range of the ETA's error from the start instead of
 what it learns: the same planning with nothing to learn, which shows what the learning costs;
 ``--oracle after-first`` only once jobs have finished, which shows what the first jobs cost.
+The success answer carries the job's generation time, as the service's and the emulator's do;
+``--no-generation-time`` leaves it out (as the v3 fetch answer does).
 
     python -m benchmarks.sim_poll [--jobs 60] [--rate 10] [--length 0.6] [--seeds 100]
-        [--after] [--oracle [after-first]]
+        [--after] [--oracle [after-first]] [--no-generation-time]
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ async def simulate(
     noise: float,
     seed: int,
     oracle: str | None = None,
+    generation_time: bool = True,
 ) -> dict[str, Any]:
     clock = _Clock()
     # Every module of the poller that reads the clock reads this one instead.
@@ -103,7 +106,7 @@ async def simulate(
     for module in modules:
         module.time = clock  # type: ignore[attr-defined]
     try:
-        return await _run(clock, jobs, rate, length, bias, noise, seed, oracle)
+        return await _run(clock, jobs, rate, length, bias, noise, seed, oracle, generation_time)
     finally:
         for module in modules:
             module.time = time  # type: ignore[attr-defined]
@@ -118,6 +121,7 @@ async def _run(
     noise: float,
     seed: int,
     oracle: str | None,
+    generation_time: bool,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     random.seed(seed)  # the poller's own jitter
@@ -133,7 +137,12 @@ async def _run(
         sent = clock.now
         clock.now = sent + rtt / 2  # the service looks at the job half a round trip later
         if clock.now >= finish[job_id]:
-            answer: Any = dba.GenerationResult(id=job_id, status="success", output=())
+            answer: Any = dba.GenerationResult(
+                id=job_id,
+                status="success",
+                output=(),
+                generation_time=duration[job_id] if generation_time else None,
+            )
         else:
             answer = dba.Processing(id=job_id, eta=eta(job_id), raw={"status": "processing"})
         clock.now = sent + rtt
@@ -207,14 +216,28 @@ def _pooled(runs: list[dict[str, Any]], fetch_key: str, delay_key: str) -> tuple
 
 
 async def run(
-    jobs: int, rate: float, length: float, seeds: int, *, after: bool, oracle: str | None
+    jobs: int,
+    rate: float,
+    length: float,
+    seeds: int,
+    *,
+    after: bool,
+    oracle: str | None,
+    generation_time: bool = True,
 ) -> dict[str, Any]:
     fetch_key, delay_key = ("fetches_after_5", "p95_after_5") if after else ("fetches", "p95")
     out: dict[str, Any] = {}
     for regime, (bias, noise) in REGIMES.items():
         runs = [
             await simulate(
-                jobs=jobs, rate=rate, length=length, bias=bias, noise=noise, seed=s, oracle=oracle
+                jobs=jobs,
+                rate=rate,
+                length=length,
+                bias=bias,
+                noise=noise,
+                seed=s,
+                oracle=oracle,
+                generation_time=generation_time,
             )
             for s in range(seeds)
         ]
@@ -268,15 +291,29 @@ def main() -> None:
         choices=["always", "after-first"],
         help="the planner knows the ETA's error range (after-first: once jobs have finished)",
     )
+    parser.add_argument(
+        "--no-generation-time",
+        action="store_true",
+        help="the success answer does not say how long the job ran",
+    )
     args = parser.parse_args()
     results = asyncio.run(
-        run(args.jobs, args.rate, args.length, args.seeds, after=args.after, oracle=args.oracle)
+        run(
+            args.jobs,
+            args.rate,
+            args.length,
+            args.seeds,
+            after=args.after,
+            oracle=args.oracle,
+            generation_time=not args.no_generation_time,
+        )
     )
     print(
         f"{args.seeds} seeds of {args.jobs} jobs of {args.length:g} s arriving "
         f"{args.rate:g} a second (fake clock, default PollPolicy()"
         f"{ORACLE_LABELS.get(args.oracle or '', '')})"
         f"{', first five jobs of each client left out' if args.after else ''}"
+        f"{', no generation time in the answers' if args.no_generation_time else ''}"
     )
     for regime, r in results.items():
         for label, x in r.items():

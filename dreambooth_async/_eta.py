@@ -14,6 +14,11 @@ they are recomputed from the raw observations whenever the model changes, and a 
 narrowed so only when the last ETA was short beside the one measured: otherwise a model placed
 wrong would place the measurements where it expects them, and keep itself. Until enough jobs
 have finished, how fast pending jobs' ETAs fall gives a rough range.
+
+The success answer says how long the job ran (``generationTime``). Counted from the submission,
+that places the finish of every job, those found done at a first fetch too, once recent jobs
+show that it does so closely (the service ran them as it accepted them): then every ETA is
+measured, not only bounded, and the low end rests on every job rather than on a few probes.
 """
 
 from __future__ import annotations
@@ -34,6 +39,16 @@ _NARROWS = 0.3
 #: The margin below the low end grows with the range's width beside its level up to this
 #: width, and no more (see :meth:`EtaModel._estimate`).
 _WIDE = 0.3
+#: The service's generation time places finishes once this many recent jobs bound its lag,
+#: and if it places a job's finish to within this share of the job's generation time (see
+#: :meth:`EtaModel._offset`).
+_MIN_OFFSETS = 4
+_PLACED = 0.03
+#: The lag is put this many gaps below the smallest bound from above (the gap between the two
+#: smallest): the bounds from above are the lag plus a delay, and the smallest delay of a few
+#: jobs is about as large as the gap between the two smallest.
+_GAPS = 2.0
+_TRUST = 0.03
 
 
 @attrs.frozen
@@ -52,6 +67,10 @@ class FinishedJob:
     #: First fetched before it could possibly be done, whatever its speed: a probe, or a job
     #: of a new client whose model knew nothing yet. Its measurement is unbiased.
     early: bool = False
+    #: Where the service's ``generationTime`` puts the finish, counted from the submission
+    #: answer (None: not reported, or not a job this client submitted), and that time.
+    reported: float | None = None
+    generation_time: float | None = None
 
     def finish(self, bounds: tuple[float, float]) -> tuple[float, float]:
         """Where the real finish lies, ``(earliest, latest)``: between the last "processing"
@@ -158,6 +177,9 @@ class EtaModel:
         # Rough readings from how fast a pending job's ETA falls: used only until enough
         # finished jobs have been measured, so that a new client does not poll blindly.
         self._trends: deque[tuple[float, float]] = deque(maxlen=16)
+        # For each recent job, how far its finish lay from where the service's generation
+        # time put it, (at least, at most) seconds: see :meth:`_offset`.
+        self._offsets: deque[tuple[float, float]] = deque(maxlen=window // 2)
         self._min_samples = min_samples
         self._max_width = max_width
         self._low_pad = low_pad
@@ -195,6 +217,8 @@ class EtaModel:
             self._early.append(job)
         else:
             self._jobs.append(job)
+        if job.reported is not None:
+            self._offsets.append((job.after - job.reported, job.by - job.reported))
         self._cached = None
 
     def observe_trend(self, rho: float, spread: float = 1.0) -> None:
@@ -236,9 +260,56 @@ class EtaModel:
             centre * (1 + 2.0 * uncertain),
         )
 
+    def _offset(self) -> tuple[float, float, float] | None:
+        """The lag from where the service's generation time puts a finish (the submission
+        answer plus ``generationTime``) to the real finish, ``(at least, at most)`` seconds;
+        None until recent jobs agree on it.
+
+        While the service runs a job as soon as it accepts it, that lag is the same for every
+        job (the submission's answer left a little after the job started), and each finished
+        job bounds it: the job finished after its last "processing" and by the answer that
+        showed it done. Pinned down so, the generation time places every finish, those of jobs
+        a first fetch found done too, which otherwise only bound how fast a job was: the low
+        end is then measured on every job rather than on a few probes. A job that waited in a
+        queue finished later than its generation time says, so its lower bound on the lag
+        sits above the others' upper bounds: one such job is let off; with more, the
+        generation time places nothing."""
+        if len(self._offsets) < _MIN_OFFSETS:
+            return None
+        at_least = sorted(low for low, _ in self._offsets)[-2]
+        first, second = sorted(high for _, high in self._offsets)[:2]
+        if at_least > first:
+            return None
+        return at_least, max(at_least, first - _GAPS * (second - first)), first
+
+    def _placed(
+        self, job: FinishedJob, offset: tuple[float, float, float] | None
+    ) -> tuple[float, float] | None:
+        """Where the generation time puts ``job``'s finish, if closely (see :meth:`_offset`)
+        and consistently with what the poller saw of the job."""
+        if offset is None or job.reported is None or job.generation_time is None:
+            return None
+        surely, likely, latest = (job.reported + lag for lag in offset)
+        if latest - surely > _TRUST * job.generation_time:
+            return None
+        earliest = likely
+        earliest, latest = max(earliest, job.after), min(latest, job.by)
+        return (earliest, latest) if earliest <= latest else None
+
     def _measure(self, bounds: tuple[float, float]) -> Iterator[_Sample]:
+        offset = self._offset()
         for job in (*self._early, *self._jobs):
             anchors = job.anchors
+            placed = self._placed(job, offset)
+            if placed is not None:
+                # The finish is known: every ETA the job was given is measured, the last too.
+                low, high = placed
+                for at, eta in anchors:
+                    rho = ((low + high) / 2 - at) / eta
+                    # A short ETA measured against an uncertain finish says little.
+                    if rho > 0 and high - low <= _PLACED * eta:
+                        yield _Sample(rho)
+                continue
             # The fetch after the last ETA found the job done: of that ETA, only a bound.
             at, eta = anchors[-1]
             yield _Sample((job.by - at) / eta, censored=True)

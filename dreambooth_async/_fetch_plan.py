@@ -262,11 +262,20 @@ class FetchPlanner:
         window = self.window(state)
         return None if window is None else max(0.0, window[1] - state.submitted_at)
 
-    def learn(self, state: JobState, finished_by: float) -> None:
+    def learn(
+        self, state: JobState, finished_by: float, *, generation_time: float | None = None
+    ) -> None:
         """Teach the models what the job showed, now that it finished by ``finished_by``
-        (and after ``state.last_processing``, the last "not yet")."""
+        (and after ``state.last_processing``, the last "not yet"). ``generation_time``: how
+        long the service says the job ran (its ``generationTime``), if it said."""
         if state.last_processing is None or state.first_fetch is None:
             return
+        # Only a job this client submitted has a known start to count the generation from.
+        ran = (
+            generation_time
+            if state.measured and generation_time is not None and 0 < generation_time < math.inf
+            else None
+        )
         seen = FinishedJob(
             anchors=tuple(state.anchors),
             first_fetch=state.first_fetch,
@@ -274,6 +283,8 @@ class FetchPlanner:
             by=finished_by,
             probe=bool(state.probe),
             early=state.first_unbiased,
+            reported=None if ran is None else state.submitted_at + ran,
+            generation_time=ran,
         )
         if not state.probe and state.anchors:
             done_at_first = float(state.fetches == 1)

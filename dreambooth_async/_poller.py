@@ -322,7 +322,7 @@ class Poller:
         if isinstance(answer, Processing):
             self._observe_processing(state, answer, at, received)
             return
-        self._planner.learn(state, at)
+        self._planner.learn(state, at, generation_time=answer.generation_time)
         if answer.id is None:
             answer = attrs.evolve(answer, id=state.id)
         if not answer.meta and state.meta:

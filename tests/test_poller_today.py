@@ -18,12 +18,15 @@ import asyncio
 import random
 
 import anyio
+import attrs
 import pytest
 from _emulator_fixtures import poller_config
 from replay_server import ReplayServer, Reply, fast_client_options
 
 import dreambooth_async as dba
 from dreambooth_async._eta import EtaModel, FinishedJob
+from dreambooth_async._fetch_plan import FetchPlanner
+from dreambooth_async._job import new_state
 from dreambooth_async._poller import Poller
 from dreambooth_async.emulator import DEFAULT_KEY, Emulator
 
@@ -422,3 +425,83 @@ def test_the_margin_below_the_low_end_grows_with_the_range_width(
     lowest = low + (high - low) * 0.5 / 8
     lo, _ = model.bounds()
     assert margin[0] * lowest <= lowest - lo <= margin[1] * lowest
+
+
+def _reported(job: FinishedJob, finish: float, *, lag: float = -0.002) -> FinishedJob:
+    """``job`` (submitted at 0, finished at ``finish``) with the generation time the service
+    reports for it: the finish, ``lag`` seconds off (the submission's answer left a little
+    after the job started)."""
+    return attrs.evolve(job, reported=finish - lag, generation_time=finish - lag)
+
+
+def _seen_closely(rho: float, *, eta: float = 10.0) -> FinishedJob:
+    """A job given ``eta`` at 0 that finished at ``rho * eta``, still running 0.03 s before
+    and seen done 0.03 s after."""
+    finish = rho * eta
+    return FinishedJob(
+        anchors=((0.0, eta),), first_fetch=finish - 0.03, after=finish - 0.03, by=finish + 0.03
+    )
+
+
+def _slow_start_then_done_at_first(
+    model: EtaModel, *, waits: list[float] | None = None, reported: bool = True
+) -> None:
+    """A new client whose first jobs (measured) all happened to be slow, then 40 jobs spread
+    evenly over 0.73-0.81 of their ETA: most found done at their first fetch, at 0.82, one in
+    four seen closely. ``waits``: how long each job waited in a queue before it ran (the
+    generation time leaves it out)."""
+    rng = random.Random(3)
+    jobs: list[tuple[FinishedJob, float]] = []
+    for k in range(5):
+        rho = 0.795 + 0.015 * k / 4
+        jobs.append((_job(rho, first=4.0, early=True), 10 * rho))
+    for k in range(40):
+        rho = rng.uniform(0.73, 0.81)
+        jobs.append((_seen_closely(rho) if k % 4 == 0 else _done_at_first(0.82), 10 * rho))
+    for index, (job, finish) in enumerate(jobs):
+        wait = waits[index] if waits else 0.0
+        model.observe_job(_reported(job, finish - wait) if reported else job)
+
+
+def test_the_generation_time_measures_the_jobs_a_first_fetch_found_done() -> None:
+    # Without it, those jobs only say they were faster than 0.82 of their ETA, and the low
+    # end stays where the first (slow) jobs put it: later results wait past their budget.
+    model = EtaModel()
+    _slow_start_then_done_at_first(model)
+    lo, hi = model.bounds()
+    assert 0.725 <= lo <= 0.74
+    assert 0.80 <= hi <= 0.82
+    assert model.low_samples >= 30  # every job measured: probes become rare
+
+
+def test_a_generation_time_that_queue_waits_put_off_places_nothing() -> None:
+    # Jobs that waited in a queue before they ran finished later than their generation time
+    # says, each by its own wait: the bounds the jobs give on the lag disagree, and the
+    # generation time is not used: the model is what it would be without it.
+    rng = random.Random(4)
+    waits = [rng.uniform(0.5, 2.0) for _ in range(45)]
+    with_waits, without = EtaModel(), EtaModel()
+    _slow_start_then_done_at_first(with_waits, waits=waits)
+    _slow_start_then_done_at_first(without, reported=False)
+    assert with_waits.bounds() == without.bounds()
+
+
+async def test_the_poller_hands_the_generation_time_of_a_result_to_the_eta_model() -> None:
+    # Through the planner, as the poller calls it: jobs found done at their first fetch,
+    # each with its generation time, and one in four seen closely.
+    planner = FetchPlanner(dba.PollPolicy(), lambda: None)
+    rng = random.Random(5)
+    for k in range(40):
+        state = new_state(str(k))
+        state.measured = True
+        start = state.submitted_at
+        rho = rng.uniform(0.73, 0.81)
+        planner.observe_eta(state, 10.0, start)
+        finish = start + 10 * rho
+        seen = finish - 0.03 if k % 4 == 0 else start
+        state.first_fetch = finish - 0.03 if k % 4 == 0 else start + 8.2
+        state.last_processing = seen
+        state.fetches = 2 if k % 4 == 0 else 1
+        planner.learn(state, finish + 0.03 if k % 4 == 0 else start + 8.2, generation_time=10 * rho)
+    lo, hi = planner.eta_model.bounds()
+    assert 0.725 <= lo <= 0.74 and 0.80 <= hi <= 0.82
