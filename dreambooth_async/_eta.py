@@ -39,16 +39,27 @@ _NARROWS = 0.3
 #: The margin below the low end grows with the range's width beside its level up to this
 #: width, and no more (see :meth:`EtaModel._estimate`).
 _WIDE = 0.3
-#: The service's generation time places finishes once this many recent jobs bound its lag,
-#: and if it places a job's finish to within this share of the job's generation time (see
-#: :meth:`EtaModel._offset`).
+#: The service's generation time places finishes once this many recent jobs bound its lag
+#: (see :meth:`EtaModel._offset`), and only if those bounds place a job's finish to within this
+#: share of its generation time; an ETA is measured against such a finish only if it is long
+#: enough for the same share of it to hold the finish.
 _MIN_OFFSETS = 4
 _PLACED = 0.03
+#: Of the jobs whose bounds put the lag above where the others' put it (they waited in a queue
+#: first), this many are let off.
+_LET_OFF = 1
+#: The likely place rests on the two smallest delays and may be narrower than it should: an
+#: ETA is measured against it only if this share of the sure uncertainty would do too.
+_LIKELY = 0.5
 #: The lag is put this many gaps below the smallest bound from above (the gap between the two
-#: smallest): the bounds from above are the lag plus a delay, and the smallest delay of a few
-#: jobs is about as large as the gap between the two smallest.
+#: smallest): those bounds are the lag plus each job's delay, and the smallest delay among
+#: some dozens of jobs is about as large as the gap between the two smallest.
 _GAPS = 2.0
-_TRUST = 0.03
+#: With ``_MANY`` measurements or more (the generation time measures every job), the low end
+#: keeps this share of the range, over the square root of their number, below their 5% point:
+#: about how far a sample's 5% point strays from the jobs' own.
+_STRAY = 0.3
+_MANY = 20
 
 
 @attrs.frozen
@@ -179,7 +190,7 @@ class EtaModel:
         self._trends: deque[tuple[float, float]] = deque(maxlen=16)
         # For each recent job, how far its finish lay from where the service's generation
         # time put it, (at least, at most) seconds: see :meth:`_offset`.
-        self._offsets: deque[tuple[float, float]] = deque(maxlen=window // 2)
+        self._offsets: deque[tuple[float, float]] = deque(maxlen=window)
         self._min_samples = min_samples
         self._max_width = max_width
         self._low_pad = low_pad
@@ -262,8 +273,8 @@ class EtaModel:
 
     def _offset(self) -> tuple[float, float, float] | None:
         """The lag from where the service's generation time puts a finish (the submission
-        answer plus ``generationTime``) to the real finish, ``(at least, at most)`` seconds;
-        None until recent jobs agree on it.
+        answer plus ``generationTime``) to the real finish, in seconds: ``(surely at least,
+        likely at least, at most)``; None until recent jobs agree on it.
 
         While the service runs a job as soon as it accepts it, that lag is the same for every
         job (the submission's answer left a little after the job started), and each finished
@@ -276,25 +287,30 @@ class EtaModel:
         generation time places nothing."""
         if len(self._offsets) < _MIN_OFFSETS:
             return None
-        at_least = sorted(low for low, _ in self._offsets)[-2]
         first, second = sorted(high for _, high in self._offsets)[:2]
-        if at_least > first:
+        lows = [low for low, _ in self._offsets]
+        consistent = [low for low in lows if low <= first]
+        if len(lows) - len(consistent) > _LET_OFF:
             return None
+        at_least = max(consistent, default=-math.inf)
+        # The bounds say the lag is between ``at_least`` and ``first``; the smallest delays
+        # say where in between it likely is.
         return at_least, max(at_least, first - _GAPS * (second - first)), first
 
     def _placed(
         self, job: FinishedJob, offset: tuple[float, float, float] | None
-    ) -> tuple[float, float] | None:
+    ) -> tuple[float, float, float] | None:
         """Where the generation time puts ``job``'s finish, if closely (see :meth:`_offset`)
-        and consistently with what the poller saw of the job."""
+        and consistently with what the poller saw of the job: ``(likely earliest, latest,
+        how far it may surely be off)``."""
         if offset is None or job.reported is None or job.generation_time is None:
             return None
         surely, likely, latest = (job.reported + lag for lag in offset)
-        if latest - surely > _TRUST * job.generation_time:
+        off = latest - surely
+        if off > _PLACED * job.generation_time:
             return None
-        earliest = likely
-        earliest, latest = max(earliest, job.after), min(latest, job.by)
-        return (earliest, latest) if earliest <= latest else None
+        earliest, latest = max(likely, job.after), min(latest, job.by)
+        return (earliest, latest, off) if earliest <= latest else None
 
     def _measure(self, bounds: tuple[float, float]) -> Iterator[_Sample]:
         offset = self._offset()
@@ -303,11 +319,11 @@ class EtaModel:
             placed = self._placed(job, offset)
             if placed is not None:
                 # The finish is known: every ETA the job was given is measured, the last too.
-                low, high = placed
+                low, high, off = placed
                 for at, eta in anchors:
                     rho = ((low + high) / 2 - at) / eta
                     # A short ETA measured against an uncertain finish says little.
-                    if rho > 0 and high - low <= _PLACED * eta:
+                    if rho > 0 and max(high - low, _LIKELY * off) <= _PLACED * eta:
                         yield _Sample(rho)
                 continue
             # The fetch after the last ETA found the job done: of that ETA, only a bound.
@@ -358,6 +374,9 @@ class EtaModel:
         # the range's top, so every bit of margin sends that share of the jobs to a second
         # fetch, while a low end a little too high costs little delay. So the margin grows
         # with the range's width beside its level, up to ``_WIDE`` (1.5 times the share).
+        # With many measurements that share is small, but a sample's 5% point still strays
+        # from the jobs' own by some share of the range over the square root of their
+        # number: at least that.
         cut = statistics.median(s.rho for s in bounded) if bounded else hi
         low_count = sum(s.rho <= cut for s in used)
         self._distribution = distribution
@@ -368,7 +387,14 @@ class EtaModel:
         reach = min(self._prior[0], min(s.rho for s in used))
         return (
             (
-                max(reach, lo - self._low_pad * min(spread / hi, _WIDE) * spread / (low_count + 1)),
+                max(
+                    reach,
+                    lo
+                    - max(
+                        self._low_pad * min(spread / hi, _WIDE) * spread / (low_count + 1),
+                        _STRAY * spread / math.sqrt(low_count + 1) if low_count >= _MANY else 0.0,
+                    ),
+                ),
                 hi + spread / (len(used) + 1),
             ),
             len(used),
