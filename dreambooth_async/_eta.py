@@ -78,8 +78,8 @@ class FinishedJob:
     #: First fetched before it could possibly be done, whatever its speed: a probe, or a job
     #: of a new client whose model knew nothing yet. Its measurement is unbiased.
     early: bool = False
-    #: Where the service's ``generationTime`` puts the finish, counted from the submission
-    #: answer (None: not reported, or not a job this client submitted), and that time.
+    #: Where the service's ``generationTime`` puts the finish (the submission answer plus that
+    #: time), and that time; None when the answer gave none or the job was attached by id.
     reported: float | None = None
     generation_time: float | None = None
 
