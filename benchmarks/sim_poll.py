@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import heapq
 import random
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import dreambooth_async as dba
@@ -89,6 +91,21 @@ def true_range(bias: float, noise: float) -> tuple[float, float]:
     return 1 / ((1 + bias) * (1 + 0.9 * noise)), 1 / ((1 + bias) * (1 - 0.9 * noise))
 
 
+@contextlib.contextmanager
+def _fake_clock() -> Iterator[_Clock]:
+    """A clock that stands in for the ``time`` module of every module of the poller that
+    reads it, for the ``with`` block."""
+    clock = _Clock()
+    modules = [m for m in _CLOCK_READERS if getattr(m, "time", None) is time]
+    for module in modules:
+        module.time = clock  # type: ignore[attr-defined]
+    try:
+        yield clock
+    finally:
+        for module in modules:
+            module.time = time  # type: ignore[attr-defined]
+
+
 async def simulate(
     *,
     jobs: int,
@@ -100,109 +117,87 @@ async def simulate(
     oracle: str | None = None,
     generation_time: bool = True,
 ) -> dict[str, Any]:
-    clock = _Clock()
-    # Every module of the poller that reads the clock reads this one instead.
-    modules = [m for m in _CLOCK_READERS if getattr(m, "time", None) is time]
-    for module in modules:
-        module.time = clock  # type: ignore[attr-defined]
-    try:
-        return await _run(clock, jobs, rate, length, bias, noise, seed, oracle, generation_time)
-    finally:
-        for module in modules:
-            module.time = time  # type: ignore[attr-defined]
+    with _fake_clock() as clock:
+        rng = random.Random(seed)
+        random.seed(seed)  # the poller's own jitter
+        rtt = 0.004
+        finish: dict[str, float] = {}
+        duration: dict[str, float] = {}
 
+        def eta(job_id: str) -> float:
+            left = max(0.0, finish[job_id] - clock.now)
+            return left * (1 + bias) * (1 + rng.uniform(-noise, noise))
 
-async def _run(
-    clock: _Clock,
-    jobs: int,
-    rate: float,
-    length: float,
-    bias: float,
-    noise: float,
-    seed: int,
-    oracle: str | None,
-    generation_time: bool,
-) -> dict[str, Any]:
-    rng = random.Random(seed)
-    random.seed(seed)  # the poller's own jitter
-    rtt = 0.004
-    finish: dict[str, float] = {}
-    duration: dict[str, float] = {}
+        async def fetch(job_id: str, _url: str | None) -> dba.GenerationResult | dba.Processing:
+            sent = clock.now
+            clock.now = sent + rtt / 2  # the service looks at the job half a round trip later
+            if clock.now >= finish[job_id]:
+                answer: dba.GenerationResult | dba.Processing = dba.GenerationResult(
+                    id=job_id,
+                    status="success",
+                    output=(),
+                    generation_time=duration[job_id] if generation_time else None,
+                )
+            else:
+                answer = dba.Processing(id=job_id, eta=eta(job_id), raw={"status": "processing"})
+            clock.now = sent + rtt
+            return answer
 
-    def eta(job_id: str) -> float:
-        left = max(0.0, finish[job_id] - clock.now)
-        return left * (1 + bias) * (1 + rng.uniform(-noise, noise))
-
-    async def fetch(job_id: str, _url: str | None) -> dba.GenerationResult | dba.Processing:
-        sent = clock.now
-        clock.now = sent + rtt / 2  # the service looks at the job half a round trip later
-        if clock.now >= finish[job_id]:
-            answer: Any = dba.GenerationResult(
-                id=job_id,
-                status="success",
-                output=(),
-                generation_time=duration[job_id] if generation_time else None,
-            )
-        else:
-            answer = dba.Processing(id=job_id, eta=eta(job_id), raw={"status": "processing"})
-        clock.now = sent + rtt
-        return answer
-
-    poller = _poller.Poller(fetch, dba.PollPolicy())
-    if oracle:
-        learning = oracle == "after-first"
-        poller._planner.eta_model = _Oracle(true_range(bias, noise), learning=learning)
-    arrivals = []
-    at = clock.now
-    for _ in range(jobs):
-        arrivals.append(at)
-        at += rng.expovariate(rate)
-    handles: dict[str, dba.Job] = {}
-    delays, fetches, steady_delays, steady_fetches = [], [], [], []
-    request = dba.Text2Img(model_id="m", prompt="p")
-    index = 0
-    while index < len(arrivals) or poller._heap:
-        due = poller._heap[0][0] if poller._heap else float("inf")
-        if index < len(arrivals) and arrivals[index] <= due:
-            clock.now = arrivals[index]
-            job_id = str(index)
-            duration[job_id] = length * max(0.05, 1 + rng.gauss(0, 0.15))
-            finish[job_id] = clock.now + duration[job_id]
-            first = eta(job_id)
-            clock.now += rtt
-            handles[job_id] = poller.track(
-                dba.Processing(id=job_id, eta=first, raw={"status": "processing"}),
-                request=request,
-            )
-            index += 1
-            continue
-        due, _, job_id = heapq.heappop(poller._heap)
-        state = poller._jobs.get(job_id)
-        if state is None or state.due != due:
-            continue
-        clock.now = max(clock.now, due)
-        state.due = float("inf")
-        await poller._poll(state)
-        job = handles[job_id]
-        if job.done():
-            delay = (clock.now - finish[job_id]) / duration[job_id]
-            delays.append(delay)
-            fetches.append(job.fetches)
-            if int(job_id) >= 5:
-                steady_delays.append(delay)
-                steady_fetches.append(job.fetches)
-    return {
-        "fetches": statistics.fmean(fetches),
-        "fetches_after_5": statistics.fmean(steady_fetches),
-        "p95": percentile(delays, 0.95),
-        "p95_after_5": percentile(steady_delays, 0.95),
-        "raw": {
-            "fetches": fetches,
-            "fetches_after_5": steady_fetches,
-            "p95": delays,
-            "p95_after_5": steady_delays,
-        },
-    }
+        poller = _poller.Poller(fetch, dba.PollPolicy())
+        if oracle:
+            learning = oracle == "after-first"
+            poller._planner.eta_model = _Oracle(true_range(bias, noise), learning=learning)
+        arrivals = []
+        at = clock.now
+        for _ in range(jobs):
+            arrivals.append(at)
+            at += rng.expovariate(rate)
+        handles: dict[str, dba.Job] = {}
+        delays, fetches, steady_delays, steady_fetches = [], [], [], []
+        request = dba.Text2Img(model_id="m", prompt="p")
+        index = 0
+        while index < len(arrivals) or poller._heap:
+            due = poller._heap[0][0] if poller._heap else float("inf")
+            if index < len(arrivals) and arrivals[index] <= due:
+                clock.now = arrivals[index]
+                job_id = str(index)
+                duration[job_id] = length * max(0.05, 1 + rng.gauss(0, 0.15))
+                finish[job_id] = clock.now + duration[job_id]
+                first = eta(job_id)
+                clock.now += rtt
+                handles[job_id] = poller.track(
+                    dba.Processing(id=job_id, eta=first, raw={"status": "processing"}),
+                    request=request,
+                )
+                index += 1
+                continue
+            due, _, job_id = heapq.heappop(poller._heap)
+            state = poller._jobs.get(job_id)
+            if state is None or state.due != due:
+                continue
+            clock.now = max(clock.now, due)
+            state.due = float("inf")
+            await poller._poll(state)
+            job = handles[job_id]
+            if job.done():
+                delay = (clock.now - finish[job_id]) / duration[job_id]
+                delays.append(delay)
+                fetches.append(job.fetches)
+                if int(job_id) >= 5:
+                    steady_delays.append(delay)
+                    steady_fetches.append(job.fetches)
+        return {
+            "fetches": statistics.fmean(fetches),
+            "fetches_after_5": statistics.fmean(steady_fetches),
+            "p95": percentile(delays, 0.95),
+            "p95_after_5": percentile(steady_delays, 0.95),
+            "raw": {
+                "fetches": fetches,
+                "fetches_after_5": steady_fetches,
+                "p95": delays,
+                "p95_after_5": steady_delays,
+            },
+        }
 
 
 #: The real-time benchmark pools enough fresh clients for about this many jobs.

@@ -366,6 +366,18 @@ async def test_a_job_planned_again_inside_its_window_keeps_its_allowance() -> No
     assert due <= earliest + allowed + 1e-9
 
 
+def _probed(*, seen: float, last_eta: float, done_by: float) -> FinishedJob:
+    """A probe given an ETA of 10 at 0, found still running at ``seen`` (with ``last_eta``
+    left), and done by ``done_by``."""
+    return FinishedJob(
+        anchors=((0.0, 10.0), (seen, last_eta)),
+        first_fetch=seen,
+        after=seen,
+        by=done_by,
+        probe=True,
+    )
+
+
 def test_a_loose_measurement_below_the_bounds_still_places_the_low_end() -> None:
     # First fetches at 1.03 of the ETA find the fast jobs done; the slow ones are measured
     # closely. A few jobs were caught running at 0.75 with about a tenth of the ETA left, and
@@ -377,15 +389,7 @@ def test_a_loose_measurement_below_the_bounds_still_places_the_low_end() -> None
         model.observe_job(_done_at_first(1.03))
     assert model.bounds()[0] >= 0.95  # nothing measured below the bounds
     for _ in range(3):
-        model.observe_job(
-            FinishedJob(
-                anchors=((0.0, 10.0), (7.5, 1.0)),
-                first_fetch=7.5,
-                after=7.5,
-                by=8.75,
-                probe=True,
-            )
-        )
+        model.observe_job(_probed(seen=7.5, last_eta=1.0, done_by=8.75))
     assert model.bounds()[0] <= 0.87
 
 
@@ -396,15 +400,7 @@ def test_one_eta_far_off_does_not_send_every_first_fetch_to_the_start() -> None:
     for k in range(20):
         model.observe_job(_job(1.03 + 0.2 * (k + 0.5) / 20, first=10.3))
         model.observe_job(_done_at_first(1.03))
-    model.observe_job(
-        FinishedJob(
-            anchors=((0.0, 10.0), (8.8, 3.5)),
-            first_fetch=8.8,
-            after=8.8,
-            by=9.05,
-            probe=True,
-        )
-    )
+    model.observe_job(_probed(seen=8.8, last_eta=3.5, done_by=9.05))
     assert model.bounds()[0] >= 0.4
 
 

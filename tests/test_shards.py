@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from _cli_commands import generate_command
+from _cli_commands import emulator_generate_args, generate_command
 from anyio.abc import Process
 from hypothesis import given
 from hypothesis import strategies as st
@@ -272,20 +272,11 @@ def test_a_rerun_with_another_shard_split_into_the_same_folder_is_refused(tmp_pa
     prompts = tmp_path / "p.txt"
     prompts.write_text("".join(f"prompt {i}\n" for i in range(12)))
     out = tmp_path / "out"
-    common = [
-        "generate",
-        str(prompts),
-        "--model-id",
-        "midjourney",
-        "--out",
-        str(out),
-        "--emulator",
-        "--emulator-time-scale",
-        "0.002",
-        "--no-progress",
-        "-q",
-    ]
-    assert main([*common, "--shard", "1/2"]) == 0
+
+    def shard(split: str) -> int:
+        return main(emulator_generate_args(prompts, out, "-q", "--shard", split, time_scale=0.002))
+
+    assert shard("1/2") == 0
     assert (out / "dreambooth-manifest.shard-1-of-2.jsonl").exists()
-    assert main([*common, "--shard", "1/3"]) == 2
-    assert main([*common, "--shard", "1/2"]) == 0  # the same shard resumes
+    assert shard("1/3") == 2
+    assert shard("1/2") == 0  # the same shard resumes
