@@ -68,8 +68,6 @@ class FinishedJob:
 
     #: (when, eta) of each answer that gave an ETA above 0, oldest first.
     anchors: tuple[tuple[float, float], ...]
-    #: When it was first fetched.
-    first_fetch: float
     #: The last time the service said "processing", and when it was seen done.
     after: float
     by: float

@@ -278,7 +278,6 @@ class FetchPlanner:
         )
         seen = FinishedJob(
             anchors=tuple(state.anchors),
-            first_fetch=state.first_fetch,
             after=state.last_processing,
             by=finished_by,
             probe=bool(state.probe),

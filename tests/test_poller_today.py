@@ -202,15 +202,14 @@ def test_scaled_keeps_working_and_scales_only_absolute_settings() -> None:
 # --- learning ---------------------------------------------------------------------------------
 
 
-def _job(rho: float, *, eta: float = 10.0, first: float, early: bool = False) -> FinishedJob:
-    """A job given ``eta`` at 0 that finished at ``rho * eta``, first fetched at ``first``
-    (``early``: while the model knew nothing), seen again with a short ETA (off by the same
-    factor) just before it finished."""
+def _job(rho: float, *, eta: float = 10.0, early: bool = False) -> FinishedJob:
+    """A job given ``eta`` at 0 that finished at ``rho * eta`` (``early``: first fetched
+    while the model knew nothing), seen again with a short ETA (off by the same factor) just
+    before it finished."""
     finish = rho * eta
     seen = finish - 0.02 * eta
     return FinishedJob(
         anchors=((0.0, eta), (seen, (finish - seen) / rho)),
-        first_fetch=first,
         after=seen,
         by=finish + 0.001 * eta,
         early=early,
@@ -226,7 +225,7 @@ def test_the_first_jobs_finished_give_the_bias(bias: float) -> None:
     # A new client fetches its first jobs early (wide prior): they are measured whatever their
     # speed. Six of them, spread as a sample of six would be.
     for k in range(6):
-        model.observe_job(_job(low + width * (k + 0.5) / 6, first=0.4 * low * 10, early=True))
+        model.observe_job(_job(low + width * (k + 0.5) / 6, early=True))
     lo, hi = model.bounds()
     assert low - 0.3 * width < lo <= low + 0.1 * width
     assert high - 0.1 * width <= hi < high + 0.3 * width
@@ -235,9 +234,7 @@ def test_the_first_jobs_finished_give_the_bias(bias: float) -> None:
 
 def _done_at_first(fetched: float, *, eta: float = 10.0) -> FinishedJob:
     """A job given ``eta`` at 0 and found done at its first fetch, at ``fetched * eta``."""
-    return FinishedJob(
-        anchors=((0.0, eta),), first_fetch=fetched * eta, after=0.0, by=fetched * eta
-    )
+    return FinishedJob(anchors=((0.0, eta),), after=0.0, by=fetched * eta)
 
 
 def test_the_low_end_stays_put_when_only_slow_jobs_are_measured() -> None:
@@ -247,10 +244,10 @@ def test_the_low_end_stays_put_when_only_slow_jobs_are_measured() -> None:
     rng = random.Random(9)
     model = EtaModel()
     for k in range(8):
-        model.observe_job(_job(0.73 + 0.08 * (k + 0.5) / 8, first=4.0, early=True))
+        model.observe_job(_job(0.73 + 0.08 * (k + 0.5) / 8, early=True))
     start = model.bounds()[0]
     for _ in range(25):
-        model.observe_job(_job(rng.uniform(0.795, 0.81), first=7.95))
+        model.observe_job(_job(rng.uniform(0.795, 0.81)))
         for _ in range(3):
             model.observe_job(_done_at_first(0.795))
     assert model.bounds()[0] <= start + 0.002
@@ -262,7 +259,7 @@ def test_jobs_done_at_their_first_fetch_are_counted_not_dropped() -> None:
     # past 0.7; counted as bounds, they put half of the jobs there, as it should be.
     model = EtaModel()
     for k in range(30):
-        model.observe_job(_job(0.7 + 0.1 * (k + 0.5) / 30, first=7.0))
+        model.observe_job(_job(0.7 + 0.1 * (k + 0.5) / 30))
         model.observe_job(_done_at_first(0.7))
     share = model.share_below(0.7)
     assert share is not None and 0.4 <= share <= 0.6
@@ -277,13 +274,12 @@ def test_a_finish_placed_by_a_long_last_eta_is_not_taken_as_a_measurement() -> N
     # would then measure itself there (and keep itself, were it wrong).
     model = EtaModel()
     for k in range(12):  # measured closely: their last ETA was short
-        model.observe_job(_job(1.0 + 0.02 * k / 11, first=4.0, early=True))
+        model.observe_job(_job(1.0 + 0.02 * k / 11, early=True))
     assert model.samples == 12
     for k in range(10):
         model.observe_job(
             FinishedJob(
                 anchors=((0.0, 10.0), (6.0, 4.0)),
-                first_fetch=6.0,
                 after=6.0,
                 by=10.6 + 0.01 * k,
                 early=True,
@@ -371,7 +367,6 @@ def _probed(*, seen: float, last_eta: float, done_by: float) -> FinishedJob:
     left), and done by ``done_by``."""
     return FinishedJob(
         anchors=((0.0, 10.0), (seen, last_eta)),
-        first_fetch=seen,
         after=seen,
         by=done_by,
         probe=True,
@@ -385,7 +380,7 @@ def test_a_loose_measurement_below_the_bounds_still_places_the_low_end() -> None
     # still all that says how far down the fast jobs go.
     model = EtaModel()
     for k in range(20):
-        model.observe_job(_job(1.03 + 0.2 * (k + 0.5) / 20, first=10.3))
+        model.observe_job(_job(1.03 + 0.2 * (k + 0.5) / 20))
         model.observe_job(_done_at_first(1.03))
     assert model.bounds()[0] >= 0.95  # nothing measured below the bounds
     for _ in range(3):
@@ -398,7 +393,7 @@ def test_one_eta_far_off_does_not_send_every_first_fetch_to_the_start() -> None:
     # That says little of the other jobs; the low end stays within the prior's reach.
     model = EtaModel()
     for k in range(20):
-        model.observe_job(_job(1.03 + 0.2 * (k + 0.5) / 20, first=10.3))
+        model.observe_job(_job(1.03 + 0.2 * (k + 0.5) / 20))
         model.observe_job(_done_at_first(1.03))
     model.observe_job(_probed(seen=8.8, last_eta=3.5, done_by=9.05))
     assert model.bounds()[0] >= 0.4
@@ -415,9 +410,7 @@ def test_the_margin_below_the_low_end_grows_with_the_range_width(
     # second fetch. A wide one: a low end placed too high keeps results waiting.
     model = EtaModel()
     for k in range(8):
-        model.observe_job(
-            _job(low + (high - low) * (k + 0.5) / 8, first=0.4 * low * 10, early=True)
-        )
+        model.observe_job(_job(low + (high - low) * (k + 0.5) / 8, early=True))
     lowest = low + (high - low) * 0.5 / 8
     lo, _ = model.bounds()
     assert margin[0] * lowest <= lowest - lo <= margin[1] * lowest
@@ -434,9 +427,7 @@ def _seen_closely(rho: float, *, eta: float = 10.0) -> FinishedJob:
     """A job given ``eta`` at 0 that finished at ``rho * eta``, still running 0.03 s before
     and seen done 0.03 s after."""
     finish = rho * eta
-    return FinishedJob(
-        anchors=((0.0, eta),), first_fetch=finish - 0.03, after=finish - 0.03, by=finish + 0.03
-    )
+    return FinishedJob(anchors=((0.0, eta),), after=finish - 0.03, by=finish + 0.03)
 
 
 def _slow_start_then_done_at_first(
@@ -450,7 +441,7 @@ def _slow_start_then_done_at_first(
     jobs: list[tuple[FinishedJob, float]] = []
     for k in range(5):
         rho = 0.795 + 0.015 * k / 4
-        jobs.append((_job(rho, first=4.0, early=True), 10 * rho))
+        jobs.append((_job(rho, early=True), 10 * rho))
     for k in range(40):
         rho = rng.uniform(0.73, 0.81)
         jobs.append((_seen_closely(rho) if k % 4 == 0 else _done_at_first(0.82), 10 * rho))
@@ -509,7 +500,7 @@ def test_with_many_measurements_the_low_end_keeps_what_a_sample_strays_below_it(
     # own by a few tenths of a percent: the low end stays that much below it, not at it.
     model = EtaModel()
     for k in range(60):
-        model.observe_job(_job(0.73 + 0.08 * (k + 0.5) / 60, first=8.5))
+        model.observe_job(_job(0.73 + 0.08 * (k + 0.5) / 60))
     fifth = 0.73 + 0.08 * 2.5 / 60  # the third of sixty
     lo, _ = model.bounds()
     assert fifth - 0.006 <= lo <= fifth - 0.002
