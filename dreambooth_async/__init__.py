@@ -36,6 +36,7 @@ from ._errors import (
     JobTimeout,
     OutputError,
     PermissionDenied,
+    PromptFileError,
     RateLimitError,
     RequestValidationError,
     ServerError,
@@ -58,6 +59,7 @@ from ._models import (
 )
 from ._poller import Job, PollPolicy
 from ._progress import ProgressReporter
+from ._prompts import PromptFile, PromptFormat, read_prompts
 from ._shard import shard
 from ._transport import RetryPolicy, Timeouts
 from ._webhooks import WebhookReceiver, WebhookStats
@@ -104,6 +106,9 @@ __all__ = [
     "PollPolicy",
     "Processing",
     "ProgressReporter",
+    "PromptFile",
+    "PromptFileError",
+    "PromptFormat",
     "RateLimitError",
     "RequestValidationError",
     "ResultCache",
@@ -119,6 +124,7 @@ __all__ = [
     "WebhookStats",
     "__version__",
     "read_manifest",
+    "read_prompts",
     "request_key",
     "safe_file_name",
     "shard",

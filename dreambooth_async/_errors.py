@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "JobTimeout",
     "OutputError",
     "PermissionDenied",
+    "PromptFileError",
     "RateLimitError",
     "RequestValidationError",
     "ServerError",
@@ -56,6 +58,22 @@ class RequestValidationError(DreamboothError, ValueError):
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"{field}={shown} is invalid: must be {limit}")
+
+
+class PromptFileError(DreamboothError, ValueError):
+    """A prompts file that cannot be used: unreadable, or a row that makes no valid request.
+    Raised by :func:`~dreambooth_async.read_prompts` before anything is sent.
+
+    ``path`` is the file, ``line`` its physical line (comments and blank lines counted; None
+    when the fault is the whole file), ``reason`` what is wrong with it.
+    """
+
+    def __init__(self, path: os.PathLike[str] | str, line: int | None, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.line = line
+        self.reason = reason
+        where = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {reason}")
 
 
 class APIError(DreamboothError):

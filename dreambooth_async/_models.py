@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Required, TypeAlias, T
 
 import attrs
 
+from ._elide import elided_strings
 from ._errors import RequestValidationError
 
 if TYPE_CHECKING:
@@ -333,7 +334,8 @@ class GenerationResult:
 
     id: str | None
     status: str
-    output: tuple[str, ...]
+    # Inline (base64) outputs are long: the repr shows their start and length.
+    output: tuple[str, ...] = attrs.field(repr=elided_strings)
     generation_time: float | None = None
     meta: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
     proxy_links: tuple[str, ...] = attrs.field(default=(), repr=False)

@@ -520,13 +520,41 @@ async def test_base64_images_on_v4_and_v6_but_not_v3() -> None:
         assert "init_image" in refused["message"]
 
 
-async def test_images_only_from_loopback_urls() -> None:
-    async with Emulator(EmulatorConfig(time_scale=FAST)) as emu, aiohttp.ClientSession() as http:
-        body = dict(SEED_REQUEST, key=KEY, model_id="midjourney")
-        _, answer, _ = await post(http, f"{emu.base_url}/api/v3/dreambooth/inpaint", body)
-        assert answer["status"] == "error"
-        assert set(answer["message"]) == {"init_image", "mask_image"}
-        assert emu.stats.submissions_accepted == 0
+async def test_remote_images_are_not_fetched_a_sample_stands_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The emulator works offline: the seed page's GitHub URLs (and a README's example.com)
+    # get the bundled samples instead, and its log says so once per URL.
+    config = EmulatorConfig(time_scale=FAST, sync_window=10_000, spam_filter=False)
+    async with Emulator(config) as emu, aiohttp.ClientSession() as http:
+        base = emu.base_url
+        remote = dict(SEED_REQUEST, key=KEY, model_id="midjourney", seed=5)
+        local = dict(
+            remote,
+            init_image=f"{base}/samples/inpaint-photo.png",
+            mask_image=f"{base}/samples/inpaint-mask.png",
+        )
+        outputs = []
+        with caplog.at_level("WARNING", logger="dreambooth_async.emulator"):
+            for body in (remote, local, remote):
+                _, answer, _ = await post(http, f"{base}/api/v3/dreambooth/inpaint", body)
+                assert answer["status"] == "success", answer
+                async with http.get(answer["output"][0]) as resp:
+                    outputs.append(await resp.read())
+        assert outputs[0] == outputs[1] == outputs[2]
+        said = [r.getMessage() for r in caplog.records if "not fetched" in r.getMessage()]
+        assert len(said) == 2, said
+        assert "init_image https://raw.githubusercontent.com/" in said[0]
+        assert "/samples/inpaint-photo.png stands in" in said[0]
+        assert "mask_image" in said[1] and "inpaint-mask.png" in said[1]
+        # Not a URL at all is still a field error, and nothing is accepted for it.
+        accepted = emu.stats.submissions_accepted
+        _, refused, _ = await post(
+            http, f"{base}/api/v3/dreambooth/inpaint", dict(remote, init_image="photo.png")
+        )
+        assert refused["status"] == "error"
+        assert set(refused["message"]) == {"init_image"}
+        assert emu.stats.submissions_accepted == accepted
 
 
 async def test_system_load_model_list_cold_models_and_reload() -> None:

@@ -3,6 +3,7 @@ of the files ``generate`` writes, and the error that means "the input cannot be 
 
 from __future__ import annotations
 
+from .._prompts import MAX_LINE_BYTES
 from .._settings import MANIFEST_NAME, METADATA_NAME
 
 __all__ = [
@@ -34,8 +35,6 @@ RUN_NAME = "dreambooth-run.json"
 #: What to install for the embedded emulator (Pillow draws its images).
 CLI_EXTRA = "pip install 'dreambooth-async[cli]'"
 EMULATOR_EXTRA = "pip install 'dreambooth-async[emulator]'"
-#: Longest line a prompts file may have (bytes): a prompt, or a JSONL row with a few fields.
-MAX_LINE_BYTES = 1024 * 1024
 DEMO_TIME_SCALE = 0.02
 
 

@@ -11,8 +11,6 @@ import argparse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import attrs
-
 from .._client import (
     API_KEY_ENV,
     API_KEY_ENV_FALLBACK,
@@ -20,8 +18,9 @@ from .._client import (
     DEFAULT_API_VERSION,
     DEFAULT_BASE_URL,
 )
-from .._convert import REQUEST_CLASSES, structure_field, value_type
+from .._convert import structure_field, value_type
 from .._models import API_VERSIONS, Inpaint, Scheduler
+from .._prompts import KINDS, REQUEST_FIELDS
 from .._shard import add_shard_argument, shard_manifest_name
 from .common import DEMO_TIME_SCALE, MANIFEST_NAME
 
@@ -37,10 +36,6 @@ __all__ = [
 
 # --- request fields as options and columns ----------------------------------------------------
 
-#: The request class of each ``--kind`` (and ``kind`` column).
-KINDS = REQUEST_CLASSES
-#: Every request field a prompts file row or a default may set (``extra`` is not one).
-REQUEST_FIELDS: tuple[str, ...] = tuple(f.name for f in attrs.fields(Inpaint) if f.name != "extra")
 #: The placeholder shown in --help for an option of each type.
 _METAVARS: Mapping[type, str] = {int: "N", float: "X", bool: "yes|no"}
 

@@ -80,9 +80,13 @@ Choices where the service's behaviour is unconfirmed:
   same endpoint kind; rejected requests never start or extend its window.
 - ``enhance_prompt`` (on by default, as documented) appends a fixed style suffix to
   ``meta.prompt`` and fills an empty negative prompt; the picture depends on the prompt as sent.
-- Init and mask images are read from loopback URLs only (the emulator's own ``/samples/`` and
+- Init and mask images are read from loopback URLs (the emulator's own ``/samples/`` and
   ``/generations/`` files are read without a request), or from base64 data on v4/v6 with
-  ``base64: "yes"``. Webhooks are called on loopback URLs only; anything else is a field error.
+  ``base64: "yes"``. The emulator works offline: an init or mask image on any other http(s)
+  URL (``https://example.com/photo.png`` in an example) is not fetched; the sample
+  ``inpaint-photo.png`` or ``inpaint-mask.png`` stands in for it, and a warning on the
+  ``dreambooth_async.emulator`` logger says so (once per URL). Webhooks are called on loopback
+  URLs only; anything else is a field error.
 - Inpainting keeps every pixel where the mask is below 128 exactly as in the init image (resized
   to the output size with LANCZOS when sizes differ); the rest is the init blended with the
   drawing by ``strength``. img2img blends the whole picture by ``strength``.

@@ -528,7 +528,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
 
 
 async def run(config: EmulatorConfig, *, stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGINT or SIGTERM (or until ``stop`` is set), after printing where."""
+    """Serve until SIGINT or SIGTERM (or until ``stop`` is set), after printing where and
+    every key it accepts (``key: K``, a line each)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -540,7 +541,9 @@ async def run(config: EmulatorConfig, *, stop: asyncio.Event | None = None) -> N
     try:
         async with Emulator(config) as emulator:
             print(f"base_url: {emulator.base_url}", flush=True)
-            print(f"key: {emulator.key}", flush=True)
+            # Every key it accepts, one a line: a client may use any of them.
+            for key in config.keys:
+                print(f"key: {key}", flush=True)
             await stop.wait()
     finally:
         for signum in installed:

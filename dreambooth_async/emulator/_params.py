@@ -178,18 +178,24 @@ def _as_float(value: Any) -> float | None:
     return None
 
 
-def is_loopback_url(url: str) -> bool:
-    """True for an http(s) URL on a loopback address: the only ones the emulator calls."""
+def is_web_url(url: str) -> bool:
+    """True for an absolute http(s) URL with a host."""
     try:
         parsed = yarl.URL(url)
     except (TypeError, ValueError):
         return False
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    return parsed.scheme in ("http", "https") and bool(parsed.host)
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for an http(s) URL on a loopback address: the only ones the emulator calls."""
+    if not is_web_url(url):
         return False
+    parsed = yarl.URL(url)
     if parsed.host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(parsed.host).is_loopback
+        return ipaddress.ip_address(parsed.host or "").is_loopback
     except ValueError:
         return False
 

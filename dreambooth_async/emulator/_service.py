@@ -7,6 +7,7 @@ import base64
 import binascii
 import collections
 import json
+import logging
 import random
 import time
 import uuid
@@ -28,11 +29,20 @@ from ._params import (
     Kind,
     Version,
     is_loopback_url,
+    is_web_url,
     parse_generation,
     parse_request_id,
 )
 from ._stats import EmulatorStats, KeyCounts, canonical_digest
 from ._webhooks import WebhookSender
+
+log = logging.getLogger("dreambooth_async.emulator")
+
+#: The sample that stands in for an init or mask image on a non-loopback URL.
+PLACEHOLDERS: Mapping[str, str] = {
+    "init_image": "inpaint-photo.png",
+    "mask_image": "inpaint-mask.png",
+}
 
 _IMAGE_TIMEOUT = aiohttp.ClientTimeout(total=30)
 _MAX_DOWNLOAD = 32 * 1024 * 1024
@@ -76,6 +86,7 @@ class Service:
             workers=config.workers, models=config.models, cold_models=config.cold_models
         )
         self.images = ImageStore()
+        self._placeholders_said: set[str] = set()
         self.webhooks = WebhookSender(config, self.stats, clock)
         self.jobs: dict[int, Job] = {}
         self._by_prefix: dict[str, Job] = {}
@@ -290,7 +301,7 @@ class Service:
             digest = None
             if value is not None:
                 try:
-                    digest = await self._load_input(params, value, own_port)
+                    digest = await self._load_input(params, field, value, own_port)
                 except _BadImage as bad:
                     errors[field] = [f"The {field.replace('_', ' ')} {bad.reason}."]
             digests.append(digest)
@@ -298,21 +309,45 @@ class Service:
             raise _Rejected(Reply(bodies.field_errors(errors), 400))
         return digests[0], digests[1]
 
-    async def _load_input(self, params: GenerationParams, value: str, own_port: int | None) -> str:
+    async def _load_input(
+        self, params: GenerationParams, field: str, value: str, own_port: int | None
+    ) -> str:
         if params.base64 and not value.lstrip().lower().startswith(("http://", "https://")):
             data = _decode_base64(value)
             if data is None:
                 raise _BadImage("must be base64 image data")
         else:
-            if not is_loopback_url(value):
-                raise _BadImage("must be a URL; the emulator only fetches loopback URLs")
-            data = await self._download(value, own_port)
-            if data is None:
-                raise _BadImage("could not be downloaded")
+            if is_loopback_url(value):
+                data = await self._download(value, own_port)
+                if data is None:
+                    raise _BadImage("could not be downloaded")
+            elif is_web_url(value):
+                data = self._placeholder(field, value)
+            else:
+                raise _BadImage("must be an http(s) URL")
         problem = check_input_image(data)
         if problem is not None:
             raise _BadImage(problem)
         return self.images.put_blob(data)
+
+    def _placeholder(self, field: str, url: str) -> bytes:
+        """A sample picture standing in for an image on the internet: the emulator works
+        offline, and examples name hosts such as example.com that serve no picture."""
+        sample = PLACEHOLDERS[field]
+        shown = str(yarl.URL(url).with_query(None).with_fragment(None))
+        if shown not in self._placeholders_said:
+            # Once per URL: a batch over one remote picture should not flood the log.
+            self._placeholders_said.add(shown)
+            log.warning(
+                "%s %s is not on loopback: not fetched (the emulator works offline); "
+                "the sample /samples/%s stands in for it",
+                field,
+                shown,
+                sample,
+            )
+        data = self.images.sample(sample)
+        assert data is not None, sample
+        return data
 
     async def _download(self, url: str, own_port: int | None) -> bytes | None:
         parsed = yarl.URL(url)
