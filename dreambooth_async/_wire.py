@@ -234,6 +234,21 @@ def _urls(value: Any) -> tuple[str, ...]:
     return ()
 
 
+def _links(value: Any) -> tuple[str, ...]:
+    """``proxy_links`` in each documented shape: a list of URLs (the OpenAPI file), ``""``, a
+    single URL, or an object of URLs by image number (``{"0": "https://..."}``, the flux
+    text-to-image page), read in image order."""
+    if isinstance(value, Mapping):
+        return _urls([url for _, url in sorted(value.items(), key=_image_order)])
+    return _urls(value)
+
+
+def _image_order(item: tuple[Any, Any]) -> tuple[int, int, str]:
+    # Numbered keys in number order ("10" after "9"), anything else after them, by name.
+    name = str(item[0])
+    return (0, int(name), "") if name.isdecimal() and len(name) < 10 else (1, 0, name)
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {}
 
@@ -264,7 +279,7 @@ def _structure_result(
         output=_urls(body.get("output")),
         generation_time=_float(body.get("generationTime", body.get("generation_time"))),
         meta=_mapping(body.get("meta")),
-        proxy_links=_urls(body.get("proxy_links")),
+        proxy_links=_links(body.get("proxy_links")),
         nsfw_content_detected=_flag(body.get("nsfw_content_detected")),
         raw=dict(body),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from ._jobs import Job
 from ._params import Version
@@ -25,6 +25,9 @@ PREMIUM_REQUIRED: dict[str, Any] = {
     "status": "error",
     "message": "This feature requires a premium subscription",
 }
+
+#: The shapes of ``proxy_links`` (see ``EmulatorConfig.proxy_links``).
+ProxyLinks = Literal["list", "object", "empty"]
 
 PROCESSING_TIP = "for faster speed, keep resolution upto 512x512"
 FETCH_LATER = "Try to fetch request after given estimated time"
@@ -144,8 +147,20 @@ def meta(job: Job) -> dict[str, Any]:
     return body
 
 
+def proxy_links(output: list[str], shape: ProxyLinks) -> list[str] | dict[str, str] | str:
+    """``proxy_links`` in one of its documented shapes."""
+    if shape == "object":
+        return {str(number): url for number, url in enumerate(output)}
+    return list(output) if shape == "list" else ""
+
+
 def success(
-    job: Job, *, version: Version, output: list[str], fetched: bool = False
+    job: Job,
+    *,
+    version: Version,
+    output: list[str],
+    fetched: bool = False,
+    links: ProxyLinks = "list",
 ) -> dict[str, Any]:
     """The success answer, with ``output`` as the job's style gives it. A fetch on a
     ``SHORT_FETCH_VERSIONS`` path answers only ``status``, ``id``, ``output``."""
@@ -160,7 +175,7 @@ def success(
     if version in _MODERN:
         body.update(
             {
-                "proxy_links": list(output),
+                "proxy_links": proxy_links(output, links),
                 "nsfw_content_detected": False,
                 "webhook_status": "",
                 "tip": "",

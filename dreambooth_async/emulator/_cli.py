@@ -371,6 +371,13 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
         "or links to .base64 text",
     )
     add(
+        "--proxy-links",
+        choices=("list", "object", "empty"),
+        default=d.proxy_links,
+        help="how a v6/v7 success gives proxy_links: a list of URLs, an object of URLs by "
+        'image number ({"0": "https://..."}), or ""',
+    )
+    add(
         "--wallet",
         type=_optional_float,
         default="unlimited" if d.wallet is None else str(d.wallet),
@@ -463,6 +470,7 @@ _EMULATOR_OPTIONS = {
         "seed",
         "idless_processing_rate",
         "base64_output",
+        "proxy_links",
         "wallet",
         "price_per_image",
         "premium_models",

@@ -224,6 +224,11 @@ class EmulatorConfig:
     base64_output: Literal["data_url", "bare", "link"] = attrs.field(
         default="data_url", validator=_one_of("data_url", "bare", "link")
     )
+    #: How a v6/v7 success gives ``proxy_links``: a list of URLs (the OpenAPI file), an object
+    #: of URLs by image number (``{"0": "https://..."}``, the flux text-to-image page), or ``""``.
+    proxy_links: Literal["list", "object", "empty"] = attrs.field(
+        default="list", validator=_one_of("list", "object", "empty")
+    )
     #: Starting balance of every key (None: unlimited). An accepted job draws
     #: ``samples * price_per_image`` at acceptance; a submission the balance cannot pay is 402.
     wallet: float | None = attrs.field(

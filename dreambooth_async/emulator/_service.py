@@ -287,7 +287,9 @@ class Service:
         if job.failed:
             return Reply(bodies.failed(job))
         output = await self.final_output(job)
-        return Reply(bodies.success(job, version=version, output=output))
+        return Reply(
+            bodies.success(job, version=version, output=output, links=self.config.proxy_links)
+        )
 
     # -- input images ------------------------------------------------------------------------
 
@@ -391,7 +393,15 @@ class Service:
             return Reply(bodies.failed(job))
         if status == "success":
             output = await self.final_output(job)
-            return Reply(bodies.success(job, version=version, output=output, fetched=True))
+            return Reply(
+                bodies.success(
+                    job,
+                    version=version,
+                    output=output,
+                    fetched=True,
+                    links=self.config.proxy_links,
+                )
+            )
         # One draw per processing answer, so the sequence for a seed does not depend on the rate.
         if self._idless_rng.random() < self.config.idless_processing_rate:
             self.stats.idless_processing += 1
