@@ -1,6 +1,10 @@
 """The accounting of one ``generate`` run: what it sent, made, reused and spent, in the summary
 and in a JSON report beside the manifest (``dreambooth-report.json``).
 
+``spent`` is the run's own: its accepted images at the price of one (see :mod:`._spend`).
+The wallets' drop over the run is reported beside it as ``wallet_drop``: the account's
+spending, which includes whatever other clients on the same keys spent meanwhile.
+
 Keys appear by position only (``#1``, ``#2``...); the file goes through the client's redactor
 before it is written, like the manifest.
 """
@@ -15,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ._models import WalletBalance
+from ._spend import money
 
 __all__ = ["REPORT_FORMAT", "accounting_lines", "build_report", "report_path", "write_report"]
 
 REPORT_FORMAT = "dreambooth-async-report"
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: spent is the run's own; wallet_drop the account's
 
 #: The run's counters the report carries, as the batch names them.
 _RUN_COUNTS = (
@@ -54,15 +59,21 @@ def _amount(balance: WalletBalance | None) -> float | None:
     return None if balance is None else balance.balance
 
 
-def _spent(before: WalletBalance | None, after: WalletBalance | None) -> float | None:
+def _drop(before: WalletBalance | None, after: WalletBalance | None) -> float | None:
     if before is None or after is None:
         return None
-    return round(before.balance - after.balance, 6)
+    return round(before.balance - after.balance, 9)
+
+
+def _cost(images: int, price: float | None) -> float | None:
+    if images == 0:
+        return 0.0  # nothing accepted costs nothing, whatever the price
+    return None if price is None else round(float(money(price) * images), 9)
 
 
 def _total(values: Sequence[float | None]) -> float | None:
     known = [value for value in values if value is not None]
-    return round(sum(known), 6) if known else None
+    return round(sum(known), 9) if known else None
 
 
 def build_report(
@@ -74,8 +85,11 @@ def build_report(
     elapsed: float,
     stopped: str | None = None,
     budget: Mapping[str, Any] | None = None,
+    spend: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report of a run, as JSON-ready data."""
+    """The report of a run, as JSON-ready data. ``spend``: the run's own (``BatchRun.spend``);
+    ``before`` and ``after``: the wallets, for the account's drop beside it."""
+    price = spend.get("price_per_image") if spend is not None else None
     keys = []
     for index, counts in enumerate(key_stats):
         old = before[index] if index < len(before) else None
@@ -85,7 +99,8 @@ def build_report(
                 **counts,
                 "balance_before": _amount(old),
                 "balance_after": _amount(new),
-                "spent": _spent(old, new),
+                "spent": _cost(int(counts.get("images", 0)), price),
+                "wallet_drop": _drop(old, new),
             }
         )
     currencies = {b.currency for b in (*before, *after) if b is not None and b.currency}
@@ -99,7 +114,10 @@ def build_report(
         "budget": dict(budget or {}),
         "balance_before": _total([_amount(b) for b in before]),
         "balance_after": _total([_amount(b) for b in after]),
-        "spent": _total([key["spent"] for key in keys]),
+        "spent": _cost(int(stats.get("images", 0)), price),
+        "price_per_image": price,
+        "price_source": spend.get("price_source") if spend is not None else None,
+        "wallet_drop": _total([key["wallet_drop"] for key in keys]),
         "currency": currencies.pop() if len(currencies) == 1 else None,
         "keys": keys,
     }
@@ -117,7 +135,10 @@ def write_report(path: Path, report: Mapping[str, Any], redact: Callable[[str], 
 
 
 def _money(value: float, currency: str | None) -> str:
-    return f"{value:.2f}" + (f" {currency}" if currency else "")
+    # Cents, or as many places as a price per image needs (0.0025), never a float's tail.
+    text = f"{value:.9f}".rstrip("0")
+    whole, _, places = text.partition(".")
+    return f"{whole}.{places.ljust(2, '0')}" + (f" {currency}" if currency else "")
 
 
 def accounting_lines(report: Mapping[str, Any]) -> list[str]:
@@ -144,17 +165,32 @@ def accounting_lines(report: Mapping[str, Any]) -> list[str]:
                 if key.get("spent") is not None
                 else ""
             )
+            if key.get("wallet_drop") is not None:
+                spent += f" (its wallet dropped {_money(key['wallet_drop'], report['currency'])})"
             lines.append(
                 f"  key {key['key']}: submissions {key['submissions']} (accepted "
                 f"{key['accepted']}, images {key['images']}), rejected (queue full) "
                 f"{key['rejected_queue_full']}, failed {key['failed']}, ambiguous "
                 f"{key['ambiguous']}{spent}{retired}"
             )
+    currency = report["currency"]
+    price = report.get("price_per_image")
+    if price is not None:
+        how = "given" if report.get("price_source") == "given" else "measured from the wallet"
+        lines.append(
+            f"spent {_money(report['spent'], currency)}: this run's {report['images']} images "
+            f"at {_money(price, currency)} ({how})"
+        )
+    elif report["images"]:
+        lines.append(
+            "spent: not known (the price per image could not be measured from the wallet; "
+            "give --price-per-image)"
+        )
     before, after = report["balance_before"], report["balance_after"]
     if before is not None and after is not None:
-        currency = report["currency"]
         lines.append(
-            f"balance {_money(before, currency)} -> {_money(after, currency)} "
-            f"(spent {_money(report['spent'] or 0.0, currency)})"
+            f"account balance {_money(before, currency)} -> {_money(after, currency)} "
+            f"(the account's drop {_money(report['wallet_drop'] or 0.0, currency)}: this run's "
+            "spending and that of anything else on the same keys)"
         )
     return lines

@@ -290,11 +290,16 @@ async def test_generate_with_two_keys_reports_each_and_the_balances(tmp_path: Pa
         assert [key["accepted"] for key in report["keys"]] == per_key
         assert report["keys"][0]["retired"] == "InsufficientCredits"
         assert [key["spent"] for key in report["keys"]] == [4.0, 8.0]
+        assert [key["wallet_drop"] for key in report["keys"]] == [4.0, 8.0]
         assert report["balance_before"] == 54.0 and report["balance_after"] == 42.0
         assert report["spent"] == 12.0 and report["currency"] == "USD"
+        assert report["price_per_image"] == 1.0 and report["price_source"] == "measured"
+        assert report["wallet_drop"] == 12.0
         assert "key #1 retired" in text
         assert "key #1: submissions" in text and "key #2: submissions" in text
-        assert "balance 54.00 USD -> 42.00 USD (spent 12.00 USD)" in text
+        assert "spent 4.00 USD (its wallet dropped 4.00 USD)" in text
+        assert "spent 12.00 USD: this run's 12 images at 1.00 USD (measured" in text
+        assert "account balance 54.00 USD -> 42.00 USD (the account's drop 12.00 USD" in text
 
         # The same prompts into another folder: every one from the cache, nothing sent; the
         # keys from the environment this time.

@@ -1,18 +1,15 @@
-"""The batch's budgets: ``max_images`` (samples paid for or in flight) and ``max_spend`` (the
-wallets' drop, see :mod:`.._spend`). An item past either is not sent and stays pending."""
+"""The batch's budgets: ``max_images`` (samples paid for or in flight) and ``max_spend`` (this
+run's accepted images at the price of one, see :mod:`.._spend`). An item past either is not
+sent and stays pending."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from .._manifest import ItemState
-from .._spend import SpendGuard
+from .._spend import Bracket, SpendGuard, Wallets
 from .._transport import logger
 from .plan import Entry
-
-if TYPE_CHECKING:
-    from .._client import DreamboothClient
 
 __all__ = ["Budget", "images_paid"]
 
@@ -33,9 +30,18 @@ class Budget:
     """Images reserved by each item under ``max_images``, and the submissions ``max_spend``
     let through and has not heard the answer of."""
 
-    def __init__(self, *, max_images: int | None, max_spend: float | None) -> None:
+    def __init__(
+        self,
+        *,
+        max_images: int | None,
+        max_spend: float | None,
+        price_per_image: float | None = None,
+        track_spend: bool = False,
+    ) -> None:
         self._max_images = max_images
         self._max_spend = max_spend
+        self._price = price_per_image
+        self._track = track_spend or max_spend is not None or price_per_image is not None
         self._images = 0
         self._reserved: dict[int, int] = {}  # item index -> images reserved
         self._over_budget = False
@@ -44,17 +50,27 @@ class Budget:
 
     @property
     def spend(self) -> SpendGuard | None:
-        """The wallets' guard under ``max_spend`` once started (None without a spend budget)."""
+        """The run's spend and its guard once started (None when the run does not count it)."""
         return self._spend
 
-    async def start(self, client: DreamboothClient, manifest: Iterable[ItemState] | None) -> None:
-        """Count what earlier runs paid (with a manifest) and read the wallets (``max_spend``;
-        raises when none can be read)."""
+    async def start(self, wallets: Wallets, manifest: Iterable[ItemState] | None) -> None:
+        """Count what earlier runs paid (with a manifest) and start counting the spend
+        (``max_spend`` without a price raises when no wallet can be read)."""
         if self._max_images is not None and manifest is not None:
             self._images = images_paid(manifest)
-        if self._max_spend is not None:
-            self._spend = SpendGuard(client, self._max_spend)
+        if self._track:
+            self._spend = SpendGuard(wallets, self._max_spend, price=self._price)
             await self._spend.start()
+
+    async def before_post(self, key_index: int) -> Bracket | None:
+        """Just before a submission goes on the wire: what :meth:`after_post` takes (a
+        measurement of the price may hold it for the few milliseconds it takes)."""
+        return None if self._spend is None else await self._spend.before_post(key_index)
+
+    async def after_post(self, token: Bracket | None, entry: Entry, *, accepted: bool) -> None:
+        """The submission was answered: ``accepted`` and billed, or not."""
+        if self._spend is not None:
+            await self._spend.after_post(token, accepted=accepted, images=entry.request.samples)
 
     def reserve(self, entry: Entry) -> bool:
         """Reserve ``entry``'s images under ``max_images``; False once the budget is spent

@@ -41,6 +41,8 @@ class MapOptions(TypedDict, total=False):
     on_finish: Callable[[], None] | None
     max_images: int | None
     max_spend: float | None
+    price_per_image: float | None
+    track_spend: bool
 
 
 @attrs.frozen(kw_only=True)
@@ -71,6 +73,8 @@ class BatchOptions:
     on_finish: Callable[[], None] | None
     max_images: int | None
     max_spend: float | None
+    price_per_image: float | None
+    track_spend: bool
 
 
 def batch_options(
@@ -96,6 +100,8 @@ def batch_options(
     on_finish: Callable[[], None] | None,
     max_images: int | None,
     max_spend: float | None,
+    price_per_image: float | None = None,
+    track_spend: bool = False,
 ) -> BatchOptions:
     """Check ``map_requests``'s keywords and fill in the client's defaults (raises ValueError
     naming the option)."""
@@ -112,6 +118,12 @@ def batch_options(
         isinstance(max_spend, bool) or not isinstance(max_spend, int | float) or not max_spend > 0
     ):
         raise ValueError("max_spend must be an amount above 0, or None")
+    if price_per_image is not None and (
+        isinstance(price_per_image, bool)
+        or not isinstance(price_per_image, int | float)
+        or not 0 <= price_per_image < float("inf")
+    ):
+        raise ValueError("price_per_image must be an amount of 0 or more, or None")
     hooks: tuple[EventHook, ...]
     if on_event is None:
         hooks = ()
@@ -145,4 +157,6 @@ def batch_options(
         on_finish=on_finish,
         max_images=max_images,
         max_spend=max_spend,
+        price_per_image=price_per_image,
+        track_spend=track_spend,
     )

@@ -110,6 +110,16 @@ class BatchRun(AsyncIterator[BatchItem]):
             for index, counts in enumerate(engine.key_counts)
         ]
 
+    @property
+    def spend(self) -> dict[str, Any] | None:
+        """What this run spent, when it counts it (``max_spend``, ``price_per_image`` or
+        ``track_spend``), else None: ``spent`` (its own accepted ``images`` times
+        ``price_per_image``; None while the price is not known), ``price_source``
+        (``"given"`` or ``"measured"``) and ``brackets`` (how many measurements were taken).
+        Not the wallet's drop: other clients on the same account do not count."""
+        guard = self._engine.spend
+        return None if guard is None else guard.summary()
+
     # --- lifecycle ----------------------------------------------------------------------------
 
     def _start(self) -> None:
@@ -215,6 +225,8 @@ def map_requests(
     on_finish: Callable[[], None] | None = None,
     max_images: int | None = None,
     max_spend: float | None = None,
+    price_per_image: float | None = None,
+    track_spend: bool = False,
 ) -> BatchRun:
     """Run many generation requests under the account's queue-slot limit.
 
@@ -261,11 +273,19 @@ def map_requests(
         (``run.stats["unsent"]`` counts them), so a rerun with a larger budget continues. A
         sized input (a list) is read to its end, so done items are still reported; a stream
         is read no further.
-    :param max_spend: a budget in the wallet's currency: the balance of every key is read
-        when the batch starts (it raises if none can be read) and again now and then (every
-        5 s or 10 submissions, and before a submission the measured price per image says
-        would pass the budget); no submission is sent once the balances have dropped by this
-        much, or would. The rest stays pending, as with ``max_images``.
+    :param max_spend: a budget in the wallet's currency for this run's own spending: its
+        accepted images times the price of one image (``price_per_image``, or measured from
+        the wallet, see ``run.spend``). No submission is sent that would take it past the
+        budget; the rest stays pending, as with ``max_images``. Other clients paying from the
+        same wallet (shards on one key) do not count. Without a given price, the wallets are
+        read when the batch starts (it raises if none can be read); until the price is
+        measured (on the first accepted submission) one submission goes at a time.
+    :param price_per_image: the price of one image, when known (the service does not say
+        it): the run's spend is then its accepted images times this, and no wallet is read
+        for it.
+    :param track_spend: count the run's spend (``run.spend``) without a budget, measuring the
+        price per image from the wallet when it is not given. ``max_spend`` and
+        ``price_per_image`` turn it on too.
     """
     options = batch_options(
         client,
@@ -289,5 +309,7 @@ def map_requests(
         on_finish=on_finish,
         max_images=max_images,
         max_spend=max_spend,
+        price_per_image=price_per_image,
+        track_spend=track_spend,
     )
     return BatchRun(Engine(client, requests, options), spawn)

@@ -249,6 +249,9 @@ class Submitter:
         # Shielded: once the POST may be on the wire, a cancelled batch still waits (for up to
         # cancel_grace) for the answer and records the job id, so a rerun can attach to it.
         scope = anyio.CancelScope(shield=True)
+        # A measurement of the price per image may hold the submission a few milliseconds
+        # (see .._spend); it is cancellable, the POST is not.
+        bracket = await self._budget.before_post(slot.index)
         self._scopes.add(scope)
         self._tally.count("submissions", entry)
         window = slot.window
@@ -276,6 +279,9 @@ class Submitter:
                     return None, error
                 finally:
                     window.submitting -= 1
+                    # Before the job is counted: the price is known before the next goes.
+                    accepted = job is not None and not _from_cache(job)
+                    await self._budget.after_post(bracket, entry, accepted=accepted)
                 self._connect_failures = 0
                 from_cache = _from_cache(job)
                 self._budget.spend_settled(entry, accepted=not from_cache)

@@ -118,6 +118,8 @@ async def _run_generate(
                         job_timeout=args.job_timeout,
                         max_images=args.max_images,
                         max_spend=args.max_spend,
+                        price_per_image=args.price_per_image,
+                        track_spend=True,
                     )
                     async with run:
                         try:
@@ -155,6 +157,7 @@ async def _run_generate(
                         elapsed=time.monotonic() - started,
                         stopped=summary.stopped,
                         budget={"max_images": args.max_images, "max_spend": args.max_spend},
+                        spend=run.spend,
                     )
                     summary.accounting = accounting_lines(report)
                     try:

@@ -107,6 +107,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def price(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be an amount above 0, got {text}")
+    return value
+
+
 # --- generate's options -----------------------------------------------------------------------
 
 
@@ -277,8 +284,16 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
         "--max-spend",
         type=positive_float,
         metavar="AMOUNT",
-        help="submit no more once the wallets' balance has dropped by AMOUNT in this run "
-        "(read at the start and every few seconds or submissions; reruns continue)",
+        help="submit no more once this run's own images (at --price-per-image, or at the "
+        "price measured from the wallet) cost AMOUNT; other users of the wallet do not count "
+        "(reruns continue)",
+    )
+    gen.add_argument(
+        "--price-per-image",
+        type=price,
+        metavar="AMOUNT",
+        help="the price of one image on your plan, for --max-spend and the report (default: "
+        "measured from the wallet's drop around a few of the run's own submissions)",
     )
     gen.add_argument(
         "--dry-run",
