@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Self, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple
 
 import attrs
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -227,6 +227,11 @@ class BatchRun(Iterator["BatchItem"]):
     def stats(self) -> dict[str, int]:
         """The batch's counters (see :attr:`dreambooth_async.BatchRun.stats`)."""
         return self._run.stats
+
+    @property
+    def spend(self) -> dict[str, Any] | None:
+        """What the run spent (see :attr:`dreambooth_async.BatchRun.spend`)."""
+        return self._run.spend
 
     def __iter__(self) -> Self:
         return self

@@ -62,7 +62,7 @@ async def test_two_shards_on_one_wallet_each_report_and_budget_their_own(tmp_pat
         queue_limit=10,
         workers=10,
         time_scale=SCALE,
-        # 10 service seconds: a fifth of a second each here, so both shards have jobs queued at once.
+        # 10 service seconds (a fifth of a second here): both shards have jobs queued at once.
         cost=CostModel(base=10, per_step=0, per_sample=0, per_megapixel=0, noise=0),
         wallet=50.0,
         price_per_image=PRICE,

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import pytest
 from aiohttp import web
+from anyio.from_thread import start_blocking_portal
 
 import dreambooth_async as dba
 from dreambooth_async._models import WalletBalance
@@ -352,3 +353,25 @@ def test_an_unknown_price_is_said_so() -> None:
     )
     assert report["spent"] is None
     assert any("--price-per-image" in line for line in accounting_lines(report))
+
+
+def test_the_blocking_client_tells_the_spend_too() -> None:
+    config = EmulatorConfig(
+        keys=(KEY,),
+        time_scale=SCALE,
+        cost=CostModel(base=5, per_step=0, per_sample=0, per_megapixel=0, noise=0),
+        wallet=10.0,
+        price_per_image=0.01,
+    )
+    with start_blocking_portal("asyncio") as portal:
+        emu = Emulator(config)
+        portal.call(emu.start)
+        try:
+            poll = dba.PollPolicy().scaled(SCALE)
+            with dba.sync.DreamboothClient(KEY, base_url=emu.base_url, poll=poll) as dbc:
+                with dbc.map([request(n) for n in range(8)], max_spend=0.05) as run:
+                    items = list(run)
+                assert len(items) == 5
+                assert run.spend is not None and run.spend["spent"] == 0.05
+        finally:
+            portal.call(emu.aclose)
