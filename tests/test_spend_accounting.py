@@ -6,12 +6,15 @@ report's figures. The wallets are the emulator's, over HTTP on 127.0.0.1."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from _cli_commands import emulator_generate_args
 from aiohttp import web
 from anyio.from_thread import start_blocking_portal
 
@@ -19,6 +22,7 @@ import dreambooth_async as dba
 from dreambooth_async._models import WalletBalance
 from dreambooth_async._report import accounting_lines, build_report
 from dreambooth_async._spend import SpendGuard, money
+from dreambooth_async.cli import main
 from dreambooth_async.emulator import CostModel, Emulator, EmulatorConfig
 
 pytestmark = pytest.mark.anyio
@@ -375,3 +379,25 @@ def test_the_blocking_client_tells_the_spend_too() -> None:
                 assert run.spend is not None and run.spend["spent"] == 0.05
         finally:
             portal.call(emu.aclose)
+
+
+async def test_an_unlimited_emulator_wallet_still_shows_the_price() -> None:
+    # Never refused, but it drops: a run against it (the demo, --emulator) measures its spend.
+    async with emulator(wallet=None, price_per_image=0.01) as emu, client(emu) as dbc:
+        before = await dbc.wallet_balance()
+        await dbc.submit(request(0, samples=3))
+        after = await dbc.wallet_balance()
+        assert before.balance == 1_000_000.0 and after.balance == 999_999.97
+
+
+def test_generate_on_the_embedded_emulator_reports_the_runs_spend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"a buoy, study {i}\n" for i in range(6)))
+    out = tmp_path / "out"
+    assert main(emulator_generate_args(prompts, out, time_scale=0.002)) == 0
+    text = capsys.readouterr().out
+    assert "spent 0.06 USD: this run's 6 images at 0.01 USD (measured from the wallet)" in text
+    report = json.loads((out / "dreambooth-report.json").read_text())
+    assert report["spent"] == 0.06 and report["wallet_drop"] == 0.06

@@ -35,7 +35,8 @@ The service as ModelsLab's current docs show it (``ModelsLab/docs-v2``, the offi
   fields (400); 403 before the model lookup, 402 before the spam filter and the queue limit.
 - Queue slots: ``key_queue_limits.get(key, queue_limit)`` per key, each key its own slots.
 - ``POST /api/wallet_balance`` (key in the body): ``{"status": "success", "data": {"balance":
-  <live balance>, "currency": "USD"}}``; 1000000.0 for an unlimited wallet.
+  <live balance>, "currency": "USD"}}``; for an unlimited wallet 1000000.0 less what the key
+  spent (it is never refused), so the price of an image shows in the balance.
 - ``GET`` and ``POST /api/v6/processing/request_count`` (key in the JSON body, or ``?key=`` on
   GET): ``{"status": "success", "processing_count": N, "message": "Current processing request
   count retrieved successfully"}``, N the key's jobs queued or processing now. The page shows no

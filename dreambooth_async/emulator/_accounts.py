@@ -48,9 +48,12 @@ class Accounts:
         self._spent[key] = round(self._spent[key] + amount, _MONEY_DIGITS)
 
     def balance(self, key: str) -> float:
-        """The live balance; ``UNLIMITED_BALANCE`` for a key without a wallet limit."""
+        """The live balance; for a key without a wallet limit ``UNLIMITED_BALANCE`` less what
+        it spent (never refused), so that a client can still see what its jobs cost."""
         balance = self._balances[key]
-        return UNLIMITED_BALANCE if balance is None else balance
+        if balance is None:
+            return round(UNLIMITED_BALANCE - self._spent[key], _MONEY_DIGITS)
+        return balance
 
     def spent(self, key: str) -> float:
         return self._spent[key]
