@@ -21,6 +21,7 @@ __all__ = [
     "ClientClosedError",
     "DownloadError",
     "DreamboothError",
+    "EndpointNotFound",
     "GenerationFailed",
     "InsufficientCredits",
     "JobNotFound",
@@ -125,6 +126,13 @@ class InsufficientCredits(APIError):
     in an HTTP 200 answer). Nothing was accepted; top up and run again.
 
     A batch stops submitting on it and leaves the rest pending in its manifest.
+    """
+
+
+class EndpointNotFound(APIError):
+    """Submissions keep being answered HTTP 404 (not found): the base URL does not look like
+    the root of the service's API (a path too many or too few, another site). Nothing was
+    accepted; a batch stops submitting after a few in a row and leaves the rest pending.
     """
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 
 from . import _jsonl
+from ._exit import EXIT_OK, EXIT_USAGE
 from ._gallery_assets import SCRIPT, STYLE
 from ._manifest import ItemState, ManifestError, read_manifest
 from ._settings import MANIFEST_NAME, METADATA_NAME
@@ -48,9 +49,6 @@ GALLERY_NAME = "index.html"
 #: Image files in the folder that no metadata row names are shown too (an interrupted run, or a
 #: folder that was not written by ``generate``).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
-
-EXIT_OK = 0  # as the rest of the command line (cli/common.py)
-EXIT_USAGE = 2
 
 # Row fields shown under each image, in this order, with their labels; other fields a row has
 # (a user's own imagefolder columns) follow under their own names.

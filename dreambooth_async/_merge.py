@@ -35,6 +35,7 @@ from typing import Any
 import attrs
 
 from . import _jsonl
+from ._exit import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from ._settings import METADATA_NAME
 
 __all__ = [
@@ -50,10 +51,6 @@ MARKER_NAME = ".dreambooth-merge.json"
 PARQUET_FOLDER = "parquet"
 #: Target size of one Parquet file (image bytes, roughly): the Hub's usual shard size.
 PARQUET_BYTES = 256 * 1024 * 1024
-
-EXIT_OK = 0
-EXIT_PARTIAL = 1
-EXIT_USAGE = 2
 
 
 class MergeError(Exception):
@@ -334,6 +331,10 @@ def add_merge_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     parser.set_defaults(func=merge_command)
 
 
+def _counted(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def merge_command(args: argparse.Namespace) -> int:
     """``dreambooth-async merge``: exit 0 merged, 1 merged with rows whose image is missing,
     2 nothing merged (a source is no output folder, DIR is in the way, pyarrow missing)."""
@@ -351,7 +352,8 @@ def merge_command(args: argparse.Namespace) -> int:
     if report.renamed:
         extra.append(f"{report.renamed} renamed")
     note = f" ({', '.join(extra)})" if extra else ""
-    print(f"merged {report.images} images from {len(args.sources)} folders{note} into {report.out}")
+    images, folders = _counted(report.images, "image"), _counted(len(args.sources), "folder")
+    print(f"merged {images} from {folders}{note} into {report.out}")
     for path in report.parquet:
         print(f"  {path}")
     for name in report.missing[:20]:

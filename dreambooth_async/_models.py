@@ -65,28 +65,37 @@ class Scheduler(enum.StrEnum):
 # Each one raises RequestValidationError naming the field, the value and the limit.
 
 
-def _int_range(lo: int, hi: int, *, optional: bool = False) -> Any:
-    def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-        if value is None and optional:
-            return
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RequestValidationError(attr.name, value, f"an integer from {lo} to {hi}")
-        if not lo <= value <= hi:
-            raise RequestValidationError(attr.name, value, f"from {lo} to {hi}")
+@attrs.frozen
+class _Range:
+    """A number from ``lo`` to ``hi``: a validator that can say its limit (``--help`` does)."""
 
-    return check
+    lo: float
+    hi: float
+    integer: bool
+    optional: bool = False
+
+    @property
+    def limit(self) -> str:
+        return f"from {self.lo} to {self.hi}"
+
+    def __call__(self, _inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+        if value is None and self.optional:
+            return
+        kinds: type | tuple[type, ...] = int if self.integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            kind = "an integer" if self.integer else "a number"
+            raise RequestValidationError(attr.name, value, f"{kind} {self.limit}")
+        assert isinstance(value, int | float)
+        if not self.lo <= value <= self.hi:  # also rejects NaN
+            raise RequestValidationError(attr.name, value, self.limit)
+
+
+def _int_range(lo: int, hi: int, *, optional: bool = False) -> Any:
+    return _Range(lo, hi, integer=True, optional=optional)
 
 
 def _float_range(lo: float, hi: float, *, optional: bool = False) -> Any:
-    def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-        if value is None and optional:
-            return
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RequestValidationError(attr.name, value, f"a number from {lo} to {hi}")
-        if not lo <= value <= hi:  # also rejects NaN
-            raise RequestValidationError(attr.name, value, f"from {lo} to {hi}")
-
-    return check
+    return _Range(lo, hi, integer=False, optional=optional)
 
 
 def _non_empty_text(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
@@ -319,6 +328,34 @@ class Inpaint(_Generation):
 
 GenerationRequest: TypeAlias = Text2Img | Img2Img | Inpaint
 """Any generation request: a :class:`Text2Img`, :class:`Img2Img` or :class:`Inpaint`."""
+
+# What the validators without parameters accept, in the words of their errors.
+_LIMITS: Mapping[Any, str] = {
+    _non_empty_text: "non-empty text",
+    _optional_text: "text",
+    _flag: "yes or no",
+    _seed: "an integer from 0 to 4294967295",
+    _url: "an absolute http(s) URL",
+    _scheduler: f"one of the {len(Scheduler)} names in dreambooth_async.Scheduler",
+    _image: "an http(s) URL or the path of an existing file",
+    _track_id: "text or an integer",
+}
+
+
+def field_limit(cls: type[GenerationRequest], name: str) -> str:
+    """What field ``name`` of ``cls`` accepts, and its default, in words, from the field's
+    own validator and default (``from 1 to 1024; default: 512``): the one source of the
+    command line's help for the request options."""
+    field = attrs.fields_dict(cls)[name]
+    check = field.validator
+    limit = check.limit if isinstance(check, _Range) else _LIMITS.get(check, "")
+    if field.default is attrs.NOTHING:
+        default = "required"
+    elif field.default is None:
+        default = "default: the service's (not sent)"
+    else:
+        default = f"default: {field.default}"
+    return f"{limit}; {default}" if limit else default
 
 
 # --- results ----------------------------------------------------------------------------------

@@ -141,8 +141,9 @@ def _money(value: float, currency: str | None) -> str:
     return f"{whole}.{places.ljust(2, '0')}" + (f" {currency}" if currency else "")
 
 
-def accounting_lines(report: Mapping[str, Any]) -> list[str]:
-    """The summary's lines about what the run sent and spent."""
+def accounting_lines(report: Mapping[str, Any], *, unlimited_wallet: bool = False) -> list[str]:
+    """The summary's lines about what the run sent and spent; ``unlimited_wallet``: the
+    wallets have no limit (the embedded emulator's), so their balance is not shown."""
     lines = [
         f"submissions {report['submissions']} (accepted {report['accepted']}, images "
         f"{report['images']}), cache hits {report['cache_hits']}, rejected (queue full) "
@@ -187,7 +188,9 @@ def accounting_lines(report: Mapping[str, Any]) -> list[str]:
             "give --price-per-image)"
         )
     before, after = report["balance_before"], report["balance_after"]
-    if before is not None and after is not None:
+    if unlimited_wallet:
+        lines.append("account balance: unlimited (the embedded emulator's wallet)")
+    elif before is not None and after is not None:
         lines.append(
             f"account balance {_money(before, currency)} -> {_money(after, currency)} "
             f"(the account's drop {_money(report['wallet_drop'] or 0.0, currency)}: this run's "

@@ -49,6 +49,11 @@ class Budget:
         self._spend_held: dict[int, int] = {}  # item index -> images let through, unanswered
 
     @property
+    def reached(self) -> bool:
+        """True once ``max_images`` or ``max_spend`` kept an item from being sent."""
+        return self._over_budget
+
+    @property
     def spend(self) -> SpendGuard | None:
         """The run's spend and its guard once started (None when the run does not count it)."""
         return self._spend
@@ -76,6 +81,7 @@ class Budget:
         """Reserve ``entry``'s images under ``max_images``; False once the budget is spent
         (the item is not sent, and stays pending for a rerun with a larger budget)."""
         if self._spend is not None and self._spend.exhausted:
+            self._over_budget = True
             return False
         if self._max_images is None:
             return True

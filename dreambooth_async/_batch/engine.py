@@ -106,6 +106,11 @@ class Engine:
         return self.tally.key_counts
 
     @property
+    def budget_reached(self) -> bool:
+        """True once a budget kept an item from being sent."""
+        return self._budget.reached
+
+    @property
     def spend(self) -> SpendGuard | None:
         """The run's spend, when it counts it."""
         return self._budget.spend

@@ -91,6 +91,12 @@ class BatchRun(AsyncIterator[BatchItem]):
         }
 
     @property
+    def budget_reached(self) -> bool:
+        """True when ``max_images`` or ``max_spend`` kept items from being sent: they stay
+        pending (in the manifest, if any) for a run with a larger budget."""
+        return self._engine.budget_reached
+
+    @property
     def key_stats(self) -> list[dict[str, Any]]:
         """The same counters per API key, in the order of the client's keys (never the keys
         themselves): ``key`` (``"#1"``...), ``key_index`` (0-based), submissions, accepted,

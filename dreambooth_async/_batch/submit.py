@@ -25,11 +25,13 @@ from .._keys import KeyRing
 from .._manifest import Manifest
 from .._poller import Job
 from .._transport import logger
+from .absence import UNREACHABLE_AFTER, Absence, is_absence
 from .budget import Budget
 from .items import AmbiguousSubmission, BatchItem
 from .options import BatchOptions
 from .pacer import Pacer
 from .plan import Entry
+from .probe import KeyProbe
 from .sinks import Endings
 from .tally import Tally
 from .window import Slot, SlotPool
@@ -42,10 +44,6 @@ __all__ = ["UNREACHABLE_AFTER", "Submitter"]
 # Errors after which no submission of this batch can be accepted: stop submitting, keep the
 # rest pending in the manifest, and report why.
 _STOPS_SUBMITTING = (AuthenticationError, InsufficientCredits)
-
-#: Consecutive submissions that could not connect (each after the transport's own retries)
-#: after which a batch stops: the service is unreachable.
-UNREACHABLE_AFTER = 3
 
 #: The least wait before a turned-away item is sent again (politeness).
 _MIN_WAIT = 0.05
@@ -86,14 +84,17 @@ class Submitter:
         # Submissions handle "queue full" themselves; every other retry stays the client's.
         self._retry = attrs.evolve(client.retry_policy, retry_rate_limited=False)
         self._stopped: DreamboothError | None = None
-        self._connect_failures = 0
+        self._absence = Absence(client.base_url)
+        self._probe = KeyProbe()
 
     def _stop(self, error: DreamboothError) -> None:
         """No submission can be accepted any more (bad key, no credits, unreachable): send
         nothing more; the engine reads no more input and raises ``error`` at the end."""
         if self._stopped is None:
             self._stopped = error
-            logger.warning(
+            # Not a warning: the error ends the iteration, and that is where it is reported
+            # (the command line's summary says it once).
+            logger.info(
                 "batch stops submitting: %s: %s; items not sent stay pending for a rerun",
                 type(error).__name__,
                 self._client.redact(str(error)),
@@ -114,13 +115,19 @@ class Submitter:
             if slot.index in self._ring.retired and self._ring.live():
                 await self._move(entry, slot)  # its key was retired meanwhile
                 continue
+            turn = self._probe.turn(slot.index)
+            if isinstance(turn, anyio.Event):
+                await turn.wait()  # the key's first answer decides whether this item goes
+                continue
             attempt += 1
             if self._manifest is not None:
                 self._manifest.submitting(entry.key, attempt)
-            job, error = await self._submit_once(entry, slot)
+            job, error = await self._submit_probing(entry, slot, probing=turn)
             if job is not None:
                 return job
             assert error is not None
+            if not is_absence(error):
+                self._absence.answered()
             if isinstance(error, RateLimitError):
                 turned_away += 1
                 if self._manifest is not None:
@@ -177,15 +184,17 @@ class Submitter:
                 )
                 return self._endings.ambiguous(entry, wrapped)
             slot.release()
-            if isinstance(error, TransportError):
-                # Never connected (the transport had retried): nothing landed, so the item stays
-                # pending for a rerun whatever retry_failed says.
+            if is_absence(error):
+                # Never connected (the transport had retried), or no such path there: nothing
+                # landed, so the item stays pending for a rerun whatever retry_failed says.
                 if self._manifest is not None:
-                    self._manifest.not_landed(entry.key, "unreachable")
-                if self._unreachable(error):
-                    # Nothing listening, DNS, a firewall: stop rather than spend minutes
-                    # failing every item the same way.
-                    self._stop(error)
+                    reason = "unreachable" if isinstance(error, TransportError) else "not_found"
+                    self._manifest.not_landed(entry.key, reason)
+                stop = self._absence.absent(error)
+                if stop is not None:
+                    # Nothing listening, DNS, a firewall, a base URL that is not the API's:
+                    # stop rather than spend minutes failing every item the same way.
+                    self._stop(stop)
                     return None
                 return self._endings.failed(entry, error, recorded=True)
             return self._endings.failed(entry, error)
@@ -198,11 +207,25 @@ class Submitter:
         entry.key_index = await self._slots.acquire(priority=True)
         slot.take(entry.key_index)
 
-    def _unreachable(self, error: TransportError) -> bool:
-        """True once ``UNREACHABLE_AFTER`` submissions in a row could not connect at all
-        (the transport had already retried each)."""
-        self._connect_failures = self._connect_failures + 1 if not error.may_have_landed else 0
-        return self._connect_failures >= UNREACHABLE_AFTER
+    async def _submit_probing(
+        self, entry: Entry, slot: Slot, *, probing: bool
+    ) -> tuple[Job | None, DreamboothError | None]:
+        """``_submit_once``; when this submission probes its key (``probing``), its answer
+        lets the key's other items go, or keeps them to one at a time."""
+        key = slot.index
+        job: Job | None = None
+        error: DreamboothError | None = None
+        try:
+            job, error = await self._submit_once(entry, slot)
+        finally:
+            if probing:
+                # Set before the caller handles a refusal: that has no await, so the items
+                # woken here find the key retired (or the batch stopped) when they run.
+                refused = error is not None and (
+                    is_absence(error) or isinstance(error, _STOPS_SUBMITTING)
+                )
+                self._probe.answered(key, proven=job is not None or not refused)
+        return job, error
 
     async def _recover(self, entry: Entry, error: DreamboothError, slot: Slot) -> Job | None:
         """The job of a submission whose answer was lost, if the service's webhook call
@@ -282,7 +305,7 @@ class Submitter:
                     # Before the job is counted: the price is known before the next goes.
                     accepted = job is not None and not _from_cache(job)
                     await self._budget.after_post(bracket, entry, accepted=accepted)
-                self._connect_failures = 0
+                self._absence.answered()
                 from_cache = _from_cache(job)
                 self._budget.spend_settled(entry, accepted=not from_cache)
                 if from_cache:

@@ -6,10 +6,10 @@ same command again after a crash (or Ctrl-C) and it picks up where it stopped, w
 an image twice. ``demo`` does the same with a bundled prompts file against the embedded emulator.
 ``emulator`` serves the emulator.
 
-Exit codes: 0 every item done; 1 some failed or are ambiguous, or the batch stopped (no credits,
-a refused key, the service unreachable; see the summary); 2 a usage or input error, an output
-folder that cannot be written, or options that differ from the ones the folder's images were made
-with (nothing was submitted); 130 interrupted (run the command again to resume).
+Exit codes (the table is ``_exit.EXIT_CODES``, printed by ``generate --help``): 0 every prompt
+done; 1 some failed or are ambiguous; 2 a usage or input error (nothing was submitted); 3 stopped
+by a budget; 4 stopped by the service (a refused key, no credits, a base URL that is not the API
+root or cannot be reached); 130 interrupted (run the command again to resume).
 
 The package: ``parser`` assembles the subcommands; ``options`` holds generate's options;
 ``prompts`` reads prompts files into requests; ``output`` owns the output folder (its lock, the
@@ -28,9 +28,11 @@ from collections.abc import Callable, Sequence
 from .._errors import DreamboothError
 from .._gallery import add_gallery_parser as add_gallery_parser
 from .._manifest import ManifestError
+from .common import EXIT_BUDGET as EXIT_BUDGET
 from .common import EXIT_INTERRUPTED as EXIT_INTERRUPTED
 from .common import EXIT_OK as EXIT_OK
 from .common import EXIT_PARTIAL as EXIT_PARTIAL
+from .common import EXIT_SERVICE as EXIT_SERVICE
 from .common import EXIT_USAGE as EXIT_USAGE
 from .common import LOCK_NAME as LOCK_NAME
 from .common import MANIFEST_NAME as MANIFEST_NAME

@@ -3,6 +3,14 @@ of the files ``generate`` writes, and the error that means "the input cannot be 
 
 from __future__ import annotations
 
+from .._exit import (
+    EXIT_BUDGET,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_SERVICE,
+    EXIT_USAGE,
+)
 from .._prompts import MAX_LINE_BYTES
 from .._settings import MANIFEST_NAME, METADATA_NAME
 
@@ -10,9 +18,11 @@ __all__ = [
     "CLI_EXTRA",
     "DEMO_TIME_SCALE",
     "EMULATOR_EXTRA",
+    "EXIT_BUDGET",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_PARTIAL",
+    "EXIT_SERVICE",
     "EXIT_USAGE",
     "LOCK_NAME",
     "MANIFEST_NAME",
@@ -23,11 +33,6 @@ __all__ = [
     "emulator_missing",
     "require_emulator",
 ]
-
-EXIT_OK = 0
-EXIT_PARTIAL = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 LOCK_NAME = ".dreambooth.lock"
 #: The options that shaped the folder's requests, so a rerun with other ones does not mix sets.

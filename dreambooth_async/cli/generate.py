@@ -16,7 +16,12 @@ from typing import Any, TextIO
 
 from .._cache import plan_run
 from .._client import BASE_URL_ENV, DreamboothClient
-from .._errors import AuthenticationError, InsufficientCredits, TransportError
+from .._errors import (
+    AuthenticationError,
+    EndpointNotFound,
+    InsufficientCredits,
+    TransportError,
+)
 from .._fsout import (
     FsOutput,
     OutputURLError,
@@ -34,7 +39,6 @@ from .._spend import read_balances
 from .common import (
     CLI_EXTRA,
     EXIT_OK,
-    EXIT_PARTIAL,
     METADATA_NAME,
     RUN_NAME,
     InputError,
@@ -53,7 +57,7 @@ from .output import (
 )
 from .prompts import PromptSource, detect_format
 from .service import api_keys, checked_base_url, service, webhook_receiver
-from .summary import Summary, print_summary, tally
+from .summary import Summary, exit_code, print_summary, tally
 
 __all__ = ["generate", "run_async"]
 
@@ -80,11 +84,12 @@ async def _run_generate(
     try:
         # The manifest's copy is kept current until the batch has ended, then saved whole.
         state = mirror.keeping_state() if mirror is not None else contextlib.nullcontext()
-        async with state, service(args) as (base_url, key, scale):
+        async with state, service(args) as chosen:
+            scale = chosen.scale
             poll = PollPolicy().scaled(scale) if scale else PollPolicy()
             client = DreamboothClient(
-                key,
-                base_url=base_url,
+                chosen.key,
+                base_url=chosen.base_url,
                 api_version=args.api_version,
                 poll=poll,
                 max_concurrency=args.max_concurrency,
@@ -135,6 +140,12 @@ async def _run_generate(
                                 if isinstance(error, InsufficientCredits)
                                 else "use a valid key"
                             )
+                        except EndpointNotFound as error:
+                            summary.stopped = client.redact(str(error))
+                            summary.remedy = (
+                                f"check --base-url (or ${BASE_URL_ENV}): the service's root, "
+                                "such as https://modelslab.com, without a path"
+                            )
                         except TransportError as error:
                             # Connections kept failing: the batch gave up on the service rather
                             # than fail every item one by one; nothing more was sent.
@@ -148,6 +159,7 @@ async def _run_generate(
                             # In mirror.failure, for the summary; nothing more is sent, and what
                             # was not uploaded stays staged for the rerun.
                             pass
+                    summary.budget_reached = run.budget_reached
                     after = await read_balances(client)
                     report = build_report(
                         stats=run.stats,
@@ -159,7 +171,9 @@ async def _run_generate(
                         budget={"max_images": args.max_images, "max_spend": args.max_spend},
                         spend=run.spend,
                     )
-                    summary.accounting = accounting_lines(report)
+                    summary.accounting = accounting_lines(
+                        report, unlimited_wallet=chosen.unlimited_wallet
+                    )
                     try:
                         write_report(report_path(manifest), report, client.redact)
                     except OSError as exc:  # the images are fine; only the report is lost
@@ -193,9 +207,7 @@ async def _run_generate(
             print(f"could not write the gallery: {exc}", file=stdout)
         else:
             print(f"gallery: {gallery.as_uri()}", file=stdout)
-    ok = summary.failed == 0 and summary.ambiguous == 0 and summary.stopped is None
-    ok = ok and upload_error is None
-    return EXIT_OK if ok else EXIT_PARTIAL
+    return exit_code(summary, upload_failed=upload_error is not None)
 
 
 def _remote_output(url: str) -> FsOutput:

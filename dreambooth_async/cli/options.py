@@ -19,7 +19,7 @@ from .._client import (
     DEFAULT_BASE_URL,
 )
 from .._convert import structure_field, value_type
-from .._models import API_VERSIONS, Inpaint, Scheduler
+from .._models import API_VERSIONS, Inpaint, Scheduler, field_limit
 from .._prompts import KINDS, REQUEST_FIELDS
 from .._shard import add_shard_argument, shard_manifest_name
 from .common import DEMO_TIME_SCALE, MANIFEST_NAME
@@ -29,6 +29,7 @@ __all__ = [
     "REQUEST_FIELDS",
     "add_generate_arguments",
     "defaults_from_args",
+    "field_help",
     "option_name",
     "positive_float",
     "positive_int",
@@ -55,6 +56,19 @@ def _option_type(name: str, kind: type) -> Callable[[str], Any]:
     return convert
 
 
+def field_help(name: str) -> str:
+    """The ``--help`` text of request field ``name``'s option: what the field accepts and its
+    default, as the request classes validate it (``field_limit``)."""
+    text = field_limit(Inpaint, name)
+    needed_by = [kind for kind, cls in KINDS.items() if name in attrs.fields_dict(cls)]
+    if text.endswith("required") and len(needed_by) < len(KINDS):
+        text += f" by {' and '.join(sorted(needed_by))} rows"
+    if name == "seed":
+        derived = "derived from the row (--random-seeds: none)"
+        text = text.replace("the service's (not sent)", derived)
+    return text
+
+
 def _add_request_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "request defaults", "every request field, applied to rows that do not set it"
@@ -66,14 +80,22 @@ def _add_request_options(parser: argparse.ArgumentParser) -> None:
         kind = value_type(Inpaint, name)
         if kind in _METAVARS:
             group.add_argument(
-                flag, dest=f"field_{name}", type=_option_type(name, kind), metavar=_METAVARS[kind]
+                flag,
+                dest=f"field_{name}",
+                type=_option_type(name, kind),
+                metavar=_METAVARS[kind],
+                help=field_help(name),
             )
         elif kind is Scheduler:
             group.add_argument(
-                flag, dest=f"field_{name}", choices=[s.value for s in Scheduler], metavar="NAME"
+                flag,
+                dest=f"field_{name}",
+                choices=[s.value for s in Scheduler],
+                metavar="NAME",
+                help=field_help(name),
             )
         else:
-            group.add_argument(flag, dest=f"field_{name}", metavar="TEXT")
+            group.add_argument(flag, dest=f"field_{name}", metavar="TEXT", help=field_help(name))
     group.add_argument(
         "--kind",
         choices=sorted(KINDS),

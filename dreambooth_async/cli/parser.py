@@ -8,6 +8,7 @@ import copy
 
 from .. import __version__
 from .._cache import add_cache_parser
+from .._exit import exit_codes_help
 from .._gallery import add_gallery_parser
 from .._merge import add_merge_parser
 from .common import DEMO_TIME_SCALE, EMULATOR_EXTRA
@@ -38,6 +39,16 @@ class _AllDefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _EpilogAsWritten(argparse.HelpFormatter):
+    """Wraps the description as usual; keeps the lines of a text that has several (the exit
+    codes' table) as they are."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line + "\n" for line in text.splitlines()).rstrip("\n")
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
     """The ``dreambooth-async`` argument parser (subcommands generate, demo, emulator).
 
@@ -60,6 +71,8 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
         help="a prompts file in, a folder of images and metadata.jsonl out",
         description="Generate an image set from PROMPTS into DIR. Running the same command "
         "again resumes: done items are skipped, accepted ones fetched by id.",
+        epilog=exit_codes_help(),
+        formatter_class=_EpilogAsWritten,
     )
     add_generate_arguments(gen)
     gen.set_defaults(func=generate)
@@ -69,6 +82,8 @@ def build_parser(*, emulator_options: bool = True) -> argparse.ArgumentParser:
         help="generate the bundled prompts with the embedded emulator",
         description="Run 24 bundled prompts against the embedded emulator and show where the "
         "images went.",
+        epilog=exit_codes_help(),
+        formatter_class=_EpilogAsWritten,
     )
     demo_command.add_argument(
         "--out",

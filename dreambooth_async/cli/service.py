@@ -9,6 +9,8 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 
+import attrs
+
 from .._client import (
     API_KEY_ENV,
     API_KEY_ENV_FALLBACK,
@@ -20,7 +22,19 @@ from .._models import is_http_url
 from .._webhooks import WebhookReceiver
 from .common import CLI_EXTRA, InputError, require_emulator
 
-__all__ = ["api_keys", "checked_base_url", "service", "webhook_receiver"]
+__all__ = ["Service", "api_keys", "checked_base_url", "service", "webhook_receiver"]
+
+
+@attrs.frozen
+class Service:
+    """The service a run talks to."""
+
+    base_url: str | None
+    key: str | list[str]
+    #: The emulator's time scale (polling follows it), None for the real service.
+    scale: float | None = None
+    #: The embedded emulator's wallets have no limit: their balance says nothing.
+    unlimited_wallet: bool = False
 
 
 def checked_base_url(args: argparse.Namespace) -> str:
@@ -53,13 +67,10 @@ def api_keys(args: argparse.Namespace) -> str | list[str]:
 
 
 @contextlib.asynccontextmanager
-async def service(
-    args: argparse.Namespace,
-) -> AsyncIterator[tuple[str, str | list[str], float | None]]:
-    """(base URL, key or keys, time scale) of the service to use: the embedded emulator or
-    the real."""
+async def service(args: argparse.Namespace) -> AsyncIterator[Service]:
+    """The service to use: the embedded emulator (served meanwhile) or the real one."""
     if not args.emulator:
-        yield args.base_url, api_keys(args), args.poll_scale
+        yield Service(args.base_url, api_keys(args), args.poll_scale)
         return
     require_emulator("--emulator", CLI_EXTRA)
     from ..emulator import DEFAULT_KEY, EmulatorConfig, serve
@@ -69,7 +80,7 @@ async def service(
         time_scale=scale, queue_limit=args.emulator_queue_limit, workers=args.emulator_workers
     )
     async with serve(config) as url:
-        yield url, DEFAULT_KEY, scale
+        yield Service(url, DEFAULT_KEY, scale, unlimited_wallet=config.wallet is None)
 
 
 def webhook_receiver(args: argparse.Namespace) -> WebhookReceiver | None:

@@ -11,11 +11,11 @@ import attrs
 from .._batch import BatchItem
 from .._client import DreamboothClient
 from .._progress import format_duration
-from .common import METADATA_NAME
+from .common import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, EXIT_SERVICE, METADATA_NAME
 from .output import MetadataWriter
 from .prompts import PromptSource
 
-__all__ = ["Summary", "print_summary", "tally"]
+__all__ = ["Summary", "exit_code", "print_summary", "tally"]
 
 
 @attrs.define
@@ -27,8 +27,10 @@ class Summary:
     images: int = 0
     new_rows: int = 0
     problems: list[str] = attrs.field(factory=list)
-    #: Why the batch stopped submitting (a bad key, no credits, no service), if it did.
+    #: Why the service stopped the batch (a bad key, no credits, no service), if it did.
     stopped: str | None = None
+    #: A budget (max_images, max_spend) kept prompts from being sent.
+    budget_reached: bool = False
     #: What to do about it before running the command again.
     remedy: str = "fix the cause"
     #: What the run sent and spent (see ``_report``).
@@ -62,6 +64,18 @@ def tally(
             summary.failed += 1
         # The service may echo the key in an error: never print it.
         summary.problems.append(client.redact(_describe(item, source)))
+
+
+def exit_code(summary: Summary, *, upload_failed: bool = False) -> int:
+    """The exit code of a run (the table in ``_exit``): a service stop first, then failed or
+    ambiguous items (and outputs not uploaded), then a budget stop."""
+    if summary.stopped is not None:
+        return EXIT_SERVICE
+    if summary.failed or summary.ambiguous or upload_failed:
+        return EXIT_PARTIAL
+    if summary.budget_reached:
+        return EXIT_BUDGET
+    return EXIT_OK
 
 
 def print_summary(
