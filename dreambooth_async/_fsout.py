@@ -30,6 +30,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -49,11 +50,13 @@ __all__ = [
     "is_url",
     "restore_state",
     "state_folder",
+    "state_root",
 ]
 
 FSSPEC_EXTRA = "pip install 'dreambooth-async[fsspec]' (for s3:// 'dreambooth-async[s3]')"
-#: Where the state folders of remote outputs go by default (relative to the working folder).
-STATE_ROOT = Path(".dreambooth-state")
+#: Names the folder that keeps the state folders of URL outputs (else the platform's own).
+STATE_DIR_ENV = "DREAMBOOTH_STATE_DIR"
+_APP_NAME = "dreambooth-async"
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _IMAGE_SUFFIXES = frozenset((".png", ".jpg", ".jpeg", ".webp", ".gif"))
@@ -111,9 +114,36 @@ def is_url(text: str) -> bool:
     return _SCHEME.match(text) is not None
 
 
-def state_folder(url: str, root: Path = STATE_ROOT) -> Path:
+def _platform_state_dir() -> Path:
+    """The user's state directory for this program, as platformdirs says (the same rules,
+    written out, when it is not installed)."""
+    try:
+        import platformdirs  # optional (the [fsspec] extra): the platforms' rules, kept current
+    except ImportError:
+        pass
+    else:
+        return Path(platformdirs.user_state_path(_APP_NAME, appauthor=False))
+    home = Path.home()
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / _APP_NAME
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / _APP_NAME
+    return Path(os.environ.get("XDG_STATE_HOME") or home / ".local" / "state") / _APP_NAME
+
+
+def state_root() -> Path:
+    """Where the state folders of URL outputs go: ``$DREAMBOOTH_STATE_DIR`` when set, else
+    the platform's user state directory (``~/.local/state/dreambooth-async`` on Linux), never
+    the working folder of whatever runs the command."""
+    given = os.environ.get(STATE_DIR_ENV, "").strip()
+    return Path(given).expanduser() if given else _platform_state_dir()
+
+
+def state_folder(url: str, root: Path | None = None) -> Path:
     """The local folder that keeps the manifest and the staged images of the output ``url``:
-    one per URL, so a rerun with the same ``--out`` finds its manifest again."""
+    one per URL (under ``root``, by default :func:`state_root`), so a rerun with the same
+    ``--out`` finds its manifest again."""
+    root = state_root() if root is None else root
     tail = re.sub(r"[^A-Za-z0-9._-]+", "_", url.rstrip("/").rsplit("/", 1)[-1])[:40] or "out"
     digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:12]
     return root / f"{tail}-{digest}"

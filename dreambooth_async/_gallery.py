@@ -393,13 +393,20 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def write_gallery(folder: Path, *, manifest: Path | None = None, title: str | None = None) -> Path:
+def write_gallery(
+    folder: Path,
+    *,
+    manifest: Path | None = None,
+    title: str | None = None,
+    empty_ok: bool = True,
+) -> Path:
     """Write ``folder/index.html``, a contact sheet of the folder; returns its path.
 
     ``manifest`` is the batch manifest when it is not ``folder/dreambooth-manifest.jsonl``.
     Works on any folder: without a manifest no failures are listed, without ``metadata.jsonl``
     the image files are shown by name. Raises ``NotADirectoryError``/``FileNotFoundError`` when
-    ``folder`` is not a folder, and ``OSError`` when the page cannot be written.
+    ``folder`` is not a folder (or, with ``empty_ok=False``, has nothing to show: no image, no
+    metadata row, no manifest entry), and ``OSError`` when the page cannot be written.
     """
     folder = Path(folder)
     if not folder.exists():
@@ -407,6 +414,11 @@ def write_gallery(folder: Path, *, manifest: Path | None = None, title: str | No
     if not folder.is_dir():
         raise NotADirectoryError(f"not a folder: {folder}")
     gallery = read_gallery(folder, manifest=manifest, title=title)
+    if not empty_ok and not gallery.pictures and not gallery.problems:
+        raise FileNotFoundError(
+            f"nothing to show in {folder}: no images, no {METADATA_NAME} rows and no batch "
+            "manifest (is it the --out folder of a generate run?); no page written"
+        )
     target = folder / GALLERY_NAME
     _write_atomically(target, render_gallery(gallery))
     return target
@@ -434,11 +446,13 @@ def add_gallery_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
 
 def gallery_command(args: argparse.Namespace) -> int:
     """``dreambooth-async gallery DIR``: write the page and print where it is; exit 2 when DIR
-    is not a folder or the page cannot be written there."""
+    is not a folder, has nothing to show, or the page cannot be written there."""
     folder = Path(args.folder).resolve()
     manifest = Path(args.manifest).resolve() if getattr(args, "manifest", None) else None
     try:
-        path = write_gallery(folder, manifest=manifest, title=getattr(args, "title", None))
+        path = write_gallery(
+            folder, manifest=manifest, title=getattr(args, "title", None), empty_ok=False
+        )
     except (FileNotFoundError, NotADirectoryError) as exc:
         print(f"dreambooth-async: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

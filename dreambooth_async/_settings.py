@@ -18,11 +18,15 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "MANIFEST_NAME",
     "METADATA_NAME",
+    "TIME_SCALE_HELP",
     "api_key_from_env",
     "api_keys_from_env",
     "base_url_from_env",
     "checked_keys",
 ]
+
+#: What an emulator's time scale is, in the words of every option that sets it.
+TIME_SCALE_HELP = "real seconds per service second: 0.01 makes a 30 s job take 0.3 s"
 
 DEFAULT_BASE_URL = "https://modelslab.com"
 """The real service's root URL: the default ``base_url`` of every client (the legacy v3/v4

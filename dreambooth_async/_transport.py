@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ import attrs
 from . import _backoff
 from ._errors import APIError, ClientClosedError, RateLimitError, ServerError, TransportError
 
-__all__ = ["RetryPolicy", "Timeouts", "Transport", "logger"]
+__all__ = ["RetryPolicy", "Timeouts", "Transport", "connect_failure", "logger"]
 
 logger = logging.getLogger("dreambooth_async")
 
@@ -119,6 +120,23 @@ class _Redactor:
     def payload(self, body: Mapping[str, Any]) -> str:
         shown = {k: ("***" if k == "key" else _short(v)) for k, v in body.items()}
         return self(json.dumps(shown, default=str))
+
+
+def connect_failure(exc: aiohttp.ClientError) -> str:
+    """Why no connection was made, in a few words: aiohttp's own text names its connection
+    key (``ssl:default``, even for an http URL), which says nothing to a user."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS handshake failed: {exc}"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "timed out"
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, ConnectionRefusedError):
+        return "connection refused (nothing listens there)"
+    if isinstance(os_error, socket.gaierror):
+        return f"host not found ({os_error.strerror or os_error})"
+    if isinstance(os_error, OSError):
+        return os_error.strerror or str(os_error) or type(os_error).__name__
+    return str(exc) or type(exc).__name__
 
 
 def _short(value: Any) -> Any:
@@ -250,7 +268,9 @@ class Transport:
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # No connection was made, so nothing was sent.
             raise TransportError(
-                f"cannot connect to {url}: {self.redact(str(exc))}", may_have_landed=False, url=url
+                f"cannot connect to {url}: {self.redact(connect_failure(exc))}",
+                may_have_landed=False,
+                url=url,
             ) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             kind = "timed out" if isinstance(exc, TimeoutError) else "connection failed"

@@ -1,6 +1,7 @@
 """``generate`` against a service that is not there: the batch gives up after a few connection
 failures (not one item at a time for minutes), says which URL it cannot reach, prints the
-summary, exits 1, and leaves every item for a rerun, which then completes them."""
+summary, exits 4 (stopped by the service), and leaves every item for a rerun, which then
+completes them."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from _cli_commands import generate_command
 
 import dreambooth_async as dba
 from dreambooth_async import cli
+from dreambooth_async._batch import UNREACHABLE_AFTER
 from dreambooth_async.emulator import CostModel, Emulator, EmulatorConfig
 
 pytestmark = pytest.mark.anyio
@@ -51,12 +53,13 @@ async def test_an_unreachable_service_stops_the_batch_fast_and_a_rerun_completes
     with anyio.fail_after(30):
         first = await anyio.run_process(_command(prompts, out, base_url), check=False, env=env)
     stdout, stderr = first.stdout.decode(), first.stderr.decode()
-    assert first.returncode == cli.EXIT_PARTIAL, (stdout, stderr)
+    assert first.returncode == cli.EXIT_SERVICE, (stdout, stderr)
     assert f"cannot reach {base_url}" in stdout, stdout
     assert "check --base-url" in stdout  # what to do about it
-    # It gave up after a few submissions, not after failing all sixty one by one.
+    # It gave up after a few submissions, not after failing all sixty one by one: the key is
+    # never answered, so one submission at a time went.
     sent = re.search(r"submissions (\d+)", stdout)
-    assert sent is not None and int(sent.group(1)) <= 6, stdout
+    assert sent is not None and int(sent.group(1)) == UNREACHABLE_AFTER, stdout
     assert "done 0," in stdout and "ambiguous 0," in stdout  # the summary
     assert "run the same command again" in stdout
     assert "last error:" in stderr  # the progress said what was failing

@@ -24,6 +24,7 @@ import pytest
 
 import dreambooth_async as dba
 from dreambooth_async._fsout import (
+    STATE_DIR_ENV,
     FsOutput,
     OutputURLError,
     RemoteMirror,
@@ -41,6 +42,12 @@ SCALE = 0.01
 SECRET = "sk-fsout-3c9e1a7b5d2f4e6a8c0b"
 COPY = ".dreambooth-manifest.jsonl.gz"
 MARKER = ".dreambooth-manifest.jsonl.state"
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This module's runs keep their state folders in ``tmp_path/.dreambooth-state``."""
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / ".dreambooth-state"))
 
 
 def test_urls_and_state_folders() -> None:
@@ -220,7 +227,7 @@ def test_cli_generate_to_a_file_url_and_resume(
 ) -> None:
     from dreambooth_async.cli import main
 
-    monkeypatch.chdir(tmp_path)  # the default state folder is ./.dreambooth-state
+    monkeypatch.chdir(tmp_path)
     prompts = tmp_path / "p.txt"
     prompts.write_text("".join(f"url prompt {i}\n" for i in range(5)))
     remote = tmp_path / "remote" / "run"

@@ -23,7 +23,9 @@ import argparse
 import asyncio
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from .._errors import DreamboothError
 from .._gallery import add_gallery_parser as add_gallery_parser
@@ -64,6 +66,19 @@ def _configure_logging(verbosity: int) -> None:
     )
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    # One line in the command line's own voice: the source line a Python warning shows is
+    # the library's, which means nothing to someone running a command.
+    print(f"dreambooth-async: warning: {message}", file=file or sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: parse ``argv`` and run the command; returns the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -76,6 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (exit 2) rather than argparse calling them unrecognized.
     _configure_logging(args.verbose + getattr(args, "emulator_verbose", 0))
     func: Callable[[argparse.Namespace], int] = args.func
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(func, args)
+
+
+def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return func(args)
     except InputError as exc:

@@ -10,7 +10,7 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -62,6 +62,21 @@ from .summary import Summary, exit_code, print_summary, tally
 __all__ = ["generate", "run_async"]
 
 
+class _AllPrompts:
+    """The requests of ``source``, sized: a batch stopped by its budget then records every
+    prompt it did not send as pending (a stream it would stop reading), so the manifest and
+    the gallery count them all."""
+
+    def __init__(self, source: PromptSource) -> None:
+        self._source = source
+
+    def __len__(self) -> int:
+        return self._source.count
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._source.requests())
+
+
 async def _run_generate(
     args: argparse.Namespace,
     source: PromptSource,
@@ -111,7 +126,7 @@ async def _run_generate(
                     # For the report: what the accounts had before anything was sent.
                     before = await read_balances(client)
                     run = client.map(
-                        source.requests(),
+                        _AllPrompts(source),
                         args.concurrency,
                         manifest=manifest,
                         download_to=out,
@@ -258,7 +273,8 @@ def generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
         checked_base_url(args)
     # A URL --out keeps its manifest and staged images in a local state folder.
     url = is_url(args.out)
-    out = state_folder(args.out).resolve() if url else Path(args.out).resolve()
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    out = state_folder(args.out, state_dir).resolve() if url else Path(args.out).resolve()
     if args.dry_run:
         return _dry_run(args, source, out, stdout)
     remote = _remote_output(args.out) if url else None

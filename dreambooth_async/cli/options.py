@@ -19,8 +19,10 @@ from .._client import (
     DEFAULT_BASE_URL,
 )
 from .._convert import structure_field, value_type
+from .._fsout import STATE_DIR_ENV
 from .._models import API_VERSIONS, Inpaint, Scheduler, field_limit
 from .._prompts import KINDS, REQUEST_FIELDS
+from .._settings import TIME_SCALE_HELP
 from .._shard import add_shard_argument, shard_manifest_name
 from .common import DEMO_TIME_SCALE, MANIFEST_NAME
 
@@ -152,7 +154,14 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
         required=True,
         metavar="DIR",
         help="output folder, or an fsspec URL (s3://bucket/run/, file://...; needs the "
-        "[fsspec] or [s3] extra) whose manifest stays in a local ./.dreambooth-state folder",
+        "[fsspec] or [s3] extra) whose manifest stays in a local state folder (see --state-dir)",
+    )
+    gen.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="with a URL --out: where its local state folder (manifest, staged images) goes "
+        f"(default: ${STATE_DIR_ENV}, else the platform's user state directory, "
+        "~/.local/state/dreambooth-async on Linux)",
     )
     gen.add_argument(
         "--format",
@@ -267,7 +276,7 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=DEMO_TIME_SCALE,
         metavar="X",
-        help="emulator seconds per service second (%(default)s)",
+        help=f"the embedded emulator's time scale, {TIME_SCALE_HELP} (default %(default)s)",
     )
     gen.add_argument(
         "--emulator-queue-limit",
@@ -287,7 +296,7 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
         "--poll-scale",
         type=positive_float,
         metavar="X",
-        help="scale polling for a time-scaled emulator at --base-url",
+        help=f"the time scale of an emulator at --base-url ({TIME_SCALE_HELP}): polling follows it",
     )
     gen.add_argument("--no-progress", action="store_true", help="no progress display")
     gen.add_argument("-q", "--quiet", action="store_true", help="only the summary")

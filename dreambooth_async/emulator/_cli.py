@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from .._settings import TIME_SCALE_HELP
 from ._app import log
 from ._config import (
     DEFAULT_KEY,
@@ -145,7 +146,7 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
         "--time-scale",
         type=float,
         default=d.time_scale,
-        help="real seconds per service second: 0.01 makes a 30 s job take 0.3 s",
+        help=TIME_SCALE_HELP,
     )
     add(
         "--sync-window",
