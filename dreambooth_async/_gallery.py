@@ -33,6 +33,7 @@ from . import _jsonl
 from ._exit import EXIT_OK, EXIT_USAGE
 from ._gallery_assets import SCRIPT, STYLE
 from ._manifest import ItemState, ManifestError, read_manifest
+from ._report import report_path
 from ._settings import MANIFEST_NAME, METADATA_NAME
 
 __all__ = [
@@ -94,6 +95,8 @@ class Gallery:
     problems: tuple[ItemState, ...]
     #: Things about the folder's files the reader should know (unreadable lines, a bad manifest).
     notes: tuple[str, ...]
+    #: Prompts of the last run that its manifest does not know: the run stopped before them.
+    not_started: int = 0
 
 
 def _relative_name(file_name: str) -> str | None:
@@ -149,6 +152,16 @@ def _read_states(path: Path, notes: list[str]) -> dict[str, ItemState]:
         return {}
 
 
+def _prompts_given(manifest: Path) -> int | None:
+    """How many prompts the last run was given, from its report beside the manifest."""
+    try:
+        report = json.loads(report_path(manifest).read_bytes())
+    except (OSError, ValueError):
+        return None
+    prompts = report.get("prompts") if isinstance(report, dict) else None
+    return prompts if isinstance(prompts, int) and not isinstance(prompts, bool) else None
+
+
 def read_gallery(
     folder: Path, *, manifest: Path | None = None, title: str | None = None
 ) -> Gallery:
@@ -160,7 +173,8 @@ def read_gallery(
     """
     notes: list[str] = []
     rows = _read_rows(folder / METADATA_NAME, notes)
-    states = _read_states(manifest if manifest is not None else folder / MANIFEST_NAME, notes)
+    manifest = manifest if manifest is not None else folder / MANIFEST_NAME
+    states = _read_states(manifest, notes)
 
     pictures: list[Picture] = []
     named: set[str] = set()
@@ -208,6 +222,14 @@ def read_gallery(
     if outside:
         notes.append(f"{outside} row(s) name a file outside the folder; they are not shown")
 
+    # A run the service stopped reads no more prompts: the manifest never heard of the rest.
+    given = _prompts_given(manifest)
+    not_started = max(0, given - len(states)) if given is not None and states else 0
+    if not_started:
+        notes.append(
+            f"{not_started} of the {given} prompts were never started (the run stopped "
+            "first): run the same command again to go on"
+        )
     problems = sorted(
         (s for s in states.values() if s.status in ("failed", "ambiguous", *_UNFINISHED)),
         key=lambda s: (s.index if s.index is not None else sys.maxsize, s.key),
@@ -217,6 +239,7 @@ def read_gallery(
         pictures=tuple(pictures),
         problems=tuple(problems),
         notes=tuple(notes),
+        not_started=not_started,
     )
 
 
@@ -320,7 +343,7 @@ def _counts(gallery: Gallery) -> str:
     statuses = [s.status for s in gallery.problems]
     failed = statuses.count("failed")
     ambiguous = statuses.count("ambiguous")
-    unfinished = len(statuses) - failed - ambiguous
+    unfinished = len(statuses) - failed - ambiguous + gallery.not_started
     return (
         f"{len(gallery.pictures)} images · {failed} failed · {ambiguous} ambiguous · "
         f"{unfinished} unfinished"

@@ -86,9 +86,11 @@ def build_report(
     stopped: str | None = None,
     budget: Mapping[str, Any] | None = None,
     spend: Mapping[str, Any] | None = None,
+    prompts: int | None = None,
 ) -> dict[str, Any]:
     """The report of a run, as JSON-ready data. ``spend``: the run's own (``BatchRun.spend``);
-    ``before`` and ``after``: the wallets, for the account's drop beside it."""
+    ``before`` and ``after``: the wallets, for the account's drop beside it; ``prompts``: how
+    many the run was given (the gallery counts those a stop left unread as not started)."""
     price = spend.get("price_per_image") if spend is not None else None
     keys = []
     for index, counts in enumerate(key_stats):
@@ -112,6 +114,7 @@ def build_report(
         **{name: int(stats.get(name, 0)) for name in _RUN_COUNTS},
         "stopped": stopped,
         "budget": dict(budget or {}),
+        "prompts": prompts,
         "balance_before": _total([_amount(b) for b in before]),
         "balance_after": _total([_amount(b) for b in after]),
         "spent": _cost(int(stats.get("images", 0)), price),

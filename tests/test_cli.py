@@ -182,6 +182,8 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(images(out)) == 24 and len(metadata(out)) == 24
     text = capsys.readouterr().out
     assert str(out) in text and "metadata.jsonl" in text
+    # The embedded emulator's wallet has no limit: no balance of a million is shown.
+    assert "wallet: unlimited" in text and "1000000" not in text
 
 
 def test_emulator_subcommand_serves() -> None:

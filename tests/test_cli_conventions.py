@@ -230,6 +230,29 @@ def test_emulator_options_have_help_texts() -> None:
     assert bare == []
 
 
+def test_every_generate_option_has_a_help_text_and_request_fields_say_their_limits() -> None:
+    entries = _option_entries(_help("generate"))
+    flags = [cli.options.option_name(name) for name in cli.REQUEST_FIELDS if name != "prompt"]
+    assert len(flags) > 30
+    for flag in entries:
+        words = re.sub(r"^  (?:-\w, )?--[\w-]+(?: \S+)?", "", entries[flag]).strip()
+        assert words, f"{flag} has no help text"
+    # From the request classes' own validators and defaults, so they cannot drift apart.
+    assert "from 1 to 1024; default: 512" in entries["--width"]
+    assert "from 1 to 50; default: 30" in entries["--steps"]
+    assert "from 0.0 to 1.0; default: 0.7" in entries["--strength"]
+    assert "yes or no" in entries["--safety-checker"]
+    assert "18 names in dreambooth_async.Scheduler" in entries["--scheduler"]
+    assert "required by img2img and inpaint rows" in " ".join(entries["--init-image"].split())
+
+
+def test_the_time_scale_is_described_in_one_wording() -> None:
+    generate = " ".join(_option_entries(_help("generate"))["--emulator-time-scale"].split())
+    emulator = " ".join(_option_entries(_help("emulator"))["--time-scale"].split())
+    wording = "real seconds per service second: 0.01 makes a 30 s job take 0.3 s"
+    assert wording in generate and wording in emulator
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

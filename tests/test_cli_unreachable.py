@@ -56,6 +56,8 @@ async def test_an_unreachable_service_stops_the_batch_fast_and_a_rerun_completes
     assert first.returncode == cli.EXIT_SERVICE, (stdout, stderr)
     assert f"cannot reach {base_url}" in stdout, stdout
     assert "check --base-url" in stdout  # what to do about it
+    # Said as it is, without aiohttp's connection key ("ssl:default" for an http URL).
+    assert "connection refused" in stdout and "ssl:default" not in stdout + stderr
     # It gave up after a few submissions, not after failing all sixty one by one: the key is
     # never answered, so one submission at a time went.
     sent = re.search(r"submissions (\d+)", stdout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import signal
 import socket
@@ -56,6 +57,46 @@ def test_urls_and_state_folders() -> None:
     assert state_folder("s3://b/run/") == state_folder("s3://b/run")
     assert state_folder("s3://b/run") != state_folder("s3://c/run")
     assert state_folder("s3://b/run").name.startswith("run-")
+
+
+def test_state_folders_go_to_the_platform_state_directory_or_the_one_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platformdirs = pytest.importorskip("platformdirs")
+    monkeypatch.delenv(STATE_DIR_ENV)
+    home_state = platformdirs.user_state_path("dreambooth-async", appauthor=False)
+    assert state_folder("s3://b/run").parent == home_state
+    assert Path.cwd() not in state_folder("s3://b/run").parents
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "mine"))
+    assert state_folder("s3://b/run").parent == tmp_path / "mine"
+    assert state_folder("s3://b/run", tmp_path / "flag").parent == tmp_path / "flag"
+    if sys.platform.startswith("linux"):
+        # Without platformdirs (it is optional), the same rule: $XDG_STATE_HOME on Linux.
+        monkeypatch.delenv(STATE_DIR_ENV)
+        monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+        monkeypatch.setitem(sys.modules, "platformdirs", None)
+        assert state_folder("s3://b/run").parent == tmp_path / "xdg" / "dreambooth-async"
+
+
+def test_cli_state_dir_flag_keeps_the_state_there_and_not_in_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dreambooth_async.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("url prompt\n")
+    remote = tmp_path / "remote" / "run"
+    argv = [
+        *("generate", str(prompts), "--model-id", "midjourney", "--out", remote.as_uri()),
+        *("--state-dir", str(tmp_path / "flag"), "--emulator", "--emulator-time-scale", "0.002"),
+        *("--no-progress", "-q"),
+    ]
+    assert main(argv) == 0
+    (state,) = (tmp_path / "flag").iterdir()
+    assert (state / "dreambooth-manifest.jsonl").exists()
+    assert not (tmp_path / ".dreambooth-state").exists()
+    assert not Path(os.environ[STATE_DIR_ENV]).exists()
 
 
 def test_unknown_protocol_is_a_clear_error() -> None:

@@ -335,6 +335,18 @@ def test_gallery_command(tmp_path: Path, folder: Path, capsys: pytest.CaptureFix
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_gallery_command_refuses_a_folder_with_nothing_to_show(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    assert command(str(empty)) == 2
+    err = capsys.readouterr().err
+    assert "nothing to show" in err and len(err.strip().splitlines()) == 1
+    assert not (empty / "index.html").exists()
+
+
 def test_generate_and_the_gallery_command_write_the_page(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,6 +4,7 @@ installed."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import subprocess
@@ -17,6 +18,7 @@ from PIL import Image
 from dreambooth_async._merge import (
     MARKER_NAME,
     MergeError,
+    add_merge_parser,
     merge_outputs,
     read_metadata,
 )
@@ -125,6 +127,17 @@ def test_merge_command_line(tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode == 2 and "not a folder" in bad.stderr
+
+
+def test_merge_counts_in_the_singular_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one = _output(tmp_path / "one", {"a.png": _png((1, 1, 1))})
+    parser = argparse.ArgumentParser()
+    add_merge_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["merge", str(one), "--out", str(tmp_path / "m")])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.startswith("merged 1 image from 1 folder into ")
 
 
 # The subcommand as the CLI wires it (an argparse subparser calling merge_command).

@@ -185,6 +185,7 @@ async def _run_generate(
                         stopped=summary.stopped,
                         budget={"max_images": args.max_images, "max_spend": args.max_spend},
                         spend=run.spend,
+                        prompts=source.count,
                     )
                     summary.accounting = accounting_lines(
                         report, unlimited_wallet=chosen.unlimited_wallet
