@@ -72,8 +72,8 @@ def test_the_readme_and_the_scale_out_recipes_name_the_codes() -> None:
     for code in EXIT_CODES:
         assert re.search(rf"\|\s*`{code}`\s*\|", readme), f"README: no row for exit code {code}"
     guide = (ROOT / "docs/guide/scale-out.md").read_text()
-    kubernetes = guide[guide.index("## Kubernetes") :]
-    slurm = guide[guide.index("## Slurm") :]
+    kubernetes = guide[guide.index("## A Kubernetes Indexed Job") :]
+    slurm = guide[guide.index("## A Slurm array") :]
     kubernetes = kubernetes[: kubernetes.index("\n## ", 3)]
     slurm = slurm[: slurm.index("\n## ", 3)] if "\n## " in slurm[3:] else slurm
     for recipe in (kubernetes, slurm):

@@ -63,7 +63,10 @@ def peak_in_flight(emu: Emulator, key: str | None = None) -> int:
 
 
 async def test_two_keys_with_three_slots_each_hold_six_jobs_in_flight() -> None:
-    async with emulator() as emu, client(emu, [K1, K2]) as dbc:
+    # Jobs long enough that a key's first answer (the others wait for it) comes back well
+    # before its first job ends, on a loaded machine too.
+    cost = CostModel(base=20, per_step=0, per_sample=0, per_megapixel=0, noise=0)
+    async with emulator(cost=cost) as emu, client(emu, [K1, K2]) as dbc:
         async with dbc.map(prompts(30)) as run:
             items = [item async for item in run]
         assert len(items) == 30 and all(item.ok for item in items)

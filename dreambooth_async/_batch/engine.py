@@ -241,6 +241,7 @@ class Engine:
                         if self.manifest is not None and entry.prior is None:
                             self.manifest.pending(entry.key, index)
                         entry.key_index = await self.slots.acquire()
+                        await submitter.key_probed(entry.key_index or 0)
                         # The spend is looked at as late as can be: just before sending.
                         within = await self._budget.spend_allows(entry)
                         if not within:

@@ -29,6 +29,12 @@ class KeyProbe:
         self._probing[key] = anyio.Event()
         return True
 
+    async def wait(self, key: int) -> None:
+        """Until the submission probing ``key`` (if one is on the wire) is answered."""
+        event = self._probing.get(key)
+        if event is not None:
+            await event.wait()
+
     def answered(self, key: int, *, proven: bool) -> None:
         """The probe on ``key`` came back; ``proven`` when the answer was the service's own."""
         if proven:

@@ -101,6 +101,11 @@ class Submitter:
             )
         self._on_stop(error)
 
+    async def key_probed(self, key: int) -> None:
+        """Until the service answered the submission probing key ``key``, if one is on the
+        wire: a budget's look at the wallet before the next item then sees what it cost."""
+        await self._probe.wait(key)
+
     async def submit(self, entry: Entry, slot: Slot) -> Job | BatchItem | None:
         """Submit until accepted; a BatchItem when the item ends here instead, None when the
         batch stopped submitting before this item was sent (it stays pending)."""
