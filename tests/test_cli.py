@@ -183,7 +183,7 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     assert str(out) in text and "metadata.jsonl" in text
     # The embedded emulator's wallet has no limit: no balance of a million is shown.
-    assert "wallet: unlimited" in text and "1000000" not in text
+    assert "account balance: unlimited" in text and "1000000" not in text
 
 
 def test_emulator_subcommand_serves() -> None:

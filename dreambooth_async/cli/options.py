@@ -11,6 +11,8 @@ import argparse
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
+
 from .._client import (
     API_KEY_ENV,
     API_KEY_ENV_FALLBACK,
