@@ -31,6 +31,7 @@ from .._fsout import (
     restore_state,
     state_folder,
 )
+from .._dataset import DatasetError, ShardWriter, require_pyarrow
 from .._gallery import write_gallery
 from .._poller import PollPolicy
 from .._progress import ProgressReporter
@@ -48,7 +49,9 @@ from .options import defaults_from_args
 from .output import (
     MetadataWriter,
     OutputLock,
+    RowSink,
     RunRecord,
+    ShardSink,
     check_output_folder,
     folder_has_images,
     make_output_folder,
@@ -95,7 +98,19 @@ async def _run_generate(
         if remote is not None
         else None
     )
-    metadata = MetadataWriter(out / METADATA_NAME)
+    shards: ShardWriter | None = None
+    metadata: RowSink
+    if args.output_format == "files":
+        metadata = MetadataWriter(out / METADATA_NAME, args.samples_per_shard)
+    else:
+        shards = ShardWriter(out, args.output_format, args.samples_per_shard, target=remote)
+        # What a killed run left: staged images are filled on, a finished shard is not
+        # written again.
+        for note in shards.open():
+            print(note, file=stdout)
+        metadata = ShardSink(shards)
+        summary.outputs = f"{args.output_format} shards"
+        summary.rows_word = "samples"
     try:
         # The manifest's copy is kept current until the batch has ended, then saved whole.
         state = mirror.keeping_state() if mirror is not None else contextlib.nullcontext()
@@ -144,9 +159,18 @@ async def _run_generate(
                     async with run:
                         try:
                             async for item in run:
-                                tally(item, summary, metadata, source, client)
+                                if shards is None:
+                                    tally(item, summary, metadata, source, client)
+                                else:
+                                    # Sealing a shard writes a whole tar or Parquet file: not
+                                    # on the loop, which polls and downloads meanwhile.
+                                    await asyncio.to_thread(
+                                        tally, item, summary, metadata, source, client
+                                    )
+                                    if not item.ok and not item.resumed:
+                                        shards.note_failure(ambiguous=item.ambiguous)
                                 if mirror is not None:
-                                    await mirror.upload(item.files if item.ok else ())
+                                    await mirror.upload(metadata.placed if item.ok else ())
                         except (AuthenticationError, InsufficientCredits) as error:
                             # The batch stopped submitting; accepted jobs were collected above.
                             summary.stopped = client.redact(f"{type(error).__name__}: {error}")
@@ -170,10 +194,19 @@ async def _run_generate(
                             summary.remedy = (
                                 "check --base-url (or $" + BASE_URL_ENV + ") and the network"
                             )
-                        except UploadError:
+                        except UploadError as error:
                             # In mirror.failure, for the summary; nothing more is sent, and what
                             # was not uploaded stays staged for the rerun.
-                            pass
+                            if mirror is not None:
+                                mirror.failure = mirror.failure or error
+                        if shards is not None and (mirror is None or mirror.failure is None):
+                            # The run ended (not killed, not interrupted): the last shard is
+                            # sealed with what it has.
+                            try:
+                                await asyncio.to_thread(shards.finish)
+                            except UploadError as error:
+                                if mirror is not None:
+                                    mirror.failure = mirror.failure or error
                     summary.budget_reached = run.budget_reached
                     after = await read_balances(client)
                     report = build_report(
@@ -216,7 +249,15 @@ async def _run_generate(
             "for twice)",
             file=stdout,
         )
-    if mirror is None:
+    if shards is not None:
+        sealed = len(shards.sealed)
+        print(
+            f"shards: {sealed} sealed by this run"
+            + (f" (last: {shards.sealed[-1].name})" if sealed else "")
+            + (f", {shards.staged()} images staged in the open one" if shards.staged() else ""),
+            file=stdout,
+        )
+    elif mirror is None:
         try:
             gallery = write_gallery(out, manifest=manifest)
         except OSError as exc:  # the images are fine; only the page could not be written
@@ -267,6 +308,11 @@ def generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
     # Everything is checked before anything is written or sent: a bad file, a missing key or
     # extra, or an output folder that cannot take the images leaves no trace.
     source.validate()
+    if args.output_format == "parquet":
+        try:
+            require_pyarrow("--output-format parquet")
+        except DatasetError as exc:
+            raise InputError(str(exc)) from None
     if args.emulator:
         require_emulator("--emulator", CLI_EXTRA)
     else:

@@ -21,6 +21,7 @@ from .._client import (
     DEFAULT_BASE_URL,
 )
 from .._convert import structure_field, value_type
+from .._dataset import DEFAULT_SAMPLES_PER_SHARD, OUTPUT_FORMATS
 from .._fsout import STATE_DIR_ENV
 from .._models import API_VERSIONS, Inpaint, Scheduler, field_limit
 from .._prompts import KINDS, REQUEST_FIELDS
@@ -164,6 +165,24 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
         help="with a URL --out: where its local state folder (manifest, staged images) goes "
         f"(default: ${STATE_DIR_ENV}, else the platform's user state directory, "
         "~/.local/state/dreambooth-async on Linux)",
+    )
+    gen.add_argument(
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        default="files",
+        help="the dataset layout: files (images and metadata.jsonl, a Hugging Face "
+        "imagefolder; images beyond the first shard in numbered subfolders), webdataset "
+        "(00000.tar... of KEY.png, KEY.txt, KEY.json, with a .parquet of rows and a "
+        "_stats.json per shard) or parquet (images embedded; needs the [parquet] extra) "
+        "(default %(default)s)",
+    )
+    gen.add_argument(
+        "--samples-per-shard",
+        type=positive_int,
+        default=DEFAULT_SAMPLES_PER_SHARD,
+        metavar="N",
+        help="images per shard: per subfolder (files), tar or Parquet file (default "
+        "%(default)s)",
     )
     gen.add_argument(
         "--format",

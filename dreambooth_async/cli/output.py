@@ -9,13 +9,20 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
 
 import attrs
 
 from .._batch import BatchItem
 from .._convert import structure_field
+from .._dataset import (
+    DEFAULT_SAMPLES_PER_SHARD,
+    STAGING_NAME,
+    ShardWriter,
+    files_subfolder,
+    is_shard_stats,
+)
 from .._jsonl import FileInUse, JsonlFile, lock_exclusive
 from .._models import Scheduler
 from .._shard import shard_manifest_name
@@ -25,12 +32,16 @@ from .options import defaults_from_args, option_name
 __all__ = [
     "MetadataWriter",
     "OutputLock",
+    "RowSink",
     "RunRecord",
+    "ShardSink",
     "check_output_folder",
     "folder_has_images",
     "make_output_folder",
     "manifest_name",
+    "metadata_row",
     "run_options",
+    "what_ran",
 ]
 
 #: Fields recorded in metadata.jsonl, after file_name.
@@ -136,6 +147,12 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
         options["--kind"] = args.kind
     if getattr(args, "shard", None) is not None:
         options["--shard"] = "{}/{}".format(*args.shard)
+    # Recorded only when not the default, so a folder of an earlier version resumes as it is.
+    if getattr(args, "output_format", "files") != "files":
+        options["--output-format"] = args.output_format
+    per_shard = getattr(args, "samples_per_shard", DEFAULT_SAMPLES_PER_SHARD)
+    if per_shard != DEFAULT_SAMPLES_PER_SHARD:
+        options["--samples-per-shard"] = per_shard
     for name, value in defaults_from_args(args).items():
         options[option_name(name)] = value
     return options
@@ -214,8 +231,16 @@ class RunRecord:
 
 
 def folder_has_images(out: Path) -> bool:
+    """True when ``out`` holds images of a run: metadata rows, sealed or staged shards."""
     try:
-        return (out / METADATA_NAME).stat().st_size > 0
+        if (out / METADATA_NAME).stat().st_size > 0:
+            return True
+    except OSError:
+        pass
+    try:
+        return any(is_shard_stats(p.name) for p in out.iterdir()) or any(
+            (out / STAGING_NAME).iterdir()
+        )
     except OSError:
         return False
 
@@ -232,7 +257,7 @@ _META_NAMES: Mapping[str, tuple[str, ...]] = {
 }
 
 
-def _what_ran(item: BatchItem) -> dict[str, Any]:
+def what_ran(item: BatchItem) -> dict[str, Any]:
     """The generation settings the service reports in the result's ``meta``, typed as the
     request's fields; a value the meta lacks or garbles is left to the request."""
     meta = item.result.meta if item.result is not None else {}
@@ -254,19 +279,67 @@ def _what_ran(item: BatchItem) -> dict[str, Any]:
     return ran
 
 
+def metadata_row(
+    item: BatchItem, number: int, file_name: str, ran: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The metadata row of ``item``'s image number ``number``, stored as ``file_name``;
+    ``ran`` is what the service says ran (:func:`what_ran`)."""
+    request = item.request
+    row: dict[str, Any] = {"file_name": file_name}
+    for name in _METADATA_FIELDS:
+        value = ran[name] if name in ran else getattr(request, name, None)
+        row[name] = value.value if isinstance(value, Scheduler) else value
+    row.update(
+        kind=request.kind,
+        samples=request.samples,
+        sample_index=number,
+        job_id=item.job_id,
+        key=item.key,
+    )
+    return row
+
+
+class RowSink(Protocol):
+    """Where ``generate`` puts each item's images and rows: ``metadata.jsonl`` beside the
+    images (:class:`MetadataWriter`) or shards (:class:`ShardSink`)."""
+
+    #: The files the last :meth:`add` left in the local folder, for a URL output to upload.
+    placed: tuple[Path, ...]
+
+    def add(self, item: BatchItem) -> int:
+        """Take a done item's images; returns how many new rows (samples) it made."""
+
+    def close(self) -> None:
+        """Release the files."""
+
+
 class MetadataWriter:
     """``metadata.jsonl``: one row per image, appended once the image is on disk, never twice.
 
-    Rows already in the file (from an earlier run) are remembered by ``file_name``; a row torn
-    by a crash is cut off before appending.
+    Rows already in the file (from an earlier run) are remembered by image name; a row torn
+    by a crash is cut off before appending. With ``per_shard``, the images beyond the first
+    ``per_shard`` are moved into numbered subfolders (:func:`files_subfolder`), the image
+    before its row: an image a killed run moved but has no row for is found there again.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, per_shard: int = DEFAULT_SAMPLES_PER_SHARD) -> None:
         self.path = path
+        self.per_shard = per_shard
         self.known: set[str] = set()
+        self.rows = 0
         self.written = 0
+        self.placed: tuple[Path, ...] = ()
         # No lock of its own: the output folder's (OutputLock) keeps other runs out.
         self._file = JsonlFile.open(path, self._read, mode=0o644)
+        # Images a killed run moved into the open subfolder before writing their rows: the
+        # rows still to come name them where they are.
+        self._orphans: dict[str, str] = {}
+        subfolder = files_subfolder(self.rows, per_shard)
+        if subfolder:
+            with contextlib.suppress(FileNotFoundError):
+                for entry in (path.parent / subfolder).iterdir():
+                    if entry.is_file() and entry.name not in self.known:
+                        self._orphans[entry.name] = f"{subfolder}/{entry.name}"
 
     def _read(self, number: int, raw: bytes) -> None:
         try:
@@ -274,35 +347,63 @@ class MetadataWriter:
         except ValueError:
             raise InputError(f"{self.path}:{number}: not a metadata row") from None
         if isinstance(row, dict) and isinstance(row.get("file_name"), str):
-            self.known.add(row["file_name"])
+            self.known.add(PurePosixPath(row["file_name"]).name)
+            self.rows += 1
 
     def add(self, item: BatchItem) -> int:
         """Append the rows for ``item``'s files that are not in the file yet; returns how many."""
         rows = []
-        request = item.request
-        ran = _what_ran(item)
+        placed = []
+        folder = self.path.parent
+        # One item's images stay together, in the shard of its first one.
+        subfolder = files_subfolder(self.rows, self.per_shard)
+        ran = what_ran(item)
         for number, path in enumerate(item.files):
             if path.name in self.known:
+                if path.exists():
+                    placed.append(path)
                 continue
-            row: dict[str, Any] = {"file_name": path.name}
-            for name in _METADATA_FIELDS:
-                value = ran[name] if name in ran else getattr(request, name, None)
-                row[name] = value.value if isinstance(value, Scheduler) else value
-            row.update(
-                kind=request.kind,
-                samples=request.samples,
-                sample_index=number,
-                job_id=item.job_id,
-                key=item.key,
+            file_name = self._orphans.pop(path.name, None) or (
+                f"{subfolder}/{path.name}" if subfolder else path.name
             )
-            rows.append(row)
+            final = folder / file_name
+            if final != path and path.exists():
+                final.parent.mkdir(exist_ok=True)
+                os.replace(path, final)
+            if final.exists():
+                placed.append(final)
+            rows.append(metadata_row(item, number, file_name, ran))
+        self.placed = tuple(placed)
         if rows:
             data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             self._file.append(data.encode("utf-8"), sync=True)
             for row in rows:
-                self.known.add(row["file_name"])
+                self.known.add(PurePosixPath(row["file_name"]).name)
+            self.rows += len(rows)
             self.written += len(rows)
         return len(rows)
 
     def close(self) -> None:
         self._file.close()
+
+
+class ShardSink:
+    """Each done item's images, with their rows, into the shards of a ``webdataset`` or
+    ``parquet`` output (:class:`ShardWriter`). An image no longer where the batch put it was
+    staged, or sealed into a shard, by an earlier run."""
+
+    def __init__(self, writer: ShardWriter) -> None:
+        self.writer = writer
+        self.placed: tuple[Path, ...] = ()
+
+    def add(self, item: BatchItem) -> int:
+        ran = what_ran(item)
+        added = 0
+        for number, path in enumerate(item.files):
+            if path.exists():
+                self.writer.add(path, metadata_row(item, number, path.name, ran))
+                added += 1
+        return added
+
+    def close(self) -> None:
+        pass

@@ -12,7 +12,7 @@ from .._batch import BatchItem
 from .._client import DreamboothClient
 from .._progress import format_duration
 from .common import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, EXIT_SERVICE, METADATA_NAME
-from .output import MetadataWriter
+from .output import RowSink
 from .prompts import PromptSource
 
 __all__ = ["Summary", "exit_code", "print_summary", "tally"]
@@ -35,6 +35,9 @@ class Summary:
     remedy: str = "fix the cause"
     #: What the run sent and spent (see ``_report``).
     accounting: list[str] = attrs.field(factory=list)
+    #: What the output holds, for the last lines.
+    outputs: str = f"images and {METADATA_NAME}"
+    rows_word: str = "metadata rows"
 
 
 def _describe(item: BatchItem, source: PromptSource) -> str:
@@ -48,7 +51,7 @@ def _describe(item: BatchItem, source: PromptSource) -> str:
 def tally(
     item: BatchItem,
     summary: Summary,
-    metadata: MetadataWriter,
+    metadata: RowSink,
     source: PromptSource,
     client: DreamboothClient,
 ) -> None:
@@ -84,13 +87,13 @@ def print_summary(
     earlier = f" ({summary.resumed} from an earlier run)" if summary.resumed else ""
     print(
         f"done {summary.done}{earlier}, failed {summary.failed}, ambiguous {summary.ambiguous}, "
-        f"images {summary.images} ({summary.new_rows} new metadata rows), "
+        f"images {summary.images} ({summary.new_rows} new {summary.rows_word}), "
         f"time {format_duration(elapsed)}",
         file=stdout,
     )
     for line in summary.accounting:
         print(line, file=stdout)
-    print(f"images and {METADATA_NAME} in {out}", file=stdout)
+    print(f"{summary.outputs} in {out}", file=stdout)
     for problem in summary.problems[:20]:
         print(f"  {problem}", file=stdout)
     if len(summary.problems) > 20:
