@@ -54,13 +54,13 @@ __all__ = [
     "ShardWriter",
     "files_subfolder",
     "is_shard_stats",
-    "keys_name",
-    "sealed_keys",
     "iter_shard_samples",
+    "keys_name",
     "read_shard_index",
     "read_tar_member",
     "require_pyarrow",
     "sample_key",
+    "sealed_keys",
     "shard_name",
     "write_rows_parquet",
 ]
@@ -212,7 +212,9 @@ def _parse_stats(number: int, data: bytes) -> ShardStats | None:
         return None
     if not isinstance(raw, dict) or raw.get("format") != SHARD_FORMAT:
         return None
-    files = raw.get("files") if isinstance(raw.get("files"), dict) else {}
+    files = raw.get("files")
+    if not isinstance(files, dict):
+        files = {}
     return ShardStats(
         number=number,
         output_format=str(raw.get("output_format")),
@@ -397,9 +399,7 @@ class ShardWriter:
         """Pick up after an earlier run: staging folders of shards it sealed are removed, a
         full one is sealed now, a partly filled one is filled on. Returns notes for the user."""
         notes = []
-        sealed = {
-            int(match[1]) for name in self.target.listing() if (match := _STATS.match(name))
-        }
+        sealed = {int(match[1]) for name in self.target.listing() if (match := _STATS.match(name))}
         staged: list[int] = []
         with contextlib.suppress(FileNotFoundError):
             for entry in self.staging.iterdir():

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from .._cache import plan_run
 from .._client import BASE_URL_ENV, DreamboothClient
+from .._dataset import DatasetError, ShardWriter, require_pyarrow
 from .._errors import (
     AuthenticationError,
     EndpointNotFound,
@@ -31,7 +32,6 @@ from .._fsout import (
     restore_state,
     state_folder,
 )
-from .._dataset import DatasetError, ShardWriter, require_pyarrow
 from .._gallery import write_gallery
 from .._poller import PollPolicy
 from .._progress import ProgressReporter

@@ -181,8 +181,7 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=DEFAULT_SAMPLES_PER_SHARD,
         metavar="N",
-        help="images per shard: per subfolder (files), tar or Parquet file (default "
-        "%(default)s)",
+        help="images per shard: per subfolder (files), tar or Parquet file (default %(default)s)",
     )
     gen.add_argument(
         "--format",
