@@ -39,6 +39,7 @@ from typing import Any
 
 import anyio
 
+from ._dataset import is_shard_stats, sealed_keys
 from ._events import BatchEvent
 from ._manifest import Manifest, read_manifest
 
@@ -334,13 +335,22 @@ class RemoteMirror:
             self.failure = error
             raise
 
-    def finish(self, *, manifest: Path | None = None) -> UploadError | None:
+    def leftovers(self) -> None:
+        """Upload the images a killed run left in numbered subfolders (``files`` output in
+        shards: each was moved there before its row, and uploaded after it)."""
+        for path in sorted(self.local.glob("[0-9]*/*")):
+            name = path.relative_to(self.local).as_posix()
+            if path.suffix.lower() in _IMAGE_SUFFIXES and path.is_file() and not _hidden(name):
+                self.add([path])
+
+    def finish(self, *, manifest: Path | None = None, gallery: bool = True) -> UploadError | None:
         """The last ``metadata.jsonl`` and the gallery, unless an upload failed (the local
         metadata may then name images that are not uploaded); returns the first failure."""
         if self.failure is None:
             try:
                 self.metadata(force=True)
-                self.gallery(manifest=manifest)
+                if gallery:
+                    self.gallery(manifest=manifest)
             except UploadError as error:
                 self.failure = error
         return self.failure
@@ -438,6 +448,7 @@ def restore_state(
     record: str,
     metadata: str = "metadata.jsonl",
     allow_new: bool = False,
+    sharded: bool = False,
 ) -> list[str]:
     """Before a run with a URL output: when ``manifest`` does not exist (the state folder was
     lost, or this is the first run), restore it from its copy beside the outputs, with
@@ -449,6 +460,9 @@ def restore_state(
 
     An item the copy shows done whose images never reached the URL (the run was killed between
     the two) is marked submitted again, so the rerun fetches its job rather than paying again.
+    With ``sharded`` (``webdataset`` and ``parquet`` outputs), the images that reached the URL
+    are those of the items in sealed shards (their ``.NNNNN_keys.txt``); the staged images of
+    a shard not sealed yet were lost with the state folder, and are fetched again.
     """
     if manifest.exists():
         return []
@@ -462,7 +476,9 @@ def restore_state(
         raise OutputURLError(f"--out {target.url}: cannot read it ({_one_line(exc)})") from None
     if copy is None:
         images = sorted(
-            n for n in names if not _hidden(n) and Path(n).suffix.lower() in _IMAGE_SUFFIXES
+            n
+            for n in names
+            if not _hidden(n) and (Path(n).suffix.lower() in _IMAGE_SUFFIXES or is_shard_stats(n))
         )
         if not images and not _count_rows(rows):
             return []  # a new output: nothing to lose
@@ -505,11 +521,26 @@ def restore_state(
             f"the run that saved it{f' ({saved})' if saved else ''} was killed before its "
             "last save: a job it submitted in its last second or so may be submitted again"
         )
-    lost = [
-        s
-        for s in read_manifest(manifest).values()
-        if s.status == "done" and any(name not in names for name in s.files)
-    ]
+    if sharded:
+        try:
+            in_shards = sealed_keys(target)
+        except Exception as exc:
+            raise OutputURLError(
+                f"--out {target.url}: cannot read its shards ({_one_line(exc)})"
+            ) from None
+        lost = [
+            s
+            for s in read_manifest(manifest).values()
+            if s.status == "done" and s.files and s.key not in in_shards
+        ]
+    else:
+        # A file of the files layout may sit in a numbered subfolder.
+        present = {n.rsplit("/", 1)[-1] for n in names}
+        lost = [
+            s
+            for s in read_manifest(manifest).values()
+            if s.status == "done" and any(name not in present for name in s.files)
+        ]
     if lost:
         refetch = [s for s in lost if s.job_id is not None]
         with Manifest.open(manifest) as reopened:

@@ -112,6 +112,8 @@ async def _run_generate(
         summary.outputs = f"{args.output_format} shards"
         summary.rows_word = "samples"
     try:
+        if mirror is not None and shards is None:
+            await asyncio.to_thread(mirror.leftovers)
         # The manifest's copy is kept current until the batch has ended, then saved whole.
         state = mirror.keeping_state() if mirror is not None else contextlib.nullcontext()
         async with state, service(args) as chosen:
@@ -232,11 +234,16 @@ async def _run_generate(
             finally:
                 if show:
                     progress.close()
-    except UploadError:
-        pass  # the first save of the manifest's copy failed, before anything was sent
+    except UploadError as error:
+        # The first save of the manifest's copy, or the upload of what a killed run left,
+        # failed: before anything was sent.
+        if mirror is not None:
+            mirror.failure = mirror.failure or error
     finally:
         metadata.close()
-    upload_error = mirror.finish(manifest=manifest) if mirror is not None else None
+    upload_error = (
+        mirror.finish(manifest=manifest, gallery=shards is None) if mirror is not None else None
+    )
     if upload_error is not None:
         print(f"error: {upload_error}", file=stdout)
     shown = str(remote.url) if remote is not None else out
@@ -285,7 +292,14 @@ def _restore_remote_state(
     manifest = Path(args.manifest) if args.manifest else out / manifest_name(args)
     allow_new = bool(getattr(args, "new_manifest", False))
     try:
-        notes = restore_state(remote, manifest, local=out, record=RUN_NAME, allow_new=allow_new)
+        notes = restore_state(
+            remote,
+            manifest,
+            local=out,
+            record=RUN_NAME,
+            allow_new=allow_new,
+            sharded=args.output_format != "files",
+        )
     except OutputURLError as exc:
         raise InputError(str(exc)) from None
     except OSError as exc:  # the state folder or --manifest could not take it
