@@ -1,11 +1,13 @@
 """``dreambooth-async merge OUT... --out DIR``: several output folders as one dataset.
 
 Each ``generate`` output (a shard's, say) is a folder of images with a ``metadata.jsonl`` whose
-``file_name`` names them. The merge is a Hugging Face *imagefolder*: the images side by side and
-one ``metadata.jsonl`` whose ``file_name``\\ s match, readable by
-``datasets.load_dataset("imagefolder", data_dir=DIR)``. Optionally (``--parquet``, needs
-pyarrow) the same rows go into Parquet files with the image bytes embedded, the layout the Hub
-serves directly.
+``file_name`` names them, or the shards of a ``webdataset`` or ``parquet`` output (see
+``_dataset``). The merge is by default a Hugging Face *imagefolder*: the images (beyond
+``--samples-per-shard`` of them, in numbered subfolders) and one ``metadata.jsonl`` whose
+``file_name``\\ s match, readable by ``datasets.load_dataset("imagefolder", data_dir=DIR)``;
+``--output-format webdataset|parquet`` writes shards instead, from sources of any layout.
+Optionally (``--parquet``, needs pyarrow) the rows of a files merge also go into Parquet files
+with the image bytes embedded, the layout the Hub serves directly.
 
 Rules, so that a merge can be rerun as more shards finish:
 
@@ -35,6 +37,17 @@ from typing import Any
 import attrs
 
 from . import _jsonl
+from ._dataset import (
+    DEFAULT_SAMPLES_PER_SHARD,
+    OUTPUT_FORMATS,
+    STAGING_NAME,
+    DatasetError,
+    OutputFormat,
+    ShardWriter,
+    files_subfolder,
+    iter_shard_samples,
+    read_shard_index,
+)
 from ._exit import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from ._settings import METADATA_NAME
 
@@ -144,14 +157,24 @@ def merge_outputs(
     *,
     parquet: bool = False,
     parquet_bytes: int = PARQUET_BYTES,
+    output_format: OutputFormat = "files",
+    samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
 ) -> MergeReport:
-    """Join the output folders ``sources`` into one imagefolder dataset at ``out``.
+    """Join the output folders ``sources`` (of any layout: files, webdataset or parquet) into
+    one dataset at ``out`` in the layout ``output_format``, ``samples_per_shard`` images a
+    shard.
 
-    See the module notes for names, duplicates and missing images. ``parquet=True`` also writes
-    ``out/parquet/train-NNNNN-of-NNNNN.parquet`` with the images embedded (needs pyarrow).
+    See the module notes for names, duplicates and missing images. ``parquet=True`` (files
+    output only) also writes ``out/parquet/train-NNNNN-of-NNNNN.parquet`` with the images
+    embedded (needs pyarrow).
 
-    :raises MergeError: a source is no output folder, or ``out`` holds other files.
+    :raises MergeError: a source is no output folder, ``out`` holds other files, or pyarrow is
+        missing for a Parquet layout.
     """
+    if output_format not in OUTPUT_FORMATS:
+        raise MergeError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
+    if parquet and output_format != "files":
+        raise MergeError("--parquet goes with --output-format files (parquet embeds already)")
     folders = [Path(s).resolve() for s in sources]
     if not folders:
         raise MergeError("nothing to merge: name at least one output folder")
@@ -160,12 +183,15 @@ def merge_outputs(
         if not folder.is_dir():
             raise MergeError(f"{folder}: not a folder")
     _check_out(target, folders)
-    if parquet:
+    if parquet or output_format == "parquet":
         _require_pyarrow()
     target.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{target.name}.merging-", dir=target.parent))
     try:
-        report = _build(folders, building, target)
+        try:
+            report = _build(folders, building, target, output_format, samples_per_shard)
+        except DatasetError as exc:
+            raise MergeError(str(exc)) from None
         files: tuple[Path, ...] = ()
         if parquet:
             written = _write_parquet(building, parquet_bytes)
@@ -177,22 +203,104 @@ def merge_outputs(
     return attrs.evolve(report, parquet=files)
 
 
-def _build(folders: Sequence[Path], building: Path, target: Path) -> MergeReport:
+def _is_files_output(folder: Path) -> bool:
+    return (folder / METADATA_NAME).exists() or not (
+        read_shard_index(folder) or any(folder.glob("*.tar")) or any(folder.glob("*.parquet"))
+    )
+
+
+def _samples(
+    folder: Path, missing: list[str]
+) -> Iterator[tuple[str, Path | bytes, dict[str, Any]]]:
+    """``(name, image, row)`` for every image of an output folder of any layout; ``image`` is
+    the file, or the bytes out of a shard. Rows of a files output whose image is missing go
+    to ``missing``."""
+    if not _is_files_output(folder):
+        for sample in iter_shard_samples(folder):
+            yield sample.name, sample.data, dict(sample.row)
+        return
+    for row in read_metadata(folder):
+        name = row["file_name"]
+        image = folder / name
+        # A file_name that climbs out of its folder is not one of its images.
+        if ".." in Path(name).parts or Path(name).is_absolute() or not image.is_file():
+            missing.append(f"{folder}/{name}")
+            continue
+        yield Path(name).name, image, row
+
+
+class _FilesOut:
+    """The merged images and ``metadata.jsonl``; beyond ``per_shard`` images, in numbered
+    subfolders as ``generate`` makes them."""
+
+    def __init__(self, building: Path, per_shard: int) -> None:
+        self.building = building
+        self.per_shard = per_shard
+        self.count = 0
+        self.rows = (building / METADATA_NAME).open("w", encoding="utf-8")
+
+    def add(self, name: str, image: Path | bytes, row: Mapping[str, Any]) -> None:
+        subfolder = files_subfolder(self.count, self.per_shard)
+        file_name = f"{subfolder}/{name}" if subfolder else name
+        target = self.building / file_name
+        target.parent.mkdir(exist_ok=True)
+        if isinstance(image, Path):
+            _place(image, target)
+        else:
+            target.write_bytes(image)
+        self.rows.write(json.dumps({**row, "file_name": file_name}) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        self.rows.flush()
+        os.fsync(self.rows.fileno())
+        self.rows.close()
+
+
+class _ShardsOut:
+    """The merged samples as the shards of a ``webdataset`` or ``parquet`` output."""
+
+    def __init__(self, building: Path, output_format: OutputFormat, per_shard: int) -> None:
+        self.writer = ShardWriter(building, output_format, per_shard)
+        self.loose = building / STAGING_NAME / ".merging"
+        self.loose.mkdir(parents=True)
+
+    def add(self, name: str, image: Path | bytes, row: Mapping[str, Any]) -> None:
+        fields = {k: v for k, v in row.items() if k != "file_name"}
+        if isinstance(image, Path):
+            self.writer.add(image, fields, keep_source=True)
+            return
+        loose = self.loose / name
+        loose.write_bytes(image)
+        self.writer.add(loose, fields)
+
+    def close(self) -> None:
+        shutil.rmtree(self.loose, ignore_errors=True)
+        self.writer.finish()
+
+
+def _build(
+    folders: Sequence[Path],
+    building: Path,
+    target: Path,
+    output_format: OutputFormat = "files",
+    per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
+) -> MergeReport:
     taken: dict[str, str] = {}  # merged file name -> sha256 of its bytes
     missing: list[str] = []
     duplicates = renamed = 0
-    metadata = building / METADATA_NAME
-    with metadata.open("w", encoding="utf-8") as rows_out:
+    out: _FilesOut | _ShardsOut = (
+        _FilesOut(building, per_shard)
+        if output_format == "files"
+        else _ShardsOut(building, output_format, per_shard)
+    )
+    try:
         for folder in folders:
-            for row in read_metadata(folder):
-                name = row["file_name"]
-                image = folder / name
-                # A file_name that climbs out of its folder is not one of its images.
-                if ".." in Path(name).parts or Path(name).is_absolute() or not image.is_file():
-                    missing.append(f"{folder}/{name}")
-                    continue
-                digest = _digest(image)
-                merged_name = Path(name).name
+            for name, image, row in _samples(folder, missing):
+                digest = (
+                    _digest(image) if isinstance(image, Path) else hashlib.sha256(image).hexdigest()
+                )
+                merged_name = name
                 if merged_name in taken:
                     if taken[merged_name] == digest:
                         duplicates += 1
@@ -200,10 +308,9 @@ def _build(folders: Sequence[Path], building: Path, target: Path) -> MergeReport
                     merged_name = _free_name(merged_name, taken)
                     renamed += 1
                 taken[merged_name] = digest
-                _place(image, building / merged_name)
-                rows_out.write(json.dumps({**row, "file_name": merged_name}) + "\n")
-        rows_out.flush()
-        os.fsync(rows_out.fileno())
+                out.add(merged_name, image, row)
+    finally:
+        out.close()
     (building / MARKER_NAME).write_text(
         json.dumps({"format": "dreambooth-async-merge", "sources": [str(f) for f in folders]})
         + "\n"
@@ -310,6 +417,13 @@ def _write_parquet(folder: Path, target_bytes: int) -> list[Path]:
 # --- the command ------------------------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_merge_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``merge OUT... --out DIR [--parquet]`` to the subcommands (runs ``merge_command``)."""
     parser = subparsers.add_parser(
@@ -322,6 +436,20 @@ def add_merge_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     )
     parser.add_argument("sources", nargs="+", metavar="OUT", help="an output folder of generate")
     parser.add_argument("--out", required=True, metavar="DIR", help="the merged folder")
+    parser.add_argument(
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        default="files",
+        help="the merged layout (default %(default)s): files (an imagefolder), webdataset "
+        "(NNNNN.tar shards) or parquet (images embedded); sources may be of any of them",
+    )
+    parser.add_argument(
+        "--samples-per-shard",
+        type=_positive,
+        default=DEFAULT_SAMPLES_PER_SHARD,
+        metavar="N",
+        help="images per shard: subfolder, tar or Parquet file (default %(default)s)",
+    )
     parser.add_argument(
         "--parquet",
         action="store_true",
@@ -339,7 +467,13 @@ def merge_command(args: argparse.Namespace) -> int:
     """``dreambooth-async merge``: exit 0 merged, 1 merged with rows whose image is missing,
     2 nothing merged (a source is no output folder, DIR is in the way, pyarrow missing)."""
     try:
-        report = merge_outputs(args.sources, args.out, parquet=args.parquet)
+        report = merge_outputs(
+            args.sources,
+            args.out,
+            parquet=args.parquet,
+            output_format=args.output_format,
+            samples_per_shard=args.samples_per_shard,
+        )
     except MergeError as exc:
         print(f"dreambooth-async: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
