@@ -41,7 +41,7 @@ def generate_command(
 
 
 def emulator_generate_args(
-    prompts: Path, out: Path, *extra: str, time_scale: float = 0.005
+    prompts: Path, out: Path | str, *extra: str, time_scale: float = 0.005
 ) -> list[str]:
     """The arguments of ``generate`` against the embedded emulator (for ``cli.main``, in
     process): ``generate PROMPTS --model-id midjourney --out OUT --emulator ... [extra]``."""

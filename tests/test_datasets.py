@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 import warnings
@@ -42,7 +43,7 @@ def _prompts(path: Path, n: int, word: str = "lantern") -> list[str]:
     return texts
 
 
-def _generate(prompts: Path, out: Path, *extra: str) -> int:
+def _generate(prompts: Path, out: Path | str, *extra: str) -> int:
     return main(
         emulator_generate_args(
             prompts, out, "-q", "--width", "64", "--height", "64", *extra, time_scale=0.001
@@ -407,3 +408,34 @@ async def test_a_run_killed_mid_shard_resumes_without_torn_tars_or_paying_twice(
     assert sum(counts) == len(done) and all(c == 8 for c in counts[:-1])
     assert not (out / STAGING_NAME).exists()
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name or p.suffix == ".png"]
+
+
+def test_shards_through_a_file_url_and_a_rerun_that_lost_its_state_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("fsspec")
+    monkeypatch.chdir(tmp_path)  # the state folders go in ./.dreambooth-state
+    texts = _prompts(tmp_path / "prompts.txt", 25)
+    remote = tmp_path / "bucket"
+    url = remote.as_uri()
+    args = ("--output-format", "webdataset", "--samples-per-shard", "10")
+    assert _generate(tmp_path / "prompts.txt", url, *args) == 0
+    names = sorted(p.name for p in remote.iterdir() if not p.name.startswith("."))
+    assert names == [
+        f"0000{n}{ext}" for n in range(3) for ext in (".parquet", ".tar", "_stats.json")
+    ]
+    sealed = {p.name: p.stat().st_mtime_ns for p in remote.glob("*.tar")}
+    prompts = [
+        m["txt"].decode() for t in sorted(remote.glob("*.tar")) for m in _tar_samples(t).values()
+    ]
+    assert sorted(prompts) == sorted(texts)
+
+    # The pod restarts without its local state: the manifest comes back from its copy beside
+    # the shards, and the items already in a shard are neither fetched nor paid again.
+    shutil.rmtree(tmp_path / ".dreambooth-state")
+    capsys.readouterr()
+    assert _generate(tmp_path / "prompts.txt", url, *args) == 0
+    said = capsys.readouterr().out
+    assert "restored the manifest" in said and "submissions 0" in said
+    assert "had not reached" not in said
+    assert {p.name: p.stat().st_mtime_ns for p in remote.glob("*.tar")} == sealed
