@@ -21,7 +21,7 @@ import pytest
 from _chaos_fixtures import paid_twice
 from _cli_commands import emulator_generate_args, generate_command
 
-from dreambooth_async import read_manifest
+from dreambooth_async import BatchItem, GenerationResult, Text2Img, read_manifest
 from dreambooth_async._dataset import (
     STAGING_NAME,
     ShardWriter,
@@ -30,6 +30,7 @@ from dreambooth_async._dataset import (
     sample_key,
 )
 from dreambooth_async.cli import main
+from dreambooth_async.cli.output import MetadataWriter
 from dreambooth_async.emulator import CostModel, Emulator, EmulatorConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -439,3 +440,48 @@ def test_shards_through_a_file_url_and_a_rerun_that_lost_its_state_folder(
     assert "restored the manifest" in said and "submissions 0" in said
     assert "had not reached" not in said
     assert {p.name: p.stat().st_mtime_ns for p in remote.glob("*.tar")} == sealed
+
+
+def _item(folder: Path, name: str, *, resumed: bool = False) -> BatchItem:
+    path = folder / name
+    if not resumed:
+        path.write_bytes(PNG + name.encode())
+    request = Text2Img(model_id="midjourney", prompt=f"prompt {name}", seed=1)
+    result = GenerationResult(id=f"job-{name}", status="success", output=(f"https://x/{name}",))
+    return BatchItem(
+        index=0,
+        request=request,
+        result=result,
+        key=name[:-4],
+        job_id=result.id,
+        files=(path,),
+        resumed=resumed,
+    )
+
+
+def test_files_in_subfolders_a_killed_run_moved_before_its_row_are_found_again(
+    tmp_path: Path,
+) -> None:
+    writer = MetadataWriter(tmp_path / "metadata.jsonl", per_shard=2)
+    for name in ("a.png", "b.png", "c.png"):
+        writer.add(_item(tmp_path, name))
+    # Killed between moving d.png into its subfolder and writing its row.
+    (tmp_path / "d.png").write_bytes(PNG + b"d")
+    os.replace(tmp_path / "d.png", tmp_path / "00001" / "d.png")
+    writer.close()
+
+    rerun = MetadataWriter(tmp_path / "metadata.jsonl", per_shard=2)
+    rerun.add(_item(tmp_path, "e.png"))  # a new item done first: the open subfolder fills up
+    rerun.add(_item(tmp_path, "d.png", resumed=True))
+    rerun.add(_item(tmp_path, "a.png", resumed=True))  # has its row: nothing written
+    rerun.close()
+    rows = [json.loads(line) for line in (tmp_path / "metadata.jsonl").read_text().splitlines()]
+    assert [row["file_name"] for row in rows] == [
+        "a.png",
+        "b.png",
+        "00001/c.png",
+        "00001/e.png",
+        "00001/d.png",
+    ]
+    for row in rows:
+        assert (tmp_path / row["file_name"]).read_bytes().startswith(PNG)
