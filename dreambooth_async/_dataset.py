@@ -470,6 +470,14 @@ class ShardWriter:
         with contextlib.suppress(OSError):
             self.staging.rmdir()  # only when empty: nothing waits for a later run
 
+    @staticmethod
+    def _row(folder: Path, image: Path) -> dict[str, Any]:
+        try:
+            row = json.loads((folder / f"{image.stem}.json").read_bytes())
+        except (OSError, ValueError):
+            row = None  # written before the image, so only lost by hand: the image still counts
+        return row if isinstance(row, dict) else {"file_name": image.name}
+
     def _temporary(self, name: str) -> Path:
         return self.staging / f".{name}.tmp-{uuid.uuid4().hex[:12]}"
 
@@ -492,7 +500,7 @@ class ShardWriter:
             shutil.rmtree(folder, ignore_errors=True)
             return None
         name = shard_name(number)
-        rows = [json.loads((folder / f"{p.stem}.json").read_bytes()) for p in images]
+        rows = [self._row(folder, p) for p in images]
         mtimes = [p.stat().st_mtime for p in images]
         files: dict[str, str | None] = {}
         size = 0
@@ -501,7 +509,12 @@ class ShardWriter:
             with tarfile.open(temporary, "w", format=tarfile.PAX_FORMAT) as tar:
                 for image, row, mtime in zip(images, rows, mtimes, strict=True):
                     key = image.stem
-                    _tar_member(tar, f"{key}.json", (folder / f"{key}.json").read_bytes(), mtime)
+                    _tar_member(
+                        tar,
+                        f"{key}.json",
+                        json.dumps(row, ensure_ascii=False).encode() + b"\n",
+                        mtime,
+                    )
                     _tar_member(tar, image.name, image.read_bytes(), mtime)
                     _tar_member(tar, f"{key}.txt", str(row.get("prompt") or "").encode(), mtime)
             size = temporary.stat().st_size
