@@ -20,6 +20,7 @@ import anyio
 import pytest
 from _chaos_fixtures import paid_twice
 from _cli_commands import emulator_generate_args, generate_command
+from test_fsout import s3_endpoint  # noqa: F401 - the S3 API on loopback, as a fixture
 
 from dreambooth_async import BatchItem, GenerationResult, Text2Img, read_manifest
 from dreambooth_async._dataset import (
@@ -485,3 +486,37 @@ def test_files_in_subfolders_a_killed_run_moved_before_its_row_are_found_again(
     ]
     for row in rows:
         assert (tmp_path / row["file_name"]).read_bytes().startswith(PNG)
+
+
+def test_webdataset_and_files_shards_on_s3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    endpoint = request.getfixturevalue("s3_endpoint")
+    monkeypatch.chdir(tmp_path)
+    # s3fs (botocore) reads the endpoint from the environment: the CLI takes only the URL.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    texts = _prompts(tmp_path / "prompts.txt", 25)
+    args = ("--samples-per-shard", "10")
+    assert (
+        _generate(
+            tmp_path / "prompts.txt", "s3://images/wds/", "--output-format", "webdataset", *args
+        )
+        == 0
+    )
+    assert _generate(tmp_path / "prompts.txt", "s3://images/files/", *args) == 0
+    s3fs = pytest.importorskip("s3fs")
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+    shards = sorted(fs.ls("images/wds", detail=False))
+    assert [p.rsplit("/", 1)[-1] for p in shards if not p.rsplit("/", 1)[-1].startswith(".")] == [
+        f"0000{n}{kind}" for n in range(3) for kind in (".parquet", ".tar", "_stats.json")
+    ]
+    prompts = []
+    for n in range(3):
+        (tmp_path / "t.tar").write_bytes(fs.cat_file(f"images/wds/0000{n}.tar"))
+        prompts += [m["txt"].decode() for m in _tar_samples(tmp_path / "t.tar").values()]
+    assert sorted(prompts) == sorted(texts)
+    rows = [json.loads(line) for line in fs.cat_file("images/files/metadata.jsonl").splitlines()]
+    assert sorted(row["prompt"] for row in rows) == sorted(texts)
+    for row in rows:
+        assert fs.cat_file(f"images/files/{row['file_name']}").startswith(PNG)
+    assert {row["file_name"].rpartition("/")[0] for row in rows} == {"", "00001", "00002"}
