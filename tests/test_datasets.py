@@ -46,9 +46,11 @@ def _prompts(path: Path, n: int, word: str = "lantern") -> list[str]:
 
 
 def _generate(prompts: Path, out: Path | str, *extra: str) -> int:
+    # The emulator's time scale of the CLI tests (test_shards): shorter ones cut the client's
+    # scaled waits (an output not there yet, say) below what a loaded machine keeps to.
     return main(
         emulator_generate_args(
-            prompts, out, "-q", "--width", "64", "--height", "64", *extra, time_scale=0.001
+            prompts, out, "-q", "--width", "64", "--height", "64", *extra, time_scale=0.002
         )
     )
 
