@@ -18,24 +18,19 @@ on filling the same shard. Sealing writes each file under a temporary name and m
 whole, the ``_stats.json`` last: a shard whose stats file exists is finished, and is never
 written again; a staging folder whose stats file exists is only removed.
 
-The shard index a reader (the gallery, a training job) needs is the ``NNNNN_stats.json`` files
+The sealing itself is ``_shard_writer``; this module holds the names, the index and the
+readers. The shard index a reader (the gallery, a training job) needs is the ``NNNNN_stats.json`` files
 (:func:`read_shard_index`): each names the shard's files, its sample count and a preview sample.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import hashlib
 import importlib.util
-import io
 import json
 import os
 import re
-import shutil
 import tarfile
-import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeAlias
@@ -44,6 +39,7 @@ import attrs
 
 __all__ = [
     "DEFAULT_SAMPLES_PER_SHARD",
+    "IMAGE_SUFFIXES",
     "OUTPUT_FORMATS",
     "STAGING_NAME",
     "DatasetError",
@@ -51,20 +47,23 @@ __all__ = [
     "OutputFormat",
     "ShardStats",
     "ShardTarget",
-    "ShardWriter",
     "files_subfolder",
     "is_shard_stats",
     "iter_shard_samples",
     "keys_name",
+    "parse_stats",
     "read_shard_index",
     "read_tar_member",
     "require_pyarrow",
     "sample_key",
     "sealed_keys",
     "shard_name",
+    "stats_number",
     "write_rows_parquet",
 ]
 
+#: The image files a layout takes, by extension.
+IMAGE_SUFFIXES = frozenset((".png", ".jpg", ".jpeg", ".webp", ".gif"))
 #: The layouts ``--output-format`` takes.
 OutputFormat: TypeAlias = Literal["files", "webdataset", "parquet"]
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("files", "webdataset", "parquet")
@@ -75,7 +74,6 @@ STAGING_NAME = ".shards"
 PARQUET_EXTRA = "pip install 'dreambooth-async[parquet]'"
 SHARD_FORMAT = "dreambooth-async-shard"
 
-_IMAGE_SUFFIXES = frozenset((".png", ".jpg", ".jpeg", ".webp", ".gif"))
 _STATS = re.compile(r"^(\d{5,})_stats\.json$")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 #: Rows written to Parquet per row group: bounds the memory a shard of large images takes.
@@ -112,6 +110,12 @@ def is_shard_stats(name: str) -> bool:
     return _STATS.match(name) is not None
 
 
+def stats_number(name: str) -> int | None:
+    """The shard number of ``NNNNN_stats.json``; None for any other name."""
+    match = _STATS.match(name)
+    return int(match[1]) if match is not None else None
+
+
 def files_subfolder(position: int, per_shard: int) -> str:
     """The subfolder (``""`` for the top of the folder) of the image numbered ``position``
     (from 0, in the order ``metadata.jsonl`` got them) in the ``files`` layout."""
@@ -134,10 +138,6 @@ def require_pyarrow(what: str) -> None:
     """Raise DatasetError when pyarrow is not installed."""
     if importlib.util.find_spec("pyarrow") is None:
         raise DatasetError(f"{what} needs pyarrow: {PARQUET_EXTRA}")
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 # --- where sealed shards go -------------------------------------------------------------------
@@ -205,7 +205,7 @@ class ShardStats:
         return shard_name(self.number)
 
 
-def _parse_stats(number: int, data: bytes) -> ShardStats | None:
+def parse_stats(number: int, data: bytes) -> ShardStats | None:
     try:
         raw = json.loads(data)
     except ValueError:
@@ -236,7 +236,7 @@ def read_shard_index(folder: Path | ShardTarget) -> list[ShardStats]:
         match = _STATS.match(name)
         if match is None:
             continue
-        stats = _parse_stats(int(match[1]), target.read_bytes(name))
+        stats = parse_stats(int(match[1]), target.read_bytes(name))
         if stats is not None:
             shards.append(stats)
     return shards
@@ -327,251 +327,6 @@ def write_rows_parquet(
             writer.write_table(pa.Table.from_pydict(data, schema=schema))
 
 
-# --- writing shards ---------------------------------------------------------------------------
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = int(mtime)
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-class ShardWriter:
-    """Fills and seals the shards of a ``webdataset`` or ``parquet`` output.
-
-    ``local`` is the run's local folder (the staging folders go in ``local/.shards``);
-    ``target`` is where sealed shards go (default: ``local`` itself). :meth:`open` first
-    (it finishes what a killed run left), then :meth:`add` each image, :meth:`finish` at the
-    end of a run to seal the last, partly filled shard.
-    """
-
-    def __init__(
-        self,
-        local: Path,
-        output_format: OutputFormat,
-        per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
-        target: ShardTarget | None = None,
-    ) -> None:
-        if output_format not in ("webdataset", "parquet"):
-            raise ValueError(f"ShardWriter writes webdataset or parquet, not {output_format}")
-        if per_shard < 1:
-            raise ValueError(f"samples per shard must be at least 1, got {per_shard}")
-        if output_format == "parquet":
-            require_pyarrow("--output-format parquet")
-        self.local = local
-        self.output_format = output_format
-        self.per_shard = per_shard
-        self.target: ShardTarget = target or LocalTarget(local)
-        self.staging = local / STAGING_NAME
-        #: The shards sealed by this writer, in order.
-        self.sealed: list[ShardStats] = []
-        self.parquet = importlib.util.find_spec("pyarrow") is not None
-        self._next = 0
-        self._current: int | None = None
-        self._count = 0
-        self._failed = 0
-        self._ambiguous = 0
-
-    def __repr__(self) -> str:
-        return f"<ShardWriter {self.output_format} {self.local} per_shard={self.per_shard}>"
-
-    def _folder(self, number: int) -> Path:
-        return self.staging / shard_name(number)
-
-    def _images(self, folder: Path) -> list[Path]:
-        try:
-            return sorted(
-                p
-                for p in folder.iterdir()
-                if p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(".")
-            )
-        except FileNotFoundError:
-            return []
-
-    def open(self) -> list[str]:
-        """Pick up after an earlier run: staging folders of shards it sealed are removed, a
-        full one is sealed now, a partly filled one is filled on. Returns notes for the user."""
-        notes = []
-        sealed = {int(match[1]) for name in self.target.listing() if (match := _STATS.match(name))}
-        staged: list[int] = []
-        with contextlib.suppress(FileNotFoundError):
-            for entry in self.staging.iterdir():
-                if entry.name.startswith("."):
-                    # A temporary file of a seal that was cut off: never in place, not a shard.
-                    entry.unlink(missing_ok=True)
-                elif entry.is_dir() and entry.name.isdigit():
-                    staged.append(int(entry.name))
-        for number in sorted(staged):
-            if number in sealed:
-                shutil.rmtree(self._folder(number), ignore_errors=True)
-        waiting = sorted(n for n in staged if n not in sealed)
-        self._next = max([*sealed, *staged], default=-1) + 1
-        for number in waiting:
-            self._current = number
-            self._count = len(self._images(self._folder(number)))
-            if self._count:
-                notes.append(
-                    f"shard {shard_name(number)}: {self._count} images kept from an earlier "
-                    "run, filled on"
-                )
-            if self._count >= self.per_shard or number != waiting[-1]:
-                self.seal()
-        return notes
-
-    def add(self, image: Path, row: Mapping[str, Any], *, keep_source: bool = False) -> str:
-        """Stage ``image`` with its metadata ``row`` in the open shard (moved there, or linked
-        with ``keep_source``); seal the shard once it holds ``per_shard`` images. Returns the
-        sample's key."""
-        if self._current is None:
-            self._current = self._next
-            self._next += 1
-            self._count = 0
-        folder = self._folder(self._current)
-        folder.mkdir(parents=True, exist_ok=True)
-        key = sample_key(image.name)
-        suffix = image.suffix.lower() or ".png"
-        stored = {**row, "file_name": f"{key}{suffix}"}
-        # Row and caption first, the image last: a sample counts once its image is here.
-        (folder / f"{key}.json").write_text(json.dumps(stored, ensure_ascii=False) + "\n")
-        (folder / f"{key}.txt").write_text(str(row.get("prompt") or ""))
-        placed = folder / f"{key}{suffix}"
-        if keep_source:
-            placed.unlink(missing_ok=True)
-            try:
-                os.link(image, placed)
-            except OSError:
-                shutil.copyfile(image, placed)
-        else:
-            os.replace(image, placed)
-        self._count += 1
-        if self._count >= self.per_shard:
-            self.seal()
-        return key
-
-    def note_failure(self, *, ambiguous: bool = False) -> None:
-        """An item ended failed (or ambiguous) while the open shard was filling: counted in
-        its stats."""
-        if ambiguous:
-            self._ambiguous += 1
-        else:
-            self._failed += 1
-
-    def finish(self) -> None:
-        """Seal the open shard, if it holds any image (the end of a run)."""
-        if self._current is not None and self._count:
-            self.seal()
-        with contextlib.suppress(OSError):
-            self.staging.rmdir()  # only when empty: nothing waits for a later run
-
-    @staticmethod
-    def _row(folder: Path, image: Path) -> dict[str, Any]:
-        try:
-            row = json.loads((folder / f"{image.stem}.json").read_bytes())
-        except (OSError, ValueError):
-            row = None  # written before the image, so only lost by hand: the image still counts
-        return row if isinstance(row, dict) else {"file_name": image.name}
-
-    def _temporary(self, name: str) -> Path:
-        return self.staging / f".{name}.tmp-{uuid.uuid4().hex[:12]}"
-
-    def _put(self, temporary: Path, name: str) -> None:
-        _fsync(temporary)
-        try:
-            self.target.put_file(temporary, name)
-        finally:
-            temporary.unlink(missing_ok=True)
-
-    def seal(self) -> ShardStats | None:
-        """Write the open shard's files, stats last, and drop its staging folder."""
-        number = self._current
-        if number is None:
-            return None
-        folder = self._folder(number)
-        images = self._images(folder)
-        self._current = None
-        if not images:
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
-        name = shard_name(number)
-        rows = [self._row(folder, p) for p in images]
-        mtimes = [p.stat().st_mtime for p in images]
-        files: dict[str, str | None] = {}
-        size = 0
-        if self.output_format == "webdataset":
-            temporary = self._temporary(f"{name}.tar")
-            with tarfile.open(temporary, "w", format=tarfile.PAX_FORMAT) as tar:
-                for image, row, mtime in zip(images, rows, mtimes, strict=True):
-                    key = image.stem
-                    _tar_member(
-                        tar,
-                        f"{key}.json",
-                        json.dumps(row, ensure_ascii=False).encode() + b"\n",
-                        mtime,
-                    )
-                    _tar_member(tar, image.name, image.read_bytes(), mtime)
-                    _tar_member(tar, f"{key}.txt", str(row.get("prompt") or "").encode(), mtime)
-            size = temporary.stat().st_size
-            self._put(temporary, f"{name}.tar")
-            files["tar"] = f"{name}.tar"
-            files["parquet"] = None
-            if self.parquet:
-                temporary = self._temporary(f"{name}.parquet")
-                write_rows_parquet(temporary, rows)
-                self._put(temporary, f"{name}.parquet")
-                files["parquet"] = f"{name}.parquet"
-        else:
-            temporary = self._temporary(f"{name}.parquet")
-            write_rows_parquet(temporary, rows, images)
-            size = temporary.stat().st_size
-            self._put(temporary, f"{name}.parquet")
-            files["parquet"] = f"{name}.parquet"
-        opened = min(mtimes)
-        raw = {
-            "format": SHARD_FORMAT,
-            "version": 1,
-            "shard": name,
-            "output_format": self.output_format,
-            "files": files,
-            "count": len(images),
-            "items": len({row.get("key") for row in rows}),
-            "failed": self._failed,
-            "ambiguous": self._ambiguous,
-            "bytes": size,
-            "preview": images[0].stem,
-            "preview_file": images[0].name,
-            "opened": datetime.datetime.fromtimestamp(opened, datetime.UTC).isoformat(
-                timespec="seconds"
-            ),
-            "sealed": _now(),
-            "seconds": round(max(0.0, time.time() - opened), 3),
-        }
-        # The items' keys, for a rerun that lost its local folder (see _fsout.restore_state).
-        temporary = self._temporary(keys_name(number))
-        temporary.write_text("".join(f"{k}\n" for k in dict.fromkeys(r.get("key") for r in rows)))
-        self._put(temporary, keys_name(number))
-        temporary = self._temporary(f"{name}_stats.json")
-        temporary.write_text(json.dumps(raw, indent=1) + "\n")
-        # The stats file last: once it is in place the shard is finished.
-        self._put(temporary, f"{name}_stats.json")
-        shutil.rmtree(folder, ignore_errors=True)
-        self._failed = self._ambiguous = 0
-        stats = _parse_stats(number, json.dumps(raw).encode())
-        assert stats is not None
-        self.sealed.append(stats)
-        return stats
-
-    def staged(self) -> int:
-        """Images waiting in the open shard."""
-        return self._count if self._current is not None else 0
-
-
 # --- reading shards back (merge) --------------------------------------------------------------
 
 
@@ -591,7 +346,7 @@ def _tar_samples(path: Path) -> Iterator[Sample]:
     current: str | None = None
 
     def emit() -> Iterator[Sample]:
-        image = next((ext for ext in group if f".{ext}" in _IMAGE_SUFFIXES), None)
+        image = next((ext for ext in group if f".{ext}" in IMAGE_SUFFIXES), None)
         if current is None or image is None:
             return
         row = json.loads(group["json"]) if "json" in group else {}

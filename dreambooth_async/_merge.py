@@ -43,13 +43,13 @@ from ._dataset import (
     STAGING_NAME,
     DatasetError,
     OutputFormat,
-    ShardWriter,
     files_subfolder,
     iter_shard_samples,
     read_shard_index,
 )
 from ._exit import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from ._settings import METADATA_NAME
+from ._shard_writer import ShardWriter
 
 __all__ = [
     "MergeReport",

@@ -25,11 +25,11 @@ from test_fsout import s3_endpoint  # noqa: F401 - the S3 API on loopback, as a 
 from dreambooth_async import BatchItem, GenerationResult, Text2Img, read_manifest
 from dreambooth_async._dataset import (
     STAGING_NAME,
-    ShardWriter,
     read_shard_index,
     read_tar_member,
     sample_key,
 )
+from dreambooth_async._shard_writer import ShardWriter
 from dreambooth_async.cli import main
 from dreambooth_async.cli.output import MetadataWriter
 from dreambooth_async.emulator import CostModel, Emulator, EmulatorConfig

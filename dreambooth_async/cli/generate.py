@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from .._cache import plan_run
 from .._client import BASE_URL_ENV, DreamboothClient
-from .._dataset import DatasetError, ShardWriter, require_pyarrow
+from .._dataset import DatasetError, require_pyarrow
 from .._errors import (
     AuthenticationError,
     EndpointNotFound,
@@ -36,6 +36,7 @@ from .._gallery import write_gallery
 from .._poller import PollPolicy
 from .._progress import ProgressReporter
 from .._report import accounting_lines, build_report, report_path, write_report
+from .._shard_writer import ShardWriter
 from .._spend import read_balances
 from .common import (
     CLI_EXTRA,

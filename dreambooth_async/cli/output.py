@@ -19,13 +19,13 @@ from .._convert import structure_field
 from .._dataset import (
     DEFAULT_SAMPLES_PER_SHARD,
     STAGING_NAME,
-    ShardWriter,
     files_subfolder,
     is_shard_stats,
 )
 from .._jsonl import FileInUse, JsonlFile, lock_exclusive
 from .._models import Scheduler
 from .._shard import shard_manifest_name
+from .._shard_writer import ShardWriter
 from .common import LOCK_NAME, MANIFEST_NAME, METADATA_NAME, RUN_NAME, InputError
 from .options import defaults_from_args, option_name
 
