@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import random
 import shutil
 import subprocess
 import tarfile
@@ -356,7 +357,10 @@ async def test_a_run_killed_mid_shard_resumes_without_torn_tars_or_paying_twice(
     )
 
     def staged() -> int:
-        return len(list(out.glob(f"{STAGING_NAME}/*/*.png")))
+        try:
+            return len(list(out.glob(f"{STAGING_NAME}/*/*.png")))
+        except FileNotFoundError:  # a shard sealed as this looked
+            return -1
 
     def sealed() -> int:
         return len(list(out.glob("*_stats.json")))
@@ -522,3 +526,58 @@ def test_webdataset_and_files_shards_on_s3(
     for row in rows:
         assert fs.cat_file(f"images/files/{row['file_name']}").startswith(PNG)
     assert {row["file_name"].rpartition("/")[0] for row in rows} == {"", "00001", "00002"}
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_files_in_subfolders_killed_again_and_again_keep_one_row_per_image(
+    tmp_path: Path,
+) -> None:
+    """The files layout under kills at random moments: every image in its subfolder once,
+    with exactly one row, and none paid twice."""
+    texts = _prompts(tmp_path / "prompts.txt", 60, word="files")
+    out = tmp_path / "out"
+    config = EmulatorConfig(
+        keys=(SECRET,),
+        time_scale=SCALE,
+        queue_limit=6,
+        workers=6,
+        cost=CostModel(base=10.0, per_step=0.0, per_sample=2.0, per_megapixel=0.0, noise=0.3),
+    )
+    rng = random.Random(7)
+    async with Emulator(config) as emu:
+        argv = generate_command(
+            tmp_path / "prompts.txt",
+            out,
+            emu.base_url,
+            SECRET,
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--samples-per-shard",
+            "7",
+            poll_scale=SCALE,
+        )
+
+        def images() -> int:
+            try:
+                return len(list(out.rglob("*.png")))
+            except FileNotFoundError:  # a download's staging folder went as this looked
+                return -1
+
+        for _ in range(5):
+            goal = images() + rng.randint(2, 9)
+            if await _run_until(argv, lambda goal=goal: images() >= goal) is not None:
+                break
+        assert await _run_until(argv, None) in (0, 1)
+        assert paid_twice(emu) == {}
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    names = [row["file_name"] for row in rows]
+    assert len(names) == len(set(names))
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert sorted(names) == on_disk
+    assert len({row["prompt"] for row in rows}) == len(rows) and len(rows) <= len(texts)
+    for row in rows:
+        subfolder = row["file_name"].rpartition("/")[0]
+        assert subfolder in ("", *(f"{n:05d}" for n in range(1, 10)))
