@@ -30,6 +30,7 @@ from dreambooth_async._dataset import (
     read_tar_member,
     sample_key,
 )
+from dreambooth_async._fsout import STATE_DIR_ENV
 from dreambooth_async._shard_writer import ShardWriter
 from dreambooth_async.cli import main
 from dreambooth_async.cli.output import MetadataWriter
@@ -422,7 +423,7 @@ def test_shards_through_a_file_url_and_a_rerun_that_lost_its_state_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("fsspec")
-    monkeypatch.chdir(tmp_path)  # the state folders go in ./.dreambooth-state
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / ".dreambooth-state"))
     texts = _prompts(tmp_path / "prompts.txt", 25)
     remote = tmp_path / "bucket"
     url = remote.as_uri()
@@ -498,7 +499,7 @@ def test_webdataset_and_files_shards_on_s3(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     endpoint = request.getfixturevalue("s3_endpoint")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / ".dreambooth-state"))
     # s3fs (botocore) reads the endpoint from the environment: the CLI takes only the URL.
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     texts = _prompts(tmp_path / "prompts.txt", 25)
