@@ -62,6 +62,7 @@ from ._poller import Job, PollPolicy
 from ._progress import ProgressReporter
 from ._prompts import PromptFile, PromptFormat, read_prompts
 from ._shard import shard
+from ._telemetry import TelemetryOptions
 from ._transport import RetryPolicy, Timeouts
 from ._webhooks import WebhookReceiver, WebhookStats
 
@@ -118,6 +119,7 @@ __all__ = [
     "Scheduler",
     "ServerError",
     "SystemLoad",
+    "TelemetryOptions",
     "Text2Img",
     "Timeouts",
     "TransportError",

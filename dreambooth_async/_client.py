@@ -40,6 +40,7 @@ from ._models import (
     GenerationResult,
     is_http_url,
 )
+from ._otel import telemetry_for
 from ._poller import Poller, PollPolicy
 from ._settings import (
     API_KEY_ENV,
@@ -52,6 +53,7 @@ from ._settings import (
     base_url_from_env,
     checked_keys,
 )
+from ._telemetry import Telemetry, TelemetryOptions
 from ._transport import RetryPolicy, Timeouts, Transport
 
 if TYPE_CHECKING:
@@ -110,6 +112,11 @@ class DreamboothClient(GenerateCalls):
         keeps the result of every request with an explicit seed, and its images: the same
         seeded request is then never paid for twice, across runs and processes, and identical
         ones in flight at once share one submission (see :class:`ResultCache`).
+    :param telemetry: OpenTelemetry spans and metrics, when ``opentelemetry-api`` is installed
+        (the ``[otel]`` extra): ``True`` (the default) reports through the globally configured
+        providers, which do nothing until an SDK is set up; ``False`` turns it off; a
+        :class:`TelemetryOptions` chooses more (prompts on spans, other providers). The key
+        is never reported, and prompts only when asked for.
     """
 
     def __init__(
@@ -128,6 +135,7 @@ class DreamboothClient(GenerateCalls):
         headers: Mapping[str, str] | None = None,
         http_session: aiohttp.ClientSession | None = None,
         cache: str | os.PathLike[str] | None = None,
+        telemetry: bool | TelemetryOptions = True,
     ) -> None:
         keys = checked_keys(api_key)
         if api_version not in API_VERSIONS:
@@ -146,6 +154,14 @@ class DreamboothClient(GenerateCalls):
         timeouts = timeout if isinstance(timeout, Timeouts) else Timeouts(request=float(timeout))
         self.poll_policy = poll or PollPolicy()
         host = urllib.parse.urlsplit(self.base_url).hostname or ""
+        options = (
+            telemetry
+            if isinstance(telemetry, TelemetryOptions)
+            else TelemetryOptions(enabled=bool(telemetry))
+        )
+        self._telemetry: Telemetry = telemetry_for(
+            options, api_version=api_version, base_url=self.base_url
+        )
         self._transport = Transport(
             keys[0] if len(keys) == 1 else keys,
             retry=retry or RetryPolicy(max_retries=max_retries),
@@ -156,8 +172,9 @@ class DreamboothClient(GenerateCalls):
             trust_env=trust_env and not is_loopback(host),
             headers=headers,
             session=http_session,
+            telemetry=self._telemetry,
         )
-        self._poller = Poller(self._fetch_for_poller, self.poll_policy)
+        self._poller = Poller(self._fetch_for_poller, self.poll_policy, self._telemetry)
         #: Which key each call uses, which are retired, which submitted each job.
         self._keys = KeyRing(len(keys))
         if self._keys.several:
@@ -419,7 +436,9 @@ class DreamboothClient(GenerateCalls):
             from ._progress import with_progress
 
             options = with_progress(progress, requests, options)
-        return map_requests(self, requests, concurrency, spawn=self._spawn, **options)
+        return map_requests(
+            self, requests, concurrency, spawn=self._spawn, telemetry=self._telemetry, **options
+        )
 
     async def gather(
         self,

@@ -12,6 +12,7 @@ from ._endpoints import fetch_target
 from ._errors import APIError, DreamboothError, RequestValidationError, about_job
 from ._job import Job
 from ._models import ApiVersion, GenerationResult, Processing
+from ._telemetry import Telemetry, current_trace
 from ._transport import logger
 from ._wire import parse_response
 
@@ -31,6 +32,7 @@ class JobCalls(AccountCalls):
     _keys: KeyRing
     _poller: Poller
     _webhooks: WebhookReceiver | None
+    _telemetry: Telemetry
 
     @property
     def _client(self) -> DreamboothClient:
@@ -56,7 +58,12 @@ class JobCalls(AccountCalls):
         # The key that submitted the job: the service answers another account's job like a
         # missing one.
         return await self._transport.call(
-            url, body, idempotent=True, parse=parse, key_index=self._keys.key_of(job_id)
+            url,
+            body,
+            idempotent=True,
+            parse=parse,
+            key_index=self._keys.key_of(job_id),
+            operation="fetch",
         )
 
     async def fetch(
@@ -116,7 +123,13 @@ class JobCalls(AccountCalls):
             raise RequestValidationError("job_id", job_id, "a non-empty job id")
         if key_index is not None:
             self._keys.bind(text, self._key_index(key_index))
-        job = self._poller.track(Processing(id=text, fetch_result=fetch_url), timeout=timeout)
+        # Inside a batch item the job is part of the item's trace; alone, it has its own.
+        trace = current_trace() or self._telemetry.generation("attach", None, ends_with_job=True)
+        job = self._poller.track(
+            Processing(id=text, fetch_result=fetch_url), timeout=timeout, trace=trace
+        )
+        if not self._poller.reports_to(text, trace):
+            trace.finish("accepted")  # already pending here: reported by its own trace
         self._poller.nudge(text)
         return job
 

@@ -4,6 +4,7 @@ receiver. A base class of :class:`DreamboothClient`."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -30,6 +31,7 @@ from ._models import (
     Text2Img,
     Text2ImgFields,
 )
+from ._telemetry import NO_TRACE, current_trace, outcome_of
 from ._transport import RetryHook, RetryPolicy, logger
 from ._wire import to_wire
 
@@ -73,9 +75,25 @@ class GenerateCalls(JobCalls):
         delay)`` hears of this submission's retries.
         """
         sending = Sending(timeout=timeout, retry=retry, key_index=key_index, on_retry=on_retry)
-        answer = await self._cached(request, sending, final=False)
-        if answer is None:
-            answer = await self._send(request, sending)
+        # Inside generate() or a batch item, the submission is part of their trace; alone, it
+        # has its own, which ends with the job.
+        joined = current_trace()
+        trace = joined or self._telemetry.generation("submit", request, ends_with_job=True)
+        try:
+            with trace.active():
+                answer = await self._cached(request, sending, final=False)
+                if answer is None:
+                    answer = await self._send(request, sending)
+        except BaseException as error:
+            if joined is None:
+                trace.finish(outcome_of(error), error)
+            raise
+        if joined is None and (
+            isinstance(answer, GenerationResult) or not self._poller.reports_to(answer.id, trace)
+        ):
+            # Final at once; or a job the result cache shares with another caller, whose
+            # trace is theirs.
+            trace.finish("success" if isinstance(answer, GenerationResult) else "accepted")
         if isinstance(answer, GenerationResult):
             return self._poller.resolved(answer, request)
         return answer
@@ -88,11 +106,20 @@ class GenerateCalls(JobCalls):
         ``timeout`` bounds the wait for the job; on expiry :class:`JobTimeout` carries the job id.
         """
         sending = Sending(timeout=timeout)
-        answer = await self._cached(request, sending, final=True)
-        if answer is None:
-            answer = await self._send(request, sending)
-        # An answer that is already final needs no Job: this is the hot path of fast models.
-        return answer if isinstance(answer, GenerationResult) else await answer.wait()
+        trace = self._telemetry.generation("generate", request)
+        try:
+            with trace.active():
+                answer = await self._cached(request, sending, final=True)
+                if answer is None:
+                    answer = await self._send(request, sending)
+                # An answer that is already final needs no Job: the hot path of fast models.
+                if not isinstance(answer, GenerationResult):
+                    answer = await answer.wait()
+        except BaseException as error:
+            trace.finish(outcome_of(error), error)
+            raise
+        trace.finish("success")
+        return answer
 
     async def _cached(
         self, request: GenerationRequest, sending: Sending, *, final: bool
@@ -117,6 +144,8 @@ class GenerateCalls(JobCalls):
             if request.track_id is None:
                 body["track_id"] = token
         url = self._url(PATHS[self.api_version][request.kind])
+        trace = current_trace() or NO_TRACE
+        sent_at = time.monotonic()
         try:
             answer, key_index = await self._submit_with_a_key(url, body, sending)
         except (TransportError, APIError) as error:
@@ -134,16 +163,38 @@ class GenerateCalls(JobCalls):
         if isinstance(answer, GenerationResult):
             if token is not None and self._webhooks is not None:
                 self._webhooks.forget(token)
+            if self._telemetry.enabled:
+                self._answered_at_once(answer, time.monotonic() - sent_at)
             return answer
         # Bound before the poller's first fetch: the job is fetched with the key that paid.
         self._keys.bind(answer.id, key_index)
         job = self._poller.track(
-            answer, request=request, timeout=sending.timeout, webhook=token is not None
+            answer,
+            request=request,
+            timeout=sending.timeout,
+            webhook=token is not None,
+            trace=trace,
         )
         if token is not None and self._webhooks is not None:
             self._webhooks.bind(token, job.id)
         logger.debug("job %s queued, eta %s", job.id, job.eta)
         return job
+
+    def _answered_at_once(self, result: GenerationResult, duration: float) -> None:
+        """Report a job whose submission answer was its result: no poller saw it."""
+        trace = current_trace() or NO_TRACE
+        if result.id:
+            trace.job(result.id)
+        self._telemetry.job_started(trace, submitted=True)
+        self._telemetry.job_ended(
+            trace,
+            outcome="success",
+            error=None,
+            duration=duration,
+            fetches=0,
+            resolved_by="submission",
+            submitted=True,
+        )
 
     async def _submit_with_a_key(
         self, url: str, body: Mapping[str, Any], sending: Sending
@@ -155,6 +206,8 @@ class GenerateCalls(JobCalls):
         accepted, so nothing is paid twice)."""
         while True:
             key_index = self._keys.choose() if sending.key_index is None else sending.key_index
+            # A submission on the wire may be holding one of the account's slots already.
+            self._telemetry.submitting(1)
             try:
                 answer = await self._transport.call(
                     url,
@@ -164,12 +217,15 @@ class GenerateCalls(JobCalls):
                     retry=sending.retry,
                     key_index=key_index,
                     on_retry=sending.on_retry,
+                    operation="submit",
                 )
             except (AuthenticationError, InsufficientCredits) as error:
                 others = self._keys.retire(key_index, error)
                 if others and sending.key_index is None:
                     continue
                 raise
+            finally:
+                self._telemetry.submitting(-1)
             return answer, key_index
 
     async def text2img(self, **fields: Unpack[Text2ImgFields]) -> GenerationResult:

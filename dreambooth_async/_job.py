@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import JobTimeout
 from ._models import GenerationRequest, GenerationResult
+from ._telemetry import NO_TRACE, JobTrace
 
 if TYPE_CHECKING:
     from ._poller import Poller
@@ -32,6 +33,7 @@ class JobState:
         "first_fetch",
         "first_unbiased",
         "future",
+        "hinted",
         "id",
         "last_fetch",
         "last_processing",
@@ -43,6 +45,7 @@ class JobState:
         "puzzled",
         "puzzled_age",
         "submitted_at",
+        "trace",
         "webhook",
         "zero_at",
     )
@@ -80,6 +83,10 @@ class JobState:
         self.probe: bool | None = None
         self.webhook = False
         self.nudged = False
+        #: A webhook delivery said the job ended; its fetch has not answered yet.
+        self.hinted = False
+        #: Where this job's fetches and events are reported (the generation call's trace).
+        self.trace: JobTrace = NO_TRACE
 
 
 class Job:

@@ -45,6 +45,7 @@ from ._eta import DurationModel, EtaModel
 from ._fetch_plan import FetchPlanner, PollPolicy
 from ._job import Job, JobState, new_state
 from ._models import GenerationRequest, GenerationResult, Processing
+from ._telemetry import NO_TELEMETRY, NO_TRACE, JobTrace, Telemetry, outcome_of
 
 __all__ = ["Job", "PollPolicy", "Poller"]
 
@@ -60,9 +61,12 @@ _NOT_FOUND_TRIES = 3
 class Poller:
     """Owns every pending job of one client; runs as one task for the client's lifetime."""
 
-    def __init__(self, fetch: FetchFn, policy: PollPolicy) -> None:
+    def __init__(
+        self, fetch: FetchFn, policy: PollPolicy, telemetry: Telemetry = NO_TELEMETRY
+    ) -> None:
         self._fetch = fetch
         self.policy = policy
+        self._telemetry = telemetry
         #: When to fetch each job, and the models behind that (see :mod:`._fetch_plan`).
         self._planner = FetchPlanner(policy, self._replan)
         self._jobs: dict[str, JobState] = {}
@@ -73,6 +77,7 @@ class Poller:
         self._on_done: list[
             Callable[[str, GenerationResult | None, BaseException | None], None]
         ] = []
+        self._on_unconfirmed: list[Callable[[str], None]] = []
         #: Total fetch calls made (for benchmarks and tests).
         self.fetch_calls = 0
 
@@ -107,11 +112,13 @@ class Poller:
         request: GenerationRequest | None = None,
         timeout: float | None = None,
         webhook: bool = False,
+        trace: JobTrace = NO_TRACE,
     ) -> Job:
         """Start polling a job the service answered "processing" for (or attach to it).
 
         With ``request`` the answer is the job's submission answer, so the job started now;
-        without, it is a job attached by id, whose start is unknown.
+        without, it is a job attached by id, whose start is unknown. ``trace`` is where its
+        fetches are reported (see :mod:`._telemetry`).
         """
         if self._closed:
             raise ClientClosedError("the client is closed; open a new one to wait for jobs")
@@ -120,6 +127,9 @@ class Poller:
             state = new_state(processing.id)
             state.webhook = webhook
             state.measured = request is not None
+            state.trace = trace
+            trace.job(state.id)
+            self._telemetry.job_started(trace, submitted=state.measured)
             limit = timeout if timeout is not None else self.policy.job_timeout
             state.deadline = None if limit is None else state.submitted_at + limit
             self._jobs[state.id] = state
@@ -131,14 +141,34 @@ class Poller:
                 self._observe_processing(state, processing, now - self._planner.round_trip / 2, now)
         return Job(state, request=request, poller=self)
 
+    def reports_to(self, job_id: str, trace: JobTrace) -> bool:
+        """True when ``job_id`` is pending and reports its fetches to ``trace``."""
+        state = self._jobs.get(job_id)
+        return state is not None and state.trace is trace
+
     def subscribe(
         self, callback: Callable[[str, GenerationResult | None, BaseException | None], None]
     ) -> None:
         """Call ``callback(job_id, result, error)`` when a polled job ends."""
         self._on_done.append(callback)
 
+    def on_unconfirmed(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(job_id)`` when the fetch a :meth:`hint` caused finds the job still
+        running (the delivery behind the hint was early, or not the service's)."""
+        self._on_unconfirmed.append(callback)
+
+    def hint(self, job_id: str) -> bool:
+        """A webhook delivery said ``job_id`` ended: fetch it now, and remember that this
+        fetch checks a delivery. False if it is not pending."""
+        state = self._jobs.get(job_id)
+        if state is None:
+            return False
+        state.hinted = True
+        state.trace.event("dreambooth.webhook.received")
+        return self.nudge(job_id)
+
     def nudge(self, job_id: str) -> bool:
-        """Fetch ``job_id`` now (a webhook said it finished). False if it is not pending."""
+        """Fetch ``job_id`` now. False if it is not pending."""
         state = self._jobs.get(job_id)
         if state is None:
             return False
@@ -214,12 +244,26 @@ class Poller:
     # --- completion ---------------------------------------------------------------------------
 
     def _finish(
-        self, state: JobState, result: GenerationResult | None, error: BaseException | None
+        self,
+        state: JobState,
+        result: GenerationResult | None,
+        error: BaseException | None,
+        *,
+        resolved_by: str | None = None,
     ) -> None:
         if self._jobs.get(state.id) is state:
             del self._jobs[state.id]
         if state.future.done():
             return
+        self._telemetry.job_ended(
+            state.trace,
+            outcome=outcome_of(error),
+            error=error,
+            duration=time.monotonic() - state.submitted_at if state.measured else None,
+            fetches=state.fetches,
+            resolved_by=resolved_by,
+            submitted=state.measured,
+        )
         if error is not None:
             state.future.set_exception(error)
         else:
@@ -271,7 +315,9 @@ class Poller:
         state.fetches += 1
         self.fetch_calls += 1
         try:
-            answer = await self._fetch(state.id, state.fetch_url)
+            # The poller's task is nobody's request: the job's own trace is the fetch's parent.
+            with state.trace.active():
+                answer = await self._fetch(state.id, state.fetch_url)
         except (TransportError, ServerError, RateLimitError) as error:
             # Fetching is idempotent and the transport already retried: the job itself is
             # fine, so try again later rather than fail it.
@@ -280,7 +326,7 @@ class Poller:
             return
         except GenerationFailed as error:
             error.job_id = error.job_id or state.id
-            self._finish(state, None, error)
+            self._finish(state, None, error, resolved_by=self._resolver(state))
             return
         except AuthenticationError as error:
             self._finish(state, None, error)  # no fetch can succeed with a refused key
@@ -320,6 +366,11 @@ class Poller:
         state.failures = state.puzzled = 0
         state.puzzled_age = None
         if isinstance(answer, Processing):
+            if state.hinted:
+                state.hinted = False
+                state.trace.event("dreambooth.webhook.unconfirmed")
+                for callback in self._on_unconfirmed:
+                    callback(state.id)
             self._observe_processing(state, answer, at, received)
             return
         self._planner.learn(state, at, generation_time=answer.generation_time)
@@ -330,7 +381,12 @@ class Poller:
             # were in the processing answers. generation_time is left as the service gave it:
             # the client measures submission to fetch, queue wait included, not the generation.
             answer = attrs.evolve(answer, meta=state.meta)
-        self._finish(state, answer, None)
+        self._finish(state, answer, None, resolved_by=self._resolver(state))
+
+    @staticmethod
+    def _resolver(state: JobState) -> str:
+        """What found a job's end: a fetch a webhook delivery caused, or the polling."""
+        return "webhook" if state.hinted else "poll"
 
     # --- the task -----------------------------------------------------------------------------
 

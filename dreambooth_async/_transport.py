@@ -21,6 +21,7 @@ import attrs
 
 from . import _backoff
 from ._errors import APIError, ClientClosedError, RateLimitError, ServerError, TransportError
+from ._telemetry import NO_TELEMETRY, Telemetry
 
 __all__ = ["RetryPolicy", "Timeouts", "Transport", "connect_failure", "logger"]
 
@@ -159,6 +160,7 @@ class Transport:
         trust_env: bool = True,
         headers: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         # One key, or several (each call names the one it uses by position).
         self._keys: tuple[str, ...] = (api_key,) if isinstance(api_key, str) else tuple(api_key)
@@ -169,6 +171,7 @@ class Transport:
         self._trust_env = trust_env
         self._headers = dict(headers or {})
         self.redact = _Redactor(self._keys)
+        self._telemetry = telemetry
         # A session the caller passed in is theirs: used, never closed here.
         self._own_session = session is None
         self._session: aiohttp.ClientSession | None = session
@@ -215,19 +218,23 @@ class Transport:
         retry: RetryPolicy | None = None,
         key_index: int = 0,
         on_retry: RetryHook | None = None,
+        operation: str = "call",
     ) -> T:
         """POST ``body`` plus key number ``key_index`` (0-based) to ``url`` and ``parse`` the
         answer, retrying per policy; ``on_retry`` hears of this call's retries (after the
-        transport's own hook)."""
+        transport's own hook). ``operation`` (``submit``, ``fetch``) names the call in
+        telemetry."""
         policy = retry or self.retry
         payload = {"key": self._keys[key_index], **body}
         deadline = None if self.timeouts.total is None else time.monotonic() + self.timeouts.total
         attempt = 0
         while True:
             try:
-                status, headers, raw = await self._post_once(url, payload)
+                status, headers, raw = await self._post_once(url, payload, operation, attempt)
                 return parse(status, headers, raw)
             except (TransportError, APIError) as error:
+                if isinstance(error, RateLimitError) and error.queue_full:
+                    self._telemetry.queue_full(error)
                 if attempt >= policy.max_retries or not policy.should_retry(
                     error, idempotent=idempotent
                 ):
@@ -244,28 +251,41 @@ class Transport:
                     policy.max_retries,
                     self.redact(str(error)),
                 )
+                self._telemetry.retried(operation, attempt, error, delay)
                 for hook in (self._on_retry, on_retry):
                     if hook is not None:
                         hook(attempt, error, delay)
                 await asyncio.sleep(delay)
 
     async def _post_once(
-        self, url: str, payload: Mapping[str, Any]
+        self, url: str, payload: Mapping[str, Any], operation: str, attempt: int
     ) -> tuple[int, Mapping[str, str], bytes]:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("POST %s %s", url, self.redact.payload(payload))
+        telemetry = self._telemetry
+        # The key travels in the body, never in a URL; a URL the service gave (fetch_result)
+        # is masked all the same before it is reported.
+        exchange = telemetry.http(
+            operation, self.redact(url) if telemetry.enabled else url, attempt
+        )
         try:
             # Redirects are not followed: the key is in the body, and a 307/308 would carry
             # it to wherever the Location header points.
             async with self.session.post(
                 url, json=payload, headers=self._headers or None, allow_redirects=False
             ) as response:
+                exchange.answered(response.status)
                 raw = self.redact.body(await response.read())
                 headers = response.headers
                 status = response.status
+                exchange.end()
         except aiohttp.InvalidURL as exc:
+            exchange.failed(exc)
+            exchange.end()
             raise TransportError(f"invalid URL {url!r}: {exc}", may_have_landed=False) from None
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            exchange.failed(exc)
+            exchange.end()
             # No connection was made, so nothing was sent.
             raise TransportError(
                 f"cannot connect to {url}: {self.redact(connect_failure(exc))}",
@@ -273,11 +293,18 @@ class Transport:
                 url=url,
             ) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
+            exchange.failed(exc)
+            exchange.end()
             kind = "timed out" if isinstance(exc, TimeoutError) else "connection failed"
             detail = self.redact(str(exc)) or type(exc).__name__
             raise TransportError(
                 f"{kind} during POST {url}: {detail}", may_have_landed=True, url=url
             ) from None
+        except BaseException as exc:
+            # Cancelled (or worse): the exchange's trace still ends.
+            exchange.failed(exc)
+            exchange.end()
+            raise
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "HTTP %d from %s: %s",

@@ -53,6 +53,7 @@ from ._models import (
 )
 from ._poller import Job as AsyncJob
 from ._poller import PollPolicy
+from ._telemetry import TelemetryOptions
 from ._transport import RetryPolicy, Timeouts
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ class DreamboothClient:
         trust_env: bool = True,
         headers: Mapping[str, str] | None = None,
         cache: str | os.PathLike[str] | None = None,
+        telemetry: bool | TelemetryOptions = True,
     ) -> None:
         # Built here, in the caller's thread, so that a bad argument raises before a thread
         # starts; it binds to no event loop until it is entered in the loop thread. (No
@@ -117,6 +119,7 @@ class DreamboothClient:
             trust_env=trust_env,
             headers=headers,
             cache=cache,
+            telemetry=telemetry,
         )
         self._runs: weakref.WeakSet[BatchRun] = weakref.WeakSet()
         self._loop = Loop()

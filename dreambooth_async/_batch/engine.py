@@ -24,6 +24,7 @@ from .._errors import AuthenticationError, ClientClosedError, DreamboothError
 from .._keys import KeyRing
 from .._manifest import Manifest
 from .._spend import SpendGuard
+from .._telemetry import NO_TELEMETRY, NO_TRACE, Telemetry, outcome_of
 from .._transport import logger
 from .budget import Budget
 from .items import BatchInput, BatchItem
@@ -52,9 +53,11 @@ class Engine:
         client: DreamboothClient,
         requests: Iterable[BatchInput] | AsyncIterable[BatchInput],
         options: BatchOptions,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self.client = client
         self.options = options
+        self._telemetry = telemetry
         self._requests = requests
         #: The client's key positions (shared: a key refused here is retired for the client).
         self.ring: KeyRing = client.key_ring
@@ -279,13 +282,30 @@ class Engine:
 
     async def _work(self, entry: Entry, endings: Endings, submitter: Submitter) -> None:
         try:
+            # One trace per item that goes to the service: its submissions (queue-full answers
+            # included), its fetches and its outcome.
+            trace = (
+                self._telemetry.generation("batch_item", entry.request, index=entry.index)
+                if entry.plan in ("submit", "attach")
+                else NO_TRACE
+            )
             try:
-                item = await self._process(entry, endings, submitter)
-            except Exception as error:
+                with trace.active():
+                    item = await self._process(entry, endings, submitter)
+            except BaseException as error:
+                trace.finish(outcome_of(error), error)
+                if not isinstance(error, Exception):
+                    raise
                 # Not an item's error (client closed, manifest unwritable): the batch cannot go
                 # on. The first such error wins; siblings are cancelled.
                 self._abort(error)
                 return
+            if item is None:
+                trace.finish("unsent")
+            else:
+                trace.finish(
+                    outcome_of(item.error) if item.status != "done" else "success", item.error
+                )
             if item is None or (item.job_id is None and item.status != "done"):
                 # Never accepted: its images are no longer in flight.
                 self._budget.unreserve(entry)

@@ -21,6 +21,7 @@ import anyio
 
 from .._events import EventHook
 from .._models import GenerationRequest
+from .._telemetry import NO_TELEMETRY, Telemetry
 from .engine import Engine
 from .items import BatchInput, BatchItem
 from .options import batch_options
@@ -212,6 +213,7 @@ def map_requests(
     concurrency: int | None = None,
     *,
     spawn: SpawnFn,
+    telemetry: Telemetry = NO_TELEMETRY,
     max_concurrency: int | None = None,
     initial_concurrency: int = 2,
     fail_fast: bool = False,
@@ -242,6 +244,7 @@ def map_requests(
     the slots.
 
     :param spawn: starts the engine in the client's task group (``client.map`` passes it).
+    :param telemetry: where each item's trace goes (``client.map`` passes the client's).
     :param concurrency: a fixed number of slots; ``None`` (the default) finds the account's
         limit (see :class:`SlotWindow`), starting at ``initial_concurrency``.
     :param max_concurrency: the adaptive ceiling (default: ``client.max_concurrency``).
@@ -318,4 +321,4 @@ def map_requests(
         price_per_image=price_per_image,
         track_spend=track_spend,
     )
-    return BatchRun(Engine(client, requests, options), spawn)
+    return BatchRun(Engine(client, requests, options, telemetry), spawn)

@@ -1,0 +1,373 @@
+"""OpenTelemetry spans and metrics for the client, through the globally configured providers
+(or the ones :class:`~._telemetry.TelemetryOptions` names).
+
+Only ``opentelemetry-api`` is needed, and only when a client is made (:func:`telemetry_for`):
+without it the client gets the no-op :data:`~._telemetry.NO_TELEMETRY`, and with the API but
+no SDK every span and instrument is the API's own no-op.
+
+Spans:
+
+* one per generation call, batch item or attached job (``dreambooth generate``,
+  ``dreambooth submit``, ``dreambooth batch item``, ``dreambooth attach``; kind INTERNAL) with
+  ``dreambooth.job.id``, ``dreambooth.model_id``, ``dreambooth.request.kind``,
+  ``dreambooth.api_version``, ``dreambooth.outcome``, ``dreambooth.job.fetches`` and
+  ``dreambooth.resolved_by``; events ``dreambooth.retry``, ``dreambooth.queue_full``,
+  ``dreambooth.webhook.received``, ``dreambooth.webhook.unconfirmed`` and
+  ``dreambooth.webhook.resolved``;
+* its children, one per HTTP exchange (``POST``, kind CLIENT), after OpenTelemetry's HTTP
+  client conventions: ``http.request.method``, ``http.response.status_code``,
+  ``server.address``, ``server.port``, ``url.full`` (the key travels in the JSON body, never in
+  a URL; the URL is redacted all the same), ``http.request.resend_count``, ``error.type``; and
+  ``dreambooth.operation`` (``submit``, ``fetch``, ``call``).
+
+Metrics (meter ``dreambooth_async``): ``dreambooth.client.jobs.pending`` and
+``dreambooth.client.slots.in_use`` (up-down counters), ``dreambooth.client.job.duration``
+(seconds, from acceptance to the result) and ``dreambooth.client.job.fetches`` (histograms),
+``dreambooth.client.retries`` and ``dreambooth.client.queue_full`` (counters).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping
+from contextvars import Token
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._errors import RateLimitError
+from ._telemetry import (
+    NO_TELEMETRY,
+    AttributeValue,
+    HttpTrace,
+    JobTrace,
+    Operation,
+    Outcome,
+    Telemetry,
+    TelemetryOptions,
+    reset_current,
+    set_current,
+)
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
+
+    from ._models import GenerationRequest
+
+__all__ = ["OtelTelemetry", "telemetry_for"]
+
+_SCOPE = "dreambooth_async"
+
+#: Job durations run from under a second (turbo models) to minutes (a cold model).
+_DURATION_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+_FETCH_BUCKETS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 15.0, 20.0, 50.0, 100.0)
+
+_SPAN_NAMES: dict[Operation, str] = {
+    "generate": "dreambooth generate",
+    "submit": "dreambooth submit",
+    "batch_item": "dreambooth batch item",
+    "attach": "dreambooth attach",
+}
+
+
+def telemetry_for(options: TelemetryOptions, *, api_version: str, base_url: str) -> Telemetry:
+    """OpenTelemetry telemetry when it is wanted and ``opentelemetry-api`` is installed, else
+    the no-op."""
+    if not options.enabled:
+        return NO_TELEMETRY
+    try:
+        return OtelTelemetry(options, api_version=api_version, base_url=base_url)
+    except ImportError:
+        return NO_TELEMETRY
+
+
+class _Active:
+    """The ``with`` block of :meth:`_Trace.active`: the trace's span is current in
+    OpenTelemetry's context and the trace in ours, for this task only."""
+
+    __slots__ = ("_otel_token", "_token", "_trace")
+
+    def __init__(self, trace: _Trace) -> None:
+        self._trace = trace
+        self._otel_token: object = None
+        self._token: Token[JobTrace | None] | None = None
+
+    def __enter__(self) -> _Active:
+        self._otel_token = self._trace.telemetry.attach(self._trace.context)
+        self._token = set_current(self._trace)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            reset_current(self._token)
+        self._trace.telemetry.detach(self._otel_token)
+
+
+class _Trace(JobTrace):
+    __slots__ = ("_ended", "_ends_with_job", "context", "job_attributes", "span", "telemetry")
+
+    def __init__(
+        self,
+        telemetry: OtelTelemetry,
+        span: Span,
+        context: Context,
+        *,
+        ends_with_job: bool,
+        job_attributes: dict[str, AttributeValue],
+    ) -> None:
+        self.telemetry = telemetry
+        self.span = span
+        self.context = context
+        self._ends_with_job = ends_with_job
+        self._ended = False
+        #: The attributes of this job's measurements.
+        self.job_attributes = job_attributes
+
+    def active(self) -> _Active:
+        return _Active(self)
+
+    @property
+    def ends_with_job(self) -> bool:
+        return self._ends_with_job
+
+    def job(self, job_id: str) -> None:
+        self.span.set_attribute("dreambooth.job.id", job_id)
+
+    def event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+        self.span.add_event(name, attributes)
+
+    def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.span.set_attribute("dreambooth.outcome", outcome)
+        if error is not None and outcome != "accepted":
+            # The type only: messages may quote the service, which may quote the prompt.
+            name = type(error).__name__
+            self.span.set_attribute("error.type", name)
+            self.span.set_status(self.telemetry.error_status(name))
+        self.span.end()
+
+
+class _Http(HttpTrace):
+    __slots__ = ("_span", "_telemetry")
+
+    def __init__(self, telemetry: OtelTelemetry, span: Span) -> None:
+        self._telemetry = telemetry
+        self._span = span
+
+    def answered(self, status: int) -> None:
+        self._span.set_attribute("http.response.status_code", status)
+        if status >= 400:
+            self._span.set_attribute("error.type", str(status))
+            self._span.set_status(self._telemetry.error_status(str(status)))
+
+    def failed(self, error: BaseException) -> None:
+        name = type(error).__name__
+        self._span.set_attribute("error.type", name)
+        self._span.set_status(self._telemetry.error_status(name))
+
+    def end(self) -> None:
+        self._span.end()
+
+
+class OtelTelemetry(Telemetry):
+    """Spans and metrics through OpenTelemetry's API (raises ImportError without it)."""
+
+    __slots__ = (
+        "_api_version",
+        "_base_attributes",
+        "_client_kind",
+        "_context",
+        "_duration",
+        "_fetches",
+        "_options",
+        "_pending",
+        "_queue_full",
+        "_retries",
+        "_slots",
+        "_status",
+        "_trace_api",
+        "_tracer",
+    )
+
+    enabled = True
+
+    def __init__(self, options: TelemetryOptions, *, api_version: str, base_url: str) -> None:
+        # opentelemetry-api is the optional [otel] extra: imported when a client is made, not
+        # when the library is, so that without it the library imports and runs as before.
+        from opentelemetry import context, metrics, trace
+
+        self._options = options
+        self._api_version = api_version
+        self._context = context
+        self._trace_api = trace
+        self._client_kind = trace.SpanKind.CLIENT
+        self._status = trace.Status
+        tracer_provider: Any = options.tracer_provider
+        meter_provider: Any = options.meter_provider
+        self._tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(_SCOPE, meter_provider=meter_provider)
+        self._base_attributes: dict[str, AttributeValue] = {"dreambooth.api_version": api_version}
+        host = urllib.parse.urlsplit(base_url).hostname
+        if host:
+            self._base_attributes["server.address"] = host
+        self._pending = meter.create_up_down_counter(
+            "dreambooth.client.jobs.pending",
+            unit="{job}",
+            description="Jobs the client is waiting for (submitted or attached, not ended).",
+        )
+        self._slots = meter.create_up_down_counter(
+            "dreambooth.client.slots.in_use",
+            unit="{slot}",
+            description="Queue slots this client's submissions hold: submissions on the wire "
+            "and accepted jobs not ended.",
+        )
+        self._duration = meter.create_histogram(
+            "dreambooth.client.job.duration",
+            unit="s",
+            description="From the service accepting a job to the client having its result.",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self._fetches = meter.create_histogram(
+            "dreambooth.client.job.fetches",
+            unit="{fetch}",
+            description="Fetch calls each job cost.",
+            explicit_bucket_boundaries_advisory=_FETCH_BUCKETS,
+        )
+        self._retries = meter.create_counter(
+            "dreambooth.client.retries",
+            unit="{retry}",
+            description="HTTP calls the transport tried again.",
+        )
+        self._queue_full = meter.create_counter(
+            "dreambooth.client.queue_full",
+            unit="{answer}",
+            description="Submissions the service turned away because the account's queue was full.",
+        )
+
+    # --- helpers for the traces ---------------------------------------------------------------
+
+    def attach(self, context: Context) -> object:
+        return self._context.attach(context)
+
+    def detach(self, token: object) -> None:
+        self._context.detach(token)  # type: ignore[arg-type]
+
+    def error_status(self, description: str) -> Any:
+        return self._status(self._trace_api.StatusCode.ERROR, description)
+
+    # --- the interface ------------------------------------------------------------------------
+
+    def generation(
+        self,
+        operation: Operation,
+        request: GenerationRequest | None,
+        *,
+        index: int | None = None,
+        ends_with_job: bool = False,
+    ) -> JobTrace:
+        attributes: dict[str, AttributeValue] = {
+            "dreambooth.operation": operation,
+            **self._base_attributes,
+        }
+        job_attributes: dict[str, AttributeValue] = {"dreambooth.api_version": self._api_version}
+        if request is not None:
+            attributes["dreambooth.model_id"] = request.model_id
+            job_attributes["dreambooth.model_id"] = request.model_id
+            attributes["dreambooth.request.kind"] = request.kind
+            if self._options.record_prompts:
+                attributes["dreambooth.request.prompt"] = request.prompt
+                if request.negative_prompt is not None:
+                    attributes["dreambooth.request.negative_prompt"] = request.negative_prompt
+        if index is not None:
+            attributes["dreambooth.batch.index"] = index
+        span = self._tracer.start_span(_SPAN_NAMES[operation], attributes=attributes)
+        context = self._trace_api.set_span_in_context(span)
+        return _Trace(
+            self, span, context, ends_with_job=ends_with_job, job_attributes=job_attributes
+        )
+
+    def http(self, operation: str, url: str, attempt: int) -> HttpTrace:
+        parts = urllib.parse.urlsplit(url)
+        attributes: dict[str, AttributeValue] = {
+            "http.request.method": "POST",
+            "url.full": url,
+            "dreambooth.operation": operation,
+        }
+        if parts.hostname:
+            attributes["server.address"] = parts.hostname
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        attributes["server.port"] = port
+        if attempt:
+            attributes["http.request.resend_count"] = attempt
+        span = self._tracer.start_span("POST", kind=self._client_kind, attributes=attributes)
+        return _Http(self, span)
+
+    def retried(self, operation: str, attempt: int, error: BaseException, delay: float) -> None:
+        name = type(error).__name__
+        self._retries.add(
+            1, {"dreambooth.operation": operation, "error.type": name, **self._base_attributes}
+        )
+        self._trace_api.get_current_span().add_event(
+            "dreambooth.retry",
+            {
+                "dreambooth.operation": operation,
+                "dreambooth.retry.attempt": attempt,
+                "dreambooth.retry.delay": delay,
+                "error.type": name,
+            },
+        )
+
+    def queue_full(self, error: RateLimitError) -> None:
+        self._queue_full.add(1, self._base_attributes)
+        attributes: dict[str, AttributeValue] = {}
+        if error.retry_after is not None:
+            attributes["dreambooth.retry_after"] = error.retry_after
+        self._trace_api.get_current_span().add_event("dreambooth.queue_full", attributes)
+
+    def submitting(self, delta: int) -> None:
+        self._slots.add(delta, self._base_attributes)
+
+    def job_started(self, trace: JobTrace, *, submitted: bool) -> None:
+        self._pending.add(1, self._base_attributes)
+        if submitted:
+            self._slots.add(1, self._base_attributes)
+
+    def job_ended(
+        self,
+        trace: JobTrace,
+        *,
+        outcome: Outcome,
+        error: BaseException | None,
+        duration: float | None,
+        fetches: int,
+        resolved_by: str | None,
+        submitted: bool,
+    ) -> None:
+        self._pending.add(-1, self._base_attributes)
+        if submitted:
+            self._slots.add(-1, self._base_attributes)
+        if isinstance(trace, _Trace):
+            attributes = {**trace.job_attributes, "dreambooth.outcome": outcome}
+            trace.span.set_attribute("dreambooth.job.fetches", fetches)
+            if resolved_by is not None:
+                attributes["dreambooth.resolved_by"] = resolved_by
+                trace.span.set_attribute("dreambooth.resolved_by", resolved_by)
+                if resolved_by == "webhook":
+                    trace.event("dreambooth.webhook.resolved")
+        else:
+            attributes = {
+                "dreambooth.api_version": self._api_version,
+                "dreambooth.outcome": outcome,
+            }
+        if duration is not None:
+            self._duration.record(duration, attributes)
+        self._fetches.record(fetches, attributes)
+        if trace.ends_with_job:
+            trace.finish(outcome, error)
