@@ -192,6 +192,39 @@ async def test_duplicate_and_forged_webhooks_change_nothing() -> None:
             assert stats.accepted - stats.unverified == 2 and job.done() and other.done()
 
 
+async def test_a_delivery_that_does_not_verify_does_not_use_up_the_url() -> None:
+    # Jobs of about a second, so that the calls below reach the job's URL while it runs.
+    slow = dba.emulator.CostModel(base=100.0, per_step=0, per_sample=0, per_megapixel=0, noise=0)
+    async with Emulator(poller_config(cost=slow)) as emu:
+        receiver = dba.WebhookReceiver()
+        # Polling alone would take a hundred times the job: only a believed delivery is on time.
+        policy = dba.PollPolicy(webhook_slowdown=100.0).scaled(POLL_SCALE)
+        async with dba.DreamboothClient(
+            DEFAULT_KEY, base_url=emu.base_url, poll=policy, webhooks=receiver
+        ) as client:
+            job = await client.submit(request())
+            record = emu.jobs[int(job.id)]
+            assert record.params.webhook is not None
+            # A body naming another job: refused (no fetch), and the URL stays open.
+            wrong = {"status": "success", "id": str(int(job.id) + 1), "output": []}
+            assert await _post(record.params.webhook, wrong) == 400
+            assert record.fetched_at == []
+            # The right id, while the job runs: believed as a hint, its fetch finds the job
+            # running, and the URL stays open again.
+            early = {"status": "success", "id": job.id, "output": []}
+            assert await _post(record.params.webhook, early) == 200
+            with anyio.fail_after(5):
+                await receiver.wait_until(lambda stats: stats.unverified == 1)
+            # The genuine delivery that follows resolves the job, by its fetch.
+            with anyio.fail_after(10):
+                result = await job.wait()
+            assert result.id == job.id
+            assert len(record.fetched_at) == 2 and job.fetches == 2
+            assert record.fetched_at[1] >= record.webhook_posted_at[0]
+            stats = receiver.stats
+            assert (stats.rejected, stats.accepted, stats.unverified) == (1, 2, 1)
+
+
 async def test_receiver_down_polling_still_completes(emulator: Emulator) -> None:
     receiver = dba.WebhookReceiver()
     policy = dba.PollPolicy(webhook_slowdown=2.0).scaled(POLL_SCALE)

@@ -50,6 +50,10 @@ class Job:
     init_digest: str | None = None
     mask_digest: str | None = None
     webhook_deliveries: int = 0
+    #: When each webhook delivery for this job was posted, and when each fetch of it (by its
+    #: own key) was answered: clock times, for tests that ask what resolved a job.
+    webhook_posted_at: list[float] = attrs.field(factory=list)
+    fetched_at: list[float] = attrs.field(factory=list)
     output_style: OutputStyle = "url"
     clock: Callable[[], float] = attrs.field(repr=False)
 
@@ -113,6 +117,9 @@ class Job:
             "output": self.output_urls(),
             "output_style": self.output_style,
             "webhook_deliveries": self.webhook_deliveries,
+            "webhook_posted_at": list(self.webhook_posted_at),
+            "fetches": len(self.fetched_at),
+            "fetched_at": list(self.fetched_at),
         }
 
 

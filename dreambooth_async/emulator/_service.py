@@ -388,6 +388,7 @@ class Service:
         if job is None or job.key != key:
             return Reply(bodies.REQUEST_NOT_FOUND, 400)
         now = self.clock()
+        job.fetched_at.append(now)
         status = job.status_at(now)
         if status == "failed":
             return Reply(bodies.failed(job))

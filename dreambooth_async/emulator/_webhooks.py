@@ -69,6 +69,7 @@ class WebhookSender:
         assert job.params.webhook is not None
         self._stats.webhooks_sent += 1
         job.webhook_deliveries += 1
+        job.webhook_posted_at.append(self._clock())
         try:
             async with self._session.post(job.params.webhook, json=body, timeout=_TIMEOUT) as resp:
                 await resp.read()
