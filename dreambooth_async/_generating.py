@@ -185,16 +185,7 @@ class GenerateCalls(JobCalls):
         trace = current_trace() or NO_TRACE
         if result.id:
             trace.job(result.id)
-        self._telemetry.job_started(trace, submitted=True)
-        self._telemetry.job_ended(
-            trace,
-            outcome="success",
-            error=None,
-            duration=duration,
-            fetches=0,
-            resolved_by="submission",
-            submitted=True,
-        )
+        self._telemetry.job_answered(trace, duration)
 
     async def _submit_with_a_key(
         self, url: str, body: Mapping[str, Any], sending: Sending
@@ -206,8 +197,6 @@ class GenerateCalls(JobCalls):
         accepted, so nothing is paid twice)."""
         while True:
             key_index = self._keys.choose() if sending.key_index is None else sending.key_index
-            # A submission on the wire may be holding one of the account's slots already.
-            self._telemetry.submitting(1)
             try:
                 answer = await self._transport.call(
                     url,
@@ -224,8 +213,6 @@ class GenerateCalls(JobCalls):
                 if others and sending.key_index is None:
                     continue
                 raise
-            finally:
-                self._telemetry.submitting(-1)
             return answer, key_index
 
     async def text2img(self, **fields: Unpack[Text2ImgFields]) -> GenerationResult:

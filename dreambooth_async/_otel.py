@@ -190,6 +190,7 @@ class OtelTelemetry(Telemetry):
         "_pending",
         "_queue_full",
         "_retries",
+        "_servers",
         "_slots",
         "_status",
         "_trace_api",
@@ -213,6 +214,7 @@ class OtelTelemetry(Telemetry):
         meter_provider: Any = options.meter_provider
         self._tracer = trace.get_tracer(_SCOPE, tracer_provider=tracer_provider)
         meter = metrics.get_meter(_SCOPE, meter_provider=meter_provider)
+        self._servers: dict[str, dict[str, AttributeValue]] = {}
         self._base_attributes: dict[str, AttributeValue] = {"dreambooth.api_version": api_version}
         host = urllib.parse.urlsplit(base_url).hostname
         if host:
@@ -225,8 +227,8 @@ class OtelTelemetry(Telemetry):
         self._slots = meter.create_up_down_counter(
             "dreambooth.client.slots.in_use",
             unit="{slot}",
-            description="Queue slots this client's submissions hold: submissions on the wire "
-            "and accepted jobs not ended.",
+            description="Queue slots this client's jobs hold: jobs it submitted that the "
+            "service accepted and that have not ended.",
         )
         self._duration = meter.create_histogram(
             "dreambooth.client.job.duration",
@@ -272,42 +274,57 @@ class OtelTelemetry(Telemetry):
         index: int | None = None,
         ends_with_job: bool = False,
     ) -> JobTrace:
-        attributes: dict[str, AttributeValue] = {
-            "dreambooth.operation": operation,
-            **self._base_attributes,
-        }
         job_attributes: dict[str, AttributeValue] = {"dreambooth.api_version": self._api_version}
         if request is not None:
-            attributes["dreambooth.model_id"] = request.model_id
             job_attributes["dreambooth.model_id"] = request.model_id
-            attributes["dreambooth.request.kind"] = request.kind
-            if self._options.record_prompts:
-                attributes["dreambooth.request.prompt"] = request.prompt
-                if request.negative_prompt is not None:
-                    attributes["dreambooth.request.negative_prompt"] = request.negative_prompt
-        if index is not None:
-            attributes["dreambooth.batch.index"] = index
-        span = self._tracer.start_span(_SPAN_NAMES[operation], attributes=attributes)
+        span = self._tracer.start_span(_SPAN_NAMES[operation])
+        if span.is_recording():
+            attributes: dict[str, AttributeValue] = {
+                "dreambooth.operation": operation,
+                **self._base_attributes,
+            }
+            if request is not None:
+                attributes["dreambooth.model_id"] = request.model_id
+                attributes["dreambooth.request.kind"] = request.kind
+                if self._options.record_prompts:
+                    attributes["dreambooth.request.prompt"] = request.prompt
+                    if request.negative_prompt is not None:
+                        attributes["dreambooth.request.negative_prompt"] = request.negative_prompt
+            if index is not None:
+                attributes["dreambooth.batch.index"] = index
+            span.set_attributes(attributes)
         context = self._trace_api.set_span_in_context(span)
         return _Trace(
             self, span, context, ends_with_job=ends_with_job, job_attributes=job_attributes
         )
 
     def http(self, operation: str, url: str, attempt: int) -> HttpTrace:
-        parts = urllib.parse.urlsplit(url)
-        attributes: dict[str, AttributeValue] = {
-            "http.request.method": "POST",
-            "url.full": url,
-            "dreambooth.operation": operation,
-        }
-        if parts.hostname:
-            attributes["server.address"] = parts.hostname
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        attributes["server.port"] = port
-        if attempt:
-            attributes["http.request.resend_count"] = attempt
-        span = self._tracer.start_span("POST", kind=self._client_kind, attributes=attributes)
+        span = self._tracer.start_span("POST", kind=self._client_kind)
+        if span.is_recording():
+            attributes: dict[str, AttributeValue] = {
+                "http.request.method": "POST",
+                "url.full": url,
+                "dreambooth.operation": operation,
+                **self._server_of(url),
+            }
+            if attempt:
+                attributes["http.request.resend_count"] = attempt
+            span.set_attributes(attributes)
         return _Http(self, span)
+
+    def _server_of(self, url: str) -> dict[str, AttributeValue]:
+        """``server.address`` and ``server.port`` of ``url``, parsed once per origin."""
+        end = url.find("/", url.find("//") + 2)
+        origin = url if end < 0 else url[:end]
+        server = self._servers.get(origin)
+        if server is None:
+            parts = urllib.parse.urlsplit(origin)
+            server = {"server.port": parts.port or (443 if parts.scheme == "https" else 80)}
+            if parts.hostname:
+                server["server.address"] = parts.hostname
+            if len(self._servers) < 64:
+                self._servers[origin] = server
+        return server
 
     def retried(self, operation: str, attempt: int, error: BaseException, delay: float) -> None:
         name = type(error).__name__
@@ -331,9 +348,6 @@ class OtelTelemetry(Telemetry):
             attributes["dreambooth.retry_after"] = error.retry_after
         self._trace_api.get_current_span().add_event("dreambooth.queue_full", attributes)
 
-    def submitting(self, delta: int) -> None:
-        self._slots.add(delta, self._base_attributes)
-
     def job_started(self, trace: JobTrace, *, submitted: bool) -> None:
         self._pending.add(1, self._base_attributes)
         if submitted:
@@ -353,21 +367,37 @@ class OtelTelemetry(Telemetry):
         self._pending.add(-1, self._base_attributes)
         if submitted:
             self._slots.add(-1, self._base_attributes)
+        self._measure(trace, outcome, duration, fetches, resolved_by)
+        if trace.ends_with_job:
+            trace.finish(outcome, error)
+
+    def job_answered(self, trace: JobTrace, duration: float) -> None:
+        self._measure(trace, "success", duration, 0, "submission")
+
+    def _measure(
+        self,
+        trace: JobTrace,
+        outcome: Outcome,
+        duration: float | None,
+        fetches: int,
+        resolved_by: str | None,
+    ) -> None:
         if isinstance(trace, _Trace):
             attributes = {**trace.job_attributes, "dreambooth.outcome": outcome}
-            trace.span.set_attribute("dreambooth.job.fetches", fetches)
-            if resolved_by is not None:
-                attributes["dreambooth.resolved_by"] = resolved_by
-                trace.span.set_attribute("dreambooth.resolved_by", resolved_by)
-                if resolved_by == "webhook":
-                    trace.event("dreambooth.webhook.resolved")
+            span = trace.span
+            if span.is_recording():
+                span.set_attribute("dreambooth.job.fetches", fetches)
+                if resolved_by is not None:
+                    span.set_attribute("dreambooth.resolved_by", resolved_by)
+                    if resolved_by == "webhook":
+                        span.add_event("dreambooth.webhook.resolved")
         else:
             attributes = {
                 "dreambooth.api_version": self._api_version,
                 "dreambooth.outcome": outcome,
             }
+        if resolved_by is not None:
+            attributes["dreambooth.resolved_by"] = resolved_by
         if duration is not None:
             self._duration.record(duration, attributes)
         self._fetches.record(fetches, attributes)
-        if trace.ends_with_job:
-            trace.finish(outcome, error)

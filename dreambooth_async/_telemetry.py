@@ -174,9 +174,6 @@ class Telemetry:
     def queue_full(self, error: RateLimitError) -> None:
         """The service turned a submission away because the account's queue is full."""
 
-    def submitting(self, delta: int) -> None:
-        """A submission went on the wire (+1) or came back (-1): it may hold a slot."""
-
     def job_started(self, trace: JobTrace, *, submitted: bool) -> None:
         """A job is pending; ``submitted`` when this client's submission made it (it holds
         one of the account's queue slots until it ends), False when attached by id."""
@@ -192,8 +189,12 @@ class Telemetry:
         resolved_by: str | None,
         submitted: bool,
     ) -> None:
-        """A job ended: how, after how long (None when unknown: attached by id), after how
-        many fetches, and what found its end (``poll``, ``webhook``, ``submission``)."""
+        """A pending job ended: how, after how long (None when unknown: attached by id),
+        after how many fetches, and what found its end (``poll``, ``webhook``)."""
+
+    def job_answered(self, trace: JobTrace, duration: float) -> None:
+        """A submission's answer was its result (no fetch, never pending), ``duration``
+        seconds after it was sent."""
 
 
 def outcome_of(error: BaseException | None) -> Outcome:
