@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import attrs
 
@@ -35,7 +35,9 @@ from ._errors import (
     JobTimeout,
     RateLimitError,
 )
-from ._models import GenerationRequest
+
+if TYPE_CHECKING:
+    from ._models import GenerationRequest
 
 __all__ = [
     "NO_HTTP",

@@ -47,7 +47,10 @@ The service as ModelsLab's current docs show it (``ModelsLab/docs-v2``, the offi
   Throttled calls do not count towards the 30.
 - Records: ``EmulatorStats.per_key`` (by position in ``keys``, never the key text) and
   ``accepted_by_request`` (accepted submissions per ``EmulatorStats.canonical_digest`` of the
-  body: sha256 of it without ``key``, ``webhook``, ``track_id``, as sorted JSON).
+  body: sha256 of it without ``key``, ``webhook``, ``track_id``, as sorted JSON). Per job
+  (``Emulator.jobs``, ``/_emulator/jobs/{id}``): ``webhook_posted_at`` (when each webhook
+  delivery was posted) and ``fetched_at`` (when each fetch of it by its own key was answered),
+  so a test can tell what resolved a job.
 
 Running it::
 
