@@ -19,6 +19,11 @@ second (median round) and its ratio to raw aiohttp within each round (median), t
 process's CPU time per call and its ratio to raw aiohttp's, and the CPU each telemetry mode
 adds to ``telemetry off`` per call (median of the differences within each round).
 
+On a shared machine the rounds' CPU figures wander by tens of microseconds, more than the
+no-SDK hooks cost. So the hooks are also timed alone, in process and without the network: the
+telemetry calls one ``generate()`` makes, for a job answered at once and for a queued job
+fetched twice, repeated many times in each mode (best of several repeats).
+
     python -m benchmarks.bench_telemetry [--quick]
 """
 
@@ -28,8 +33,10 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import importlib.util
 import statistics
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import dreambooth_async as dba
@@ -71,37 +78,106 @@ async def api_only(base_url: str, tag: str) -> AsyncIterator[Call]:
 
 @contextlib.asynccontextmanager
 async def sdk_on(base_url: str, tag: str) -> AsyncIterator[Call]:
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-    from opentelemetry.sdk.trace.export import (
-        BatchSpanProcessor,
-        SpanExporter,
-        SpanExportResult,
-    )
-
-    class Dropping(SpanExporter):
-        """Takes every span and keeps none: the export's I/O is not what is measured."""
-
-        def __init__(self) -> None:
-            self.spans = 0
-
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            self.spans += len(spans)
-            return SpanExportResult.SUCCESS
-
-    exporter = Dropping()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-    options = dba.TelemetryOptions(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    options, shutdown = _sdk_options()
     try:
         async with _client(base_url, options) as client:
             yield _calls(client, tag)
     finally:
+        shutdown()
+
+
+def _sdk_options() -> tuple[dba.TelemetryOptions, Any]:
+    """Options with an SDK recording everything (spans dropped at export), and a function
+    that shuts the providers down."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Dropping(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Dropping()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+    def shutdown() -> None:
         tracer_provider.shutdown()
         meter_provider.shutdown()
-        assert exporter.spans > 0, "the SDK recorded no span: tracing was not on"
+
+    options = dba.TelemetryOptions(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    return options, shutdown
+
+
+def hooks_alone(repeats: int = 5, count: int = 20_000) -> dict[str, dict[str, float]]:
+    """Microseconds of CPU per call for the telemetry calls of one ``generate()``, without the
+    network: best of ``repeats`` runs of ``count`` calls, per mode and kind of job."""
+    from dreambooth_async._otel import telemetry_for
+    from dreambooth_async._telemetry import NO_TELEMETRY, Telemetry
+
+    url = "http://127.0.0.1:7860"
+    submit_url = url + "/api/v6/images/text2img"
+    fetch_url = url + "/api/v6/images/fetch/123"
+    request = dba.Text2Img(model_id="midjourney", prompt="a lighthouse")
+
+    def answered_at_once(telemetry: Telemetry) -> None:
+        trace = telemetry.generation("generate", request)
+        with trace.active():
+            exchange = telemetry.http("submit", submit_url, 0)
+            exchange.answered(200)
+            exchange.end()
+            trace.job("123")
+            telemetry.job_answered(trace, 0.5)
+        trace.finish("success")
+
+    def queued(telemetry: Telemetry) -> None:
+        trace = telemetry.generation("generate", request)
+        with trace.active():
+            exchange = telemetry.http("submit", submit_url, 0)
+            exchange.answered(200)
+            exchange.end()
+            trace.job("123")
+            telemetry.job_started(trace, submitted=True)
+        for _ in range(2):  # the poller's fetches, each under the job's trace
+            with trace.active():
+                exchange = telemetry.http("fetch", fetch_url, 0)
+                exchange.answered(200)
+                exchange.end()
+        telemetry.job_ended(
+            trace,
+            outcome="success",
+            error=None,
+            duration=5.0,
+            fetches=2,
+            resolved_by="poll",
+            submitted=True,
+        )
+        trace.finish("success")
+
+    modes: dict[str, tuple[Telemetry, Any]] = {"telemetry off": (NO_TELEMETRY, None)}
+    if importlib.util.find_spec("opentelemetry") is not None:
+        api = telemetry_for(dba.TelemetryOptions(), api_version="v6", base_url=url)
+        modes["API, no SDK"] = (api, None)
+    if importlib.util.find_spec("opentelemetry.sdk") is not None:
+        options, shutdown = _sdk_options()
+        sdk = telemetry_for(options, api_version="v6", base_url=url)
+        modes["SDK, tracing on"] = (sdk, shutdown)
+    figures: dict[str, dict[str, float]] = {}
+    for name, (telemetry, shutdown) in modes.items():
+        row: dict[str, float] = {}
+        for kind, one in (("answered at once", answered_at_once), ("queued, 2 fetches", queued)):
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.process_time()
+                for _ in range(count):
+                    one(telemetry)
+                best = min(best, (time.process_time() - start) / count * 1e6)
+            row[kind] = best
+        figures[name] = row
+        if shutdown is not None:
+            shutdown()
+    return figures
 
 
 def contenders() -> tuple[dict[str, Contender], dict[str, str]]:
@@ -164,6 +240,7 @@ async def run(quick: bool = False) -> dict[str, Any]:
         rows[name] = row
     return {
         "quick": quick,
+        "hooks_alone_us_per_call": hooks_alone(repeats=3 if quick else 5),
         "calls_per_round": calls,
         "rounds": rounds,
         "concurrency": CONCURRENCY,
@@ -171,6 +248,17 @@ async def run(quick: bool = False) -> dict[str, Any]:
         "contenders": rows,
         "skipped": skipped,
     }
+
+
+def render_hooks(results: dict[str, Any]) -> str:
+    hooks = results["hooks_alone_us_per_call"]
+    kinds = list(next(iter(hooks.values())))
+    return table(
+        "\nThe telemetry calls of one generate() alone, in process, no network "
+        "(CPU us per call, best of several runs)",
+        ["mode", *kinds],
+        [[name, *(row[kind] for kind in kinds)] for name, row in hooks.items()],
+    )
 
 
 def render(results: dict[str, Any]) -> str:
@@ -214,6 +302,7 @@ def main() -> None:
     args = parser.parse_args()
     results = asyncio.run(run(quick=args.quick))
     print(render(results))
+    print(render_hooks(results))
     path = write_results("telemetry", {"benchmark": "telemetry", **results})
     print(f"\nwritten to {path}")
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import RateLimitError
 from ._telemetry import (
+    NO_HTTP,
     NO_TELEMETRY,
     AttributeValue,
     HttpTrace,
@@ -108,8 +109,24 @@ class _Active:
         self._trace.telemetry.detach(self._otel_token)
 
 
-class _Trace(JobTrace):
-    __slots__ = ("_ended", "_ends_with_job", "context", "job_attributes", "span", "telemetry")
+class _Measured(JobTrace):
+    """A job's trace while nothing records spans: what its measurements carry, nothing more
+    (no span, no context to switch)."""
+
+    __slots__ = ("_ends_with_job", "job_attributes")
+
+    def __init__(self, *, ends_with_job: bool, job_attributes: dict[str, AttributeValue]) -> None:
+        self._ends_with_job = ends_with_job
+        #: The attributes of this job's measurements.
+        self.job_attributes = job_attributes
+
+    @property
+    def ends_with_job(self) -> bool:
+        return self._ends_with_job
+
+
+class _Trace(_Measured):
+    __slots__ = ("_ended", "context", "span", "telemetry")
 
     def __init__(
         self,
@@ -120,20 +137,14 @@ class _Trace(JobTrace):
         ends_with_job: bool,
         job_attributes: dict[str, AttributeValue],
     ) -> None:
+        super().__init__(ends_with_job=ends_with_job, job_attributes=job_attributes)
         self.telemetry = telemetry
         self.span = span
         self.context = context
-        self._ends_with_job = ends_with_job
         self._ended = False
-        #: The attributes of this job's measurements.
-        self.job_attributes = job_attributes
 
     def active(self) -> _Active:
         return _Active(self)
-
-    @property
-    def ends_with_job(self) -> bool:
-        return self._ends_with_job
 
     def job(self, job_id: str) -> None:
         self.span.set_attribute("dreambooth.job.id", job_id)
@@ -188,6 +199,7 @@ class OtelTelemetry(Telemetry):
         "_fetches",
         "_options",
         "_pending",
+        "_placeholder",
         "_queue_full",
         "_retries",
         "_servers",
@@ -209,6 +221,15 @@ class OtelTelemetry(Telemetry):
         self._context = context
         self._trace_api = trace
         self._client_kind = trace.SpanKind.CLIENT
+        # The API's placeholder provider, while no SDK is set up (None: one is, or the options
+        # name a provider of their own).
+        global_provider = trace.get_tracer_provider()
+        self._placeholder = (
+            global_provider
+            if options.tracer_provider is None
+            and isinstance(global_provider, trace.ProxyTracerProvider)
+            else None
+        )
         self._status = trace.Status
         tracer_provider: Any = options.tracer_provider
         meter_provider: Any = options.meter_provider
@@ -261,6 +282,14 @@ class OtelTelemetry(Telemetry):
     def detach(self, token: object) -> None:
         self._context.detach(token)  # type: ignore[arg-type]
 
+    def _tracing(self) -> bool:
+        """False while the global tracer provider is the API's placeholder (no SDK set up
+        yet): every span would be a no-op, so none is made. Asked each time, as an SDK may be
+        set up after the client is made."""
+        return self._placeholder is None or (
+            self._trace_api.get_tracer_provider() is not self._placeholder
+        )
+
     def error_status(self, description: str) -> Any:
         return self._status(self._trace_api.StatusCode.ERROR, description)
 
@@ -277,6 +306,8 @@ class OtelTelemetry(Telemetry):
         job_attributes: dict[str, AttributeValue] = {"dreambooth.api_version": self._api_version}
         if request is not None:
             job_attributes["dreambooth.model_id"] = request.model_id
+        if not self._tracing():
+            return _Measured(ends_with_job=ends_with_job, job_attributes=job_attributes)
         span = self._tracer.start_span(_SPAN_NAMES[operation])
         if span.is_recording():
             attributes: dict[str, AttributeValue] = {
@@ -299,6 +330,8 @@ class OtelTelemetry(Telemetry):
         )
 
     def http(self, operation: str, url: str, attempt: int) -> HttpTrace:
+        if not self._tracing():
+            return NO_HTTP
         span = self._tracer.start_span("POST", kind=self._client_kind)
         if span.is_recording():
             attributes: dict[str, AttributeValue] = {
@@ -382,8 +415,14 @@ class OtelTelemetry(Telemetry):
         fetches: int,
         resolved_by: str | None,
     ) -> None:
-        if isinstance(trace, _Trace):
+        if isinstance(trace, _Measured):
             attributes = {**trace.job_attributes, "dreambooth.outcome": outcome}
+        else:
+            attributes = {
+                "dreambooth.api_version": self._api_version,
+                "dreambooth.outcome": outcome,
+            }
+        if isinstance(trace, _Trace):
             span = trace.span
             if span.is_recording():
                 span.set_attribute("dreambooth.job.fetches", fetches)
@@ -391,11 +430,6 @@ class OtelTelemetry(Telemetry):
                     span.set_attribute("dreambooth.resolved_by", resolved_by)
                     if resolved_by == "webhook":
                         span.add_event("dreambooth.webhook.resolved")
-        else:
-            attributes = {
-                "dreambooth.api_version": self._api_version,
-                "dreambooth.outcome": outcome,
-            }
         if resolved_by is not None:
             attributes["dreambooth.resolved_by"] = resolved_by
         if duration is not None:
