@@ -82,19 +82,17 @@ def telemetry_for(options: TelemetryOptions, *, api_version: str, base_url: str)
         return NO_TELEMETRY
 
 
-class _Active:
-    """The ``with`` block of :meth:`_Trace.active`: the trace's span is current in
-    OpenTelemetry's context and the trace in ours, for this task only."""
+class _Current:
+    """The ``with`` block of :meth:`_Measured.active`: the trace is current in our context
+    (a ``submit()`` inside joins it), for this task only."""
 
-    __slots__ = ("_otel_token", "_token", "_trace")
+    __slots__ = ("_token", "_trace")
 
-    def __init__(self, trace: _Trace) -> None:
+    def __init__(self, trace: _Measured) -> None:
         self._trace = trace
-        self._otel_token: object = None
         self._token: Token[JobTrace | None] | None = None
 
-    def __enter__(self) -> _Active:
-        self._otel_token = self._trace.telemetry.attach(self._trace.context)
+    def __enter__(self) -> _Current:
         self._token = set_current(self._trace)
         return self
 
@@ -106,12 +104,37 @@ class _Active:
     ) -> None:
         if self._token is not None:
             reset_current(self._token)
-        self._trace.telemetry.detach(self._otel_token)
+
+
+class _Active(_Current):
+    """The ``with`` block of :meth:`_Trace.active`: also the trace's span is current in
+    OpenTelemetry's context."""
+
+    __slots__ = ("_otel_token", "_span_trace")
+
+    def __init__(self, trace: _Trace) -> None:
+        super().__init__(trace)
+        self._span_trace = trace
+        self._otel_token: object = None
+
+    def __enter__(self) -> _Active:
+        self._otel_token = self._span_trace.telemetry.attach(self._span_trace.context)
+        super().__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        super().__exit__(exc_type, exc, tb)
+        self._span_trace.telemetry.detach(self._otel_token)
 
 
 class _Measured(JobTrace):
-    """A job's trace while nothing records spans: what its measurements carry, nothing more
-    (no span, no context to switch)."""
+    """A job's trace while nothing records spans: what its measurements carry, and its place
+    as the current trace; no span, no OpenTelemetry context to switch."""
 
     __slots__ = ("_ends_with_job", "job_attributes")
 
@@ -119,6 +142,9 @@ class _Measured(JobTrace):
         self._ends_with_job = ends_with_job
         #: The attributes of this job's measurements.
         self.job_attributes = job_attributes
+
+    def active(self) -> _Current:
+        return _Current(self)
 
     @property
     def ends_with_job(self) -> bool:

@@ -282,6 +282,20 @@ async def test_prompts_only_when_asked_for(otel: Otel) -> None:
     assert dict(generation.attributes or {})["dreambooth.request.prompt"] == "a secret garden 5"
 
 
+async def test_metrics_without_a_tracer_provider(otel: Otel) -> None:
+    # No tracer set up anywhere (the API's placeholder): no span is made, the measures still are.
+    options = attrs.evolve(otel.options, tracer_provider=None)
+    async with emulator() as emu, client_for(emu, attrs.evolve(otel, options=options)) as client:
+        items = await client.gather([request(i) for i in range(3)])
+        assert all(item.ok for item in items)
+        fetched = sum(len(emu.jobs[int(str(item.job_id))].fetched_at) for item in items)
+    assert otel.finished() == []
+    points = otel.points("dreambooth.client.job.fetches")
+    assert sum(point.count for point in points) == 3 and total(points) == fetched
+    assert {dict(point.attributes)["dreambooth.model_id"] for point in points} == {"midjourney"}
+    assert total(otel.points("dreambooth.client.jobs.pending")) == 0
+
+
 async def test_telemetry_false_reports_nothing(otel: Otel) -> None:
     async with (
         emulator() as emu,
