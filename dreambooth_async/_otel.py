@@ -29,7 +29,7 @@ Metrics (meter ``dreambooth_async``): ``dreambooth.client.jobs.pending`` and
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -355,14 +355,16 @@ class OtelTelemetry(Telemetry):
             self, span, context, ends_with_job=ends_with_job, job_attributes=job_attributes
         )
 
-    def http(self, operation: str, url: str, attempt: int) -> HttpTrace:
+    def http(
+        self, operation: str, url: str, attempt: int, redact: Callable[[str], str]
+    ) -> HttpTrace:
         if not self._tracing():
             return NO_HTTP
         span = self._tracer.start_span("POST", kind=self._client_kind)
         if span.is_recording():
             attributes: dict[str, AttributeValue] = {
                 "http.request.method": "POST",
-                "url.full": url,
+                "url.full": redact(url),
                 "dreambooth.operation": operation,
                 **self._server_of(url),
             }

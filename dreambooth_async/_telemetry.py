@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
@@ -165,9 +165,11 @@ class Telemetry:
         ``index`` is a batch item's position."""
         return NO_TRACE
 
-    def http(self, operation: str, url: str, attempt: int) -> HttpTrace:
-        """A new HTTP exchange (``attempt`` 0 for the first try) under the current trace.
-        ``url`` must already be redacted."""
+    def http(
+        self, operation: str, url: str, attempt: int, redact: Callable[[str], str]
+    ) -> HttpTrace:
+        """A new HTTP exchange (``attempt`` 0 for the first try) under the current trace;
+        ``redact`` masks the keys in ``url`` before it is reported."""
         return NO_HTTP
 
     def retried(self, operation: str, attempt: int, error: BaseException, delay: float) -> None:

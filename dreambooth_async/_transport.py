@@ -262,12 +262,9 @@ class Transport:
     ) -> tuple[int, Mapping[str, str], bytes]:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("POST %s %s", url, self.redact.payload(payload))
-        telemetry = self._telemetry
         # The key travels in the body, never in a URL; a URL the service gave (fetch_result)
         # is masked all the same before it is reported.
-        exchange = telemetry.http(
-            operation, self.redact(url) if telemetry.enabled else url, attempt
-        )
+        exchange = self._telemetry.http(operation, url, attempt, self.redact)
         try:
             # Redirects are not followed: the key is in the body, and a 307/308 would carry
             # it to wherever the Location header points.
