@@ -26,7 +26,7 @@ from benchmarks._harness import RESULTS, machine, table, write_results
 ROOT = Path(__file__).resolve().parent.parent
 
 #: In the order they run: the emulator's capacity first, as the ceiling for the rest.
-NAMES = ("emulator", "overhead", "batch", "poll", "keys", "memory", "startup")
+NAMES = ("emulator", "overhead", "telemetry", "batch", "poll", "keys", "memory", "startup")
 
 #: (figure, value, unit, baseline, baseline value, ratio): ratio = value / baseline value.
 Row = tuple[str, float | int | None, str, str, float | int | None, float | None]
@@ -101,6 +101,40 @@ def _overhead(data: dict[str, Any]) -> list[Row]:
         (f"{name}: skipped", None, reason, "", None, None)
         for name, reason in data["skipped"].items()
     ]
+    return out
+
+
+def _telemetry(data: dict[str, Any]) -> list[Row]:
+    rows = data["contenders"]
+    floor = rows["raw aiohttp"]
+    off = rows["telemetry off"]
+    out = [
+        _row(
+            f"generate(), {name}: client CPU per call",
+            r["client_cpu_us_per_call"],
+            "us",
+            "telemetry off",
+            off["client_cpu_us_per_call"],
+            r["cpu_x_off"],
+        )
+        for name, r in rows.items()
+        if name not in ("raw aiohttp", "telemetry off")
+    ]
+    out.append(
+        _row(
+            "generate(), telemetry off: client CPU per call",
+            off["client_cpu_us_per_call"],
+            "us",
+            "raw aiohttp",
+            floor["client_cpu_us_per_call"],
+            off["cpu_x_raw_aiohttp"],
+        )
+    )
+    for name, figures in data["hooks_alone_us_per_call"].items():
+        out += [
+            _row(f"telemetry hooks alone, {name}, {kind}", value, "us")
+            for kind, value in figures.items()
+        ]
     return out
 
 
@@ -255,6 +289,7 @@ def _keys(data: dict[str, Any]) -> list[Row]:
 SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "emulator": _emulator,
     "overhead": _overhead,
+    "telemetry": _telemetry,
     "batch": _batch,
     "poll": _poll,
     "keys": _keys,
