@@ -33,9 +33,9 @@ from typing import Any
 
 import dreambooth_async as dba
 from benchmarks._harness import percentile
-from dreambooth_async import _eta, _fetch_plan, _job, _poller
+from dreambooth_async import _eta, _fetch_timing, _job, _poller
 
-_CLOCK_READERS = [_poller, _eta, _fetch_plan, _job]
+_CLOCK_READERS = [_poller, _eta, _fetch_timing, _job]
 
 REGIMES = {
     "a: ETA 30% high, 5% noise": (0.3, 0.05),

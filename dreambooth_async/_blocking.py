@@ -94,10 +94,10 @@ class Loop:
 
 
 def detach(result: GenerationResult) -> GenerationResult:
-    # A result remembers its client so that save() can reuse the session; that session lives
-    # on the loop thread, and awaiting it from another loop would fail. A detached result's
+    # A result keeps a handle on its client's session so that save() can reuse it; that session
+    # lives on the loop thread, and awaiting it from another loop would fail. A detached result's
     # save() opens a session of its own on whatever loop awaits it.
-    return attrs.evolve(result, client=None)
+    return attrs.evolve(result, session=None)
 
 
 def detach_item(item: BatchItem) -> BatchItem:

@@ -1,4 +1,8 @@
-"""DreamboothClient: the session layer, one method per endpoint."""
+"""DreamboothClient: the session layer, one method per endpoint.
+
+The top floor of the library: every module below sees the client only through the narrow
+protocols it implements (the batch's ``BatchHost``, the cache's ``JobHost``, the spend guard's
+``WalletReader``) and through the session handle its results keep (``SessionSource``)."""
 
 from __future__ import annotations
 
@@ -19,10 +23,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, Unpack
 
+import aiohttp
 import anyio
 
+from ._batch import BatchInput, BatchItem, BatchRun, MapOptions, map_requests
 from ._cache import CachedSubmissions, ResultCache
-from ._download import DEFAULT_MAX_BYTES
+from ._download import DEFAULT_MAX_BYTES, copy_files, download_result
 from ._endpoints import (
     is_loopback,
     same_origin,
@@ -31,6 +37,7 @@ from ._endpoints import (
 from ._errors import (
     ClientClosedError,
     RequestValidationError,
+    sole_error,
 )
 from ._generating import GenerateCalls
 from ._keys import KeyRing
@@ -38,10 +45,10 @@ from ._models import (
     API_VERSIONS,
     ApiVersion,
     GenerationResult,
-    is_http_url,
 )
 from ._otel import telemetry_for
 from ._poller import Poller, PollPolicy
+from ._progress import ProgressReporter, with_progress
 from ._settings import (
     API_KEY_ENV,
     API_KEY_ENV_FALLBACK,
@@ -55,14 +62,11 @@ from ._settings import (
 )
 from ._telemetry import Telemetry, TelemetryOptions
 from ._transport import RetryPolicy, Timeouts, Transport
+from ._urls import is_http_url
+from ._webhooks import WebhookReceiver
 
 if TYPE_CHECKING:
-    import aiohttp
     from anyio.abc import TaskGroup, TaskStatus
-
-    from ._batch import BatchInput, BatchItem, BatchRun, MapOptions
-    from ._progress import ProgressReporter
-    from ._webhooks import WebhookReceiver
 
 # The settings names are re-exported: the CLI and older code import them from here.
 __all__ = [
@@ -78,6 +82,20 @@ __all__ = [
 
 # Kept importable from here (older code and tests name it so).
 _same_origin = same_origin
+
+
+class _LiveSession:
+    """The handle on the client's HTTP session that its results keep for ``save()`` (a
+    :class:`~._download.SessionSource`): the session while the client is open, None before
+    and after. It holds the session only, never the client."""
+
+    __slots__ = ("session",)
+
+    def __init__(self) -> None:
+        self.session: aiohttp.ClientSession | None = None
+
+    def live_session(self) -> aiohttp.ClientSession | None:
+        return self.session
 
 
 class DreamboothClient(GenerateCalls):
@@ -184,9 +202,14 @@ class DreamboothClient(GenerateCalls):
         self._webhooks = webhooks
         self._state = "new"
         self._retry_listeners: list[Callable[[int, Exception, float], None]] = []
-        # The cache is handed the submit path it goes through: it never reaches into the client.
+        #: What results keep for save(): the session while the client is open.
+        self._sessions: _LiveSession = _LiveSession()
+        # The cache sees this client as a JobHost (api_version, base_url, attach, redact), and
+        # is handed the submit path and task group it goes through.
         self._cache = (
-            CachedSubmissions(ResultCache(cache), self, self._send, self._spawn)
+            CachedSubmissions(
+                ResultCache(cache), self, self._send, self._spawn, sessions=self._sessions
+            )
             if cache is not None
             else None
         )
@@ -242,6 +265,7 @@ class DreamboothClient(GenerateCalls):
             await self._transport.close()
             raise
         self._state = "open"
+        self._sessions.session = self._transport.session
 
     async def _run_poller(self, *, task_status: TaskStatus[asyncio.Task[Any]]) -> None:
         task = asyncio.current_task()
@@ -267,6 +291,7 @@ class DreamboothClient(GenerateCalls):
         if self._state == "closed":
             return
         self._state = "closed"
+        self._sessions.session = None
         self._poller.close()
         cancelled = False
         raised: BaseException | None = None
@@ -283,7 +308,7 @@ class DreamboothClient(GenerateCalls):
             except BaseException as error:
                 # A KeyboardInterrupt raised in one of our tasks (a second Ctrl-C), say: the
                 # rest still closes, then it is raised as itself, not wrapped in a group.
-                raised = raised or _alone(error)
+                raised = raised or sole_error(error)
         if raised is not None:
             raise raised
         if cancelled:
@@ -397,16 +422,17 @@ class DreamboothClient(GenerateCalls):
         seconds, checks the content type and ``max_bytes``, and names files safely.
         """
         self._check_open()
-        from ._download import download_result
-
         if self._cache is not None:
-            from ._cache import copy_files
-
             cached = self._cache.done_for(result)
             if cached is not None and all(path.is_file() for path in cached.files):
-                return copy_files(cached, directory)  # the stored copies: no download
+                # The stored copies: no download.
+                return copy_files(cached, cached.files, directory)
         return await download_result(
-            result, directory, client=self, not_found_grace=not_found_grace, max_bytes=max_bytes
+            result,
+            directory,
+            sessions=self._sessions,
+            not_found_grace=not_found_grace,
+            max_bytes=max_bytes,
         )
 
     def map(
@@ -430,14 +456,16 @@ class DreamboothClient(GenerateCalls):
         :class:`~dreambooth_async._progress.ProgressReporter` of your own is fed the same events
         (and left for you to close).
         """
-        from ._batch import map_requests
-
         if progress is not False:
-            from ._progress import with_progress
-
             options = with_progress(progress, requests, options)
         return map_requests(
-            self, requests, concurrency, spawn=self._spawn, telemetry=self._telemetry, **options
+            self,
+            requests,
+            concurrency,
+            spawn=self._spawn,
+            telemetry=self._telemetry,
+            sessions=self._sessions,
+            **options,
         )
 
     async def gather(
@@ -450,13 +478,6 @@ class DreamboothClient(GenerateCalls):
         async with self.map(requests, concurrency, **options) as run:
             items = [item async for item in run]
         return sorted(items, key=lambda item: item.index)
-
-
-def _alone(error: BaseException) -> BaseException:
-    """The one exception a task group wrapped, else ``error`` itself."""
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
 
 
 async def _to_the_end(step: Callable[[], Awaitable[None]]) -> bool:

@@ -146,7 +146,7 @@ def require_pyarrow(what: str) -> None:
 
 class ShardTarget(Protocol):
     """Where sealed shard files go: the local output folder, or an fsspec output
-    (:class:`~dreambooth_async._fsout.FsOutput` has these methods)."""
+    (:class:`~dreambooth_async.cli.dataset.fsout.FsOutput` has these methods)."""
 
     def put_file(self, local: Path, name: str) -> None:
         """Put ``local`` in place as ``name``, whole or not at all."""

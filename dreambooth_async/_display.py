@@ -14,14 +14,29 @@ import html
 import threading
 import urllib.request
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ._models import is_http_url
-
-if TYPE_CHECKING:
-    from ._models import GenerationResult
+from ._urls import is_http_url
 
 __all__ = ["clear_cache", "fetch_png", "result_html"]
+
+
+class Shown(Protocol):
+    """What the display reads of a result (a :class:`GenerationResult` has it all)."""
+
+    @property
+    def id(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def output(self) -> tuple[str, ...]: ...
+    @property
+    def generation_time(self) -> float | None: ...
+    @property
+    def meta(self) -> Mapping[str, Any]: ...
+    @property
+    def nsfw_content_detected(self) -> bool | None: ...
+
 
 #: Seconds a display waits for an image before showing nothing.
 FETCH_TIMEOUT = 10.0
@@ -111,7 +126,7 @@ def _text(value: Any, limit: int = 160) -> str:
     return html.escape(shown, quote=True)
 
 
-def _summary(result: GenerationResult) -> list[tuple[str, str]]:
+def _summary(result: Shown) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = [("id", str(result.id)), ("status", result.status)]
     if result.generation_time is not None:
         rows.append(("generation time", f"{result.generation_time:.2f} s"))
@@ -125,7 +140,7 @@ def _summary(result: GenerationResult) -> list[tuple[str, str]]:
     return rows
 
 
-def result_html(result: GenerationResult, *, thumbnail: int = 256) -> str:
+def result_html(result: Shown, *, thumbnail: int = 256) -> str:
     """An HTML fragment: one ``<img>`` per output URL, then a table of what the service said.
 
     Every value is escaped; only http(s) URLs become image sources (anything else is listed as

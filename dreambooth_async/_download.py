@@ -4,28 +4,56 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
+import shutil
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import aiohttp
 
 from . import _backoff
 from ._errors import DownloadError, OutputError
 from ._inline import decode_base64_image, image_extension, inline_image, is_base64_link
-from ._models import DEFAULT_MAX_BYTES
-from ._transport import logger
 
-if TYPE_CHECKING:
-    from ._client import DreamboothClient
-    from ._models import GenerationResult
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "Outputs",
+    "SessionSource",
+    "copy_files",
+    "download_result",
+    "safe_file_name",
+    "writable_folder",
+]
 
-__all__ = ["DEFAULT_MAX_BYTES", "download_result", "safe_file_name", "writable_folder"]
+# Its own handle on the package logger: the transport (and what it imports) is a floor above.
+logger = logging.getLogger("dreambooth_async")
+
+#: The most bytes one output image may have before a download is refused.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+
+class SessionSource(Protocol):
+    """Where a download finds an open HTTP session. Implemented by the client's session handle
+    (the one its results keep for ``save()``): the client's session while the client is open,
+    None otherwise, when a download opens a session of its own."""
+
+    def live_session(self) -> aiohttp.ClientSession | None: ...
+
+
+class Outputs(Protocol):
+    """What a download reads of a result: its job id (for file names) and its outputs."""
+
+    @property
+    def id(self) -> str | None: ...
+    @property
+    def output(self) -> tuple[str, ...]: ...
+
 
 _EXTENSIONS = {
     "image/png": ".png",
@@ -62,9 +90,10 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _session_for(client: DreamboothClient | None) -> AsyncIterator[aiohttp.ClientSession]:
-    if client is not None and client.is_open:
-        yield client.http_session
+async def _session_for(sessions: SessionSource | None) -> AsyncIterator[aiohttp.ClientSession]:
+    live = sessions.live_session() if sessions is not None else None
+    if live is not None:
+        yield live
         return
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
         yield session
@@ -237,10 +266,10 @@ def writable_folder(directory: str | os.PathLike[str]) -> Path:
 
 
 async def download_result(
-    result: GenerationResult,
+    result: Outputs,
     directory: str | os.PathLike[str],
     *,
-    client: DreamboothClient | None = None,
+    sessions: SessionSource | None = None,
     not_found_grace: float = 30.0,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> list[Path]:
@@ -249,14 +278,15 @@ async def download_result(
     Links are downloaded; base64 outputs (data URLs, bare base64, ``.base64`` links, as the
     service answers to ``"base64": "yes"``) are decoded and saved as real image files. A 404 is
     retried for ``not_found_grace`` seconds; a body that is not an image or is larger than
-    ``max_bytes`` raises :class:`DownloadError` and leaves nothing behind.
+    ``max_bytes`` raises :class:`DownloadError` and leaves nothing behind. ``sessions`` lends
+    the client's session while it is open; otherwise a session of its own is opened.
     """
     folder = writable_folder(directory)
     paths: list[Path] = []
     # Names used by this result so far: two outputs named alike (".../a/0.png" and
     # ".../b/0.png", a CDN's usual layout) must not overwrite each other.
     taken: set[str] = set()
-    async with _session_for(client) as session:
+    async with _session_for(sessions) as session:
         for index, url in enumerate(result.output):
             try:
                 path = await _save_one(
@@ -276,4 +306,32 @@ async def download_result(
                 ) from exc
             logger.debug("saved output %d to %s", index, path)
             paths.append(path)
+    return paths
+
+
+def copy_files(
+    result: Outputs, files: Sequence[Path], directory: str | os.PathLike[str]
+) -> list[Path]:
+    """Copy ``files`` (stored copies, one per entry of ``result.output``) into ``directory``,
+    named as a download of ``output`` would name them."""
+    folder = writable_folder(directory)
+    paths: list[Path] = []
+    taken: set[str] = set()
+    for index, (url, source) in enumerate(zip(result.output, files, strict=True)):
+        stem = (
+            safe_file_name(url, f"{result.id or 'image'}-{index}")
+            if url.startswith(("http://", "https://"))
+            else f"{result.id or 'image'}-{index}"
+        )
+        stem = stem.rsplit(".", 1)[0] if "." in stem else stem
+        name = _unique(stem + source.suffix, taken)
+        target = folder / name
+        partial = folder / f".{name}.{uuid.uuid4().hex[:8]}.part"
+        try:
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        paths.append(target)
     return paths

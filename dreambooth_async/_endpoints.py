@@ -9,8 +9,9 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from ._models import ApiVersion, is_http_url
+from ._models import ApiVersion
 from ._transport import logger
+from ._urls import is_http_url
 
 __all__ = [
     "MODEL_LIST",

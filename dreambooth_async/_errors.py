@@ -435,3 +435,10 @@ def about_job(error: APIError, job_id: str) -> APIError:
             tip=error.tip,
         )
     return error
+
+
+def sole_error(error: BaseException) -> BaseException:
+    """The one exception a task group wrapped (however deeply), else ``error`` itself."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Unpack
+from typing import Any, Unpack
 
-import attrs
-
+from ._cache import CachedSubmissions
 from ._endpoints import PATHS
 from ._errors import (
     APIError,
@@ -18,8 +17,8 @@ from ._errors import (
     RequestValidationError,
     TransportError,
 )
-from ._fetching import JobCalls
 from ._job import Job
+from ._job_calls import JobCalls
 from ._models import (
     GenerationRequest,
     GenerationResult,
@@ -31,25 +30,15 @@ from ._models import (
     Text2Img,
     Text2ImgFields,
 )
+from ._sending import Sending
 from ._telemetry import NO_TRACE, current_trace, outcome_of
 from ._transport import RetryHook, RetryPolicy, logger
 from ._wire import to_wire
 
-if TYPE_CHECKING:
-    from ._cache import CachedSubmissions
-
 __all__ = ["GenerateCalls"]
 
-
-@attrs.frozen(kw_only=True)
-class Sending:
-    """How one submission is sent: the job's timeout, the retry policy, the key (None: the
-    client chooses) and who hears of its retries."""
-
-    timeout: float | None = None
-    retry: RetryPolicy | None = None
-    key_index: int | None = None
-    on_retry: RetryHook | None = None
+# The usual generate(): no timeout of its own. One frozen instance serves every such call.
+_PLAIN = Sending()
 
 
 class GenerateCalls(JobCalls):
@@ -81,7 +70,11 @@ class GenerateCalls(JobCalls):
         trace = joined or self._telemetry.generation("submit", request, ends_with_job=True)
         try:
             with trace.active():
-                answer = await self._cached(request, sending, final=False)
+                answer = (
+                    await self._cached(request, sending, final=False)
+                    if self._cache is not None
+                    else None
+                )
                 if answer is None:
                     answer = await self._send(request, sending)
         except BaseException as error:
@@ -105,11 +98,16 @@ class GenerateCalls(JobCalls):
 
         ``timeout`` bounds the wait for the job; on expiry :class:`JobTimeout` carries the job id.
         """
-        sending = Sending(timeout=timeout)
+        sending = _PLAIN if timeout is None else Sending(timeout=timeout)
         trace = self._telemetry.generation("generate", request)
         try:
             with trace.active():
-                answer = await self._cached(request, sending, final=True)
+                # Without a cache, nothing of it is on this path (not even an await).
+                answer = (
+                    await self._cached(request, sending, final=True)
+                    if self._cache is not None
+                    else None
+                )
                 if answer is None:
                     answer = await self._send(request, sending)
                 # An answer that is already final needs no Job: the hot path of fast models.

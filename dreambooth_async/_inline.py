@@ -13,7 +13,7 @@ import binascii
 import re
 import urllib.parse
 
-from ._models import looks_like_url
+from ._urls import looks_like_url
 
 __all__ = ["decode_base64_image", "image_extension", "inline_image", "is_base64_link"]
 

@@ -7,14 +7,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Generator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._errors import JobTimeout
 from ._models import GenerationRequest, GenerationResult
 from ._telemetry import NO_TRACE, JobTrace
-
-if TYPE_CHECKING:
-    from ._poller import Poller
 
 __all__ = ["Job", "JobState", "new_state"]
 
@@ -101,10 +98,8 @@ class Job:
         state: JobState,
         *,
         request: GenerationRequest | None = None,
-        poller: Poller | None = None,
     ) -> None:
         self._state = state
-        self._poller = poller
         #: The request that created the job (None when attached by id).
         self.request = request
 

@@ -11,18 +11,18 @@ from __future__ import annotations
 import enum
 import json
 import os
-import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Required, TypeAlias, TypedDict
+from typing import Any, ClassVar, Literal, Required, TypeAlias, TypedDict
 
 import attrs
 
+from ._display import fetch_png, result_html
+from ._download import DEFAULT_MAX_BYTES, SessionSource, copy_files, download_result
 from ._elide import elided_strings
 from ._errors import RequestValidationError
-
-if TYPE_CHECKING:
-    from ._client import DreamboothClient
+from ._inline import inline_image
+from ._urls import is_http_url, looks_like_url
 
 ApiVersion: TypeAlias = Literal["v3", "v4", "v6", "v7"]
 """Which version of the API a client speaks: ``"v6"`` (the default, modelslab.com's
@@ -30,9 +30,6 @@ ApiVersion: TypeAlias = Literal["v3", "v4", "v6", "v7"]
 ``"v3"`` and ``"v4"`` of the 2023 pages (``/api/v3/dreambooth``...). Paths and wire names
 differ; ``docs/protocol.md`` lists them."""
 API_VERSIONS: tuple[ApiVersion, ...] = ("v3", "v4", "v6", "v7")
-
-#: The most bytes one output image may have before a download is refused.
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 #: An image given to img2img / inpaint: an http(s) URL, a local file path, or the raw bytes.
 ImageInput: TypeAlias = "str | os.PathLike[str] | bytes"
@@ -118,25 +115,6 @@ def _seed(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 2**32:
         raise RequestValidationError(attr.name, value, "an integer from 0 to 4294967295, or None")
-
-
-def is_http_url(value: str) -> bool:
-    """True for an absolute http(s) URL with a host (and a valid port, if it names one)."""
-    # urlsplit silently drops tabs and newlines, so look for whitespace and controls first.
-    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        return False
-    try:
-        parts = urllib.parse.urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def looks_like_url(value: object) -> bool:
-    """True for a string that claims to be an http(s) URL (scheme in any case): such a value
-    is checked and sent as a URL, never read as a local path."""
-    return isinstance(value, str) and value[:8].lower().startswith(("http://", "https://"))
 
 
 def _url(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
@@ -378,9 +356,10 @@ class GenerationResult:
     proxy_links: tuple[str, ...] = attrs.field(default=(), repr=False)
     nsfw_content_detected: bool | None = attrs.field(default=None, repr=False)
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
-    # The client that produced this result, so save() can reuse its session.
-    _client: DreamboothClient | None = attrs.field(
-        default=None, repr=False, eq=False, alias="client"
+    # A handle on the HTTP session of the client that produced this result, so that save()
+    # reuses it while that client is open; never the client itself (results are plain data).
+    _session: SessionSource | None = attrs.field(
+        default=None, repr=False, eq=False, alias="session"
     )
 
     @property
@@ -396,9 +375,7 @@ class GenerationResult:
     def inline_images(self) -> tuple[bytes, ...]:
         """The images that ``output`` carries in itself (base64: data URLs or bare strings, as
         the service answers to ``"base64": "yes"``), decoded and checked by magic bytes.
-        Links are not fetched: ``await client.read_images(result)`` gives every image."""
-        from ._inline import inline_image
-
+        Links are not fetched: :meth:`save` writes every image, linked or inline."""
         return tuple(data for item in self.output if (data := inline_image(item)) is not None)
 
     async def save(
@@ -410,15 +387,15 @@ class GenerationResult:
     ) -> list[Path]:
         """Save every output image into ``directory`` and return the paths written.
 
-        Uses the client that produced the result (its session, timeouts and retries); see
+        Uses the HTTP session of the client that produced the result while that client is open
+        (its connection pool and timeouts; a download is not retried, apart from the 404s of
+        ``not_found_grace``), a session of its own otherwise; see
         :meth:`DreamboothClient.download` for the options.
         """
-        from ._download import download_result
-
         return await download_result(
             self,
             directory,
-            client=self._client,
+            sessions=self._session,
             not_found_grace=not_found_grace,
             max_bytes=max_bytes,
         )
@@ -427,16 +404,35 @@ class GenerationResult:
 
     def _repr_html_(self) -> str:
         """The output images (by URL) and a summary of ``meta``, for Jupyter."""
-        from ._display import result_html
-
         return result_html(self)
 
     def _repr_png_(self) -> bytes | None:
         """The first output image as PNG bytes, fetched on first display and cached by URL
         (None when there is none or it cannot be fetched: expired, offline, not a PNG)."""
-        from ._display import fetch_png
-
         return fetch_png(self.output[0]) if self.output else None
+
+
+@attrs.frozen(kw_only=True)
+class CachedResult(GenerationResult):
+    """A :class:`GenerationResult` kept by the cache. ``files`` are the stored copies of the
+    images, one per ``output`` entry (empty when they could not be fetched when stored)."""
+
+    files: tuple[Path, ...] = attrs.field(default=(), repr=False)
+
+    async def save(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        not_found_grace: float = 30.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> list[Path]:
+        """Copy the stored images into ``directory`` (no download); the links are used only
+        when a stored copy is missing."""
+        if len(self.files) != len(self.output) or not all(p.is_file() for p in self.files):
+            return await super().save(
+                directory, not_found_grace=not_found_grace, max_bytes=max_bytes
+            )
+        return copy_files(self, self.files, directory)
 
 
 @attrs.frozen(kw_only=True)

@@ -3,7 +3,7 @@
 Pending jobs sit in a heap ordered by when they are next due for a fetch, so ten thousand
 pending jobs cost one task and a heap entry each, not ten thousand sleeping tasks.
 
-When to fetch each job is the planner's (:mod:`._fetch_plan`): every wait is a share of the
+When to fetch each job is the planner's (:mod:`._fetch_timing`): every wait is a share of the
 job's own time. The poller applies it, with one absolute number, a politeness floor between two
 fetches of a job, and owns what ends a job.
 
@@ -42,7 +42,7 @@ from ._errors import (
     TransportError,
 )
 from ._eta import DurationModel, EtaModel
-from ._fetch_plan import FetchPlanner, PollPolicy
+from ._fetch_timing import FetchPlanner, PollPolicy
 from ._job import Job, JobState, new_state
 from ._models import GenerationRequest, GenerationResult, Processing
 from ._telemetry import NO_TELEMETRY, NO_TRACE, JobTrace, Telemetry, outcome_of
@@ -67,7 +67,7 @@ class Poller:
         self._fetch = fetch
         self.policy = policy
         self._telemetry = telemetry
-        #: When to fetch each job, and the models behind that (see :mod:`._fetch_plan`).
+        #: When to fetch each job, and the models behind that (see :mod:`._fetch_timing`).
         self._planner = FetchPlanner(policy, self._replan)
         self._jobs: dict[str, JobState] = {}
         self._heap: list[tuple[float, int, str]] = []
@@ -103,7 +103,7 @@ class Poller:
         """A handle for a job that finished in its submission answer."""
         state = new_state(result.id or "")
         state.future.set_result(result)
-        return Job(state, request=request, poller=self)
+        return Job(state, request=request)
 
     def track(
         self,
@@ -139,7 +139,7 @@ class Poller:
                 self._schedule(state, self._planner.plan(state, now))
             else:
                 self._observe_processing(state, processing, now - self._planner.round_trip / 2, now)
-        return Job(state, request=request, poller=self)
+        return Job(state, request=request)
 
     def reports_to(self, job_id: str, trace: JobTrace) -> bool:
         """True when ``job_id`` is pending and reports its fetches to ``trace``."""

@@ -35,11 +35,11 @@ from ._models import (
     SystemLoad,
     Text2Img,
     WalletBalance,
-    looks_like_url,
 )
+from ._urls import looks_like_url
 
 if TYPE_CHECKING:
-    from ._client import DreamboothClient
+    from ._download import SessionSource
 
 __all__ = ["converter_for", "decode_json", "from_wire", "parse_response", "to_wire"]
 
@@ -270,10 +270,10 @@ def _text(value: Any) -> str | None:
 
 
 def _structure_result(
-    body: Mapping[str, Any], _: type, client: DreamboothClient | None = None
+    body: Mapping[str, Any], _: type, session: SessionSource | None = None
 ) -> GenerationResult:
     return GenerationResult(
-        client=client,
+        session=session,
         id=_job_id(body.get("id")),
         status=str(body.get("status", "success")),
         output=_urls(body.get("output")),
@@ -367,7 +367,8 @@ _structure_hooks: dict[type, Callable[[Any, type], Any]] = {
     ModelInfo: _structure_model_info,
     WalletBalance: _structure_wallet_balance,
 }
-# By predicate: GenerationResult names the client lazily, so its hints cannot be resolved here.
+# By predicate: GenerationResult names its session handle's type lazily, so its hints cannot be
+# resolved here.
 inbound.register_structure_hook_func(
     lambda cls: cls in _structure_hooks, lambda body, cls: _structure_hooks[cls](body, cls)
 )
@@ -378,21 +379,22 @@ def parse_response(
     headers: Mapping[str, str],
     body: bytes,
     *,
-    client: DreamboothClient | None = None,
+    session: SessionSource | None = None,
     job_id: str | None = None,
 ) -> GenerationResult | Processing:
     """Map any answer to a generation or fetch call: a result, a processing status, or raise.
 
     Every answer goes through here, whatever its HTTP status or body (JSON, HTML, nothing).
-    A result is bound to ``client`` (for ``save()``). ``job_id`` is the job a fetch asked
-    about: an answer that leaves its id out (the docs' processing example does) is about it.
+    A result keeps ``session``, the client's session handle (for ``save()``). ``job_id`` is the
+    job a fetch asked about: an answer that leaves its id out (the docs' processing example
+    does) is about it.
     """
     parsed = decode_json(body)
     if 200 <= http_status < 300 and isinstance(parsed, dict):
         # The common answers, decided without the full error mapping (it agrees on these).
         status = parsed.get("status")
         if status == "success":
-            return _identified(_structure_result(parsed, GenerationResult, client), job_id)
+            return _identified(_structure_result(parsed, GenerationResult, session), job_id)
         if status == "processing":
             return _structure_processing(parsed, Processing, job_id)
     error = error_from_response(http_status, headers, body, parsed)
@@ -402,7 +404,7 @@ def parse_response(
         raise APIError("expected a JSON object", http_status=http_status)
     if str(parsed.get("status", "")).lower() == "processing":
         return _structure_processing(parsed, Processing, job_id)
-    return _identified(_structure_result(parsed, GenerationResult, client), job_id)
+    return _identified(_structure_result(parsed, GenerationResult, session), job_id)
 
 
 def _identified(result: GenerationResult, job_id: str | None) -> GenerationResult:

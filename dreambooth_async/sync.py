@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple
 
 from . import _client
 from ._blocking import BatchRun, Job, Loop, detach, detach_item, on_loop
+from ._download import DEFAULT_MAX_BYTES
 from ._models import (
-    DEFAULT_MAX_BYTES,
     ApiVersion,
     GenerationRequest,
     GenerationResult,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dreambooth_async._fsout import STATE_DIR_ENV
+from dreambooth_async.cli.dataset.fsout import STATE_DIR_ENV
 
 
 @pytest.fixture(autouse=True)

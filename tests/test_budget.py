@@ -96,7 +96,7 @@ async def test_max_images_is_checked() -> None:
 async def test_a_dry_run_plan_counts_what_the_manifest_covers_and_submits_nothing(
     tmp_path: Path,
 ) -> None:
-    from dreambooth_async._cache import plan_run
+    from dreambooth_async._batch import plan_run
 
     manifest = tmp_path / "run.jsonl"
     requests = prompts(50)

@@ -199,7 +199,8 @@ def test_stats_and_prune(tmp_path: Path) -> None:
 async def test_plan_and_cache_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from dreambooth_async._cache import cache_command, plan_run
+    from dreambooth_async._batch import plan_run
+    from dreambooth_async.cli.cache import cache_command
 
     db = tmp_path / "cache.sqlite"
     requests = [req(seed=i, prompt=f"p {i}") for i in range(3)] + [req(seed=None)]

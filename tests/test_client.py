@@ -9,6 +9,7 @@ import socket
 import warnings
 from typing import Any
 
+import attrs
 import pytest
 from replay_server import ReplayServer, Reply, fast_client_options, refused_url
 
@@ -242,12 +243,21 @@ async def test_shortcuts_build_and_generate() -> None:
     assert inpaint["mask_image"] == MASK and inpaint["steps"] == "30"
 
 
-async def test_results_know_their_client() -> None:
+async def test_results_hold_a_session_handle_never_their_client() -> None:
+    # Results are plain data: save() reaches the client's HTTP session through a narrow handle
+    # that holds the session while the client is open, and nothing once it has closed.
     async with ReplayServer() as server:
         server.script("/api/v3/dreambooth", success(1))
         async with client_for(server) as client:
             result = await client.text2img(model_id="m", prompt="p")
-            assert result._client is client
+            fields = attrs.fields_dict(dba.GenerationResult)
+            assert "_client" not in fields and "client" not in fields
+            handle = result._session
+            assert handle is not None
+            assert client not in gc.get_referents(result)
+            assert client not in gc.get_referents(handle)
+            assert handle.live_session() is client.http_session
+        assert handle.live_session() is None
 
 
 # --- other endpoints --------------------------------------------------------------------------

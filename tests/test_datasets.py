@@ -30,9 +30,9 @@ from dreambooth_async._dataset import (
     read_tar_member,
     sample_key,
 )
-from dreambooth_async._fsout import STATE_DIR_ENV
 from dreambooth_async._shard_writer import ShardWriter
 from dreambooth_async.cli import main
+from dreambooth_async.cli.dataset.fsout import STATE_DIR_ENV
 from dreambooth_async.cli.output import MetadataWriter
 from dreambooth_async.emulator import CostModel, Emulator, EmulatorConfig
 

@@ -24,7 +24,7 @@ import anyio
 import pytest
 
 import dreambooth_async as dba
-from dreambooth_async._fsout import (
+from dreambooth_async.cli.dataset.fsout import (
     STATE_DIR_ENV,
     FsOutput,
     OutputURLError,

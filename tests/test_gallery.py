@@ -30,7 +30,8 @@ from _cli_commands import emulator_generate_args
 from PIL import Image
 
 import dreambooth_async as dba
-from dreambooth_async import _gallery, cli
+from dreambooth_async import cli
+from dreambooth_async.cli.dataset import gallery as _gallery
 from dreambooth_async.emulator import DEFAULT_KEY
 
 HOSTILE = 'a <script>alert("x")</script> & <b>bold</b> fox'

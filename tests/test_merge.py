@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from dreambooth_async._merge import (
+from dreambooth_async.cli.dataset.merge import (
     MARKER_NAME,
     MergeError,
     add_merge_parser,
@@ -143,7 +143,7 @@ def test_merge_counts_in_the_singular_too(
 # The subcommand as the CLI wires it (an argparse subparser calling merge_command).
 _CLI = """
 import argparse, sys
-from dreambooth_async._merge import add_merge_parser
+from dreambooth_async.cli.dataset.merge import add_merge_parser
 parser = argparse.ArgumentParser()
 add_merge_parser(parser.add_subparsers(dest="command", required=True))
 args = parser.parse_args(["merge", *sys.argv[1:]])

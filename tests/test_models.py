@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from replay_server import ReplayServer, fast_client_options
 
 import dreambooth_async as dba
-from dreambooth_async._models import is_http_url
+from dreambooth_async._urls import is_http_url
 
 URL = "https://example.com/in.png"
 MASK = "https://example.com/mask.png"

@@ -25,7 +25,7 @@ from replay_server import ReplayServer, Reply, fast_client_options
 
 import dreambooth_async as dba
 from dreambooth_async._eta import EtaModel, FinishedJob
-from dreambooth_async._fetch_plan import FetchPlanner
+from dreambooth_async._fetch_timing import FetchPlanner
 from dreambooth_async._job import new_state
 from dreambooth_async._poller import Poller
 from dreambooth_async.emulator import DEFAULT_KEY, Emulator

@@ -20,9 +20,9 @@ from anyio.from_thread import start_blocking_portal
 
 import dreambooth_async as dba
 from dreambooth_async._models import WalletBalance
-from dreambooth_async._report import accounting_lines, build_report
 from dreambooth_async._spend import SpendGuard, money
 from dreambooth_async.cli import main
+from dreambooth_async.cli.dataset.report import accounting_lines, build_report
 from dreambooth_async.emulator import CostModel, Emulator, EmulatorConfig
 
 pytestmark = pytest.mark.anyio

@@ -393,7 +393,7 @@ def test_results_are_detached_and_save_from_any_loop(service: Service, tmp_path:
         item = client.gather([req()])[0]
         assert item.result is not None
         # The client's session lives on its loop thread; awaiting it elsewhere would break.
-        assert result._client is None and item.result._client is None
+        assert result._session is None and item.result._session is None
         paths = asyncio.run(result.save(tmp_path / "a"))
         assert paths[0].read_bytes().startswith(PNG)
     # And after the client closed, too.

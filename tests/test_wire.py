@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dreambooth_async as dba
-from dreambooth_async._models import is_http_url
+from dreambooth_async._urls import is_http_url
 from dreambooth_async._wire import from_wire, parse_response, to_wire
 
 VERSIONS: list[dba.ApiVersion] = ["v3", "v4", "v6"]

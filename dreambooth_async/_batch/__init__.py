@@ -3,8 +3,12 @@
 One module per step, data flowing one way:
 
 - :mod:`.options`: the keywords of ``client.map`` checked once into a frozen ``BatchOptions``;
-- :mod:`.keys`: the stable key of a request, file-name stems;
+- :mod:`.host`: what a batch needs of the client (:class:`~.host.BatchHost`, a protocol the
+  client implements: no module of the batch imports the client);
+- :mod:`.item_keys`: the stable key of an item's request, file-name stems (API keys are
+  ``_keys``'s);
 - :mod:`.plan`: each input's key and what to do with it given the manifest;
+- :mod:`.dry_run`: what a run would cost (``--dry-run``), keyed by the same planner;
 - :mod:`.window`: the queue-slot windows, one per API key (adaptive or fixed);
 - :mod:`.pacer`: requests per second and the pauses a 429 asks for;
 - :mod:`.budget`: ``max_images`` and ``max_spend``;
@@ -21,9 +25,10 @@ from ``dreambooth_async._batch``.
 from __future__ import annotations
 
 from .budget import images_paid
-from .budget import images_paid as _images_paid  # the name dreambooth_async._cache imports
+from .dry_run import RunPlan, plan_run
+from .host import BatchHost
+from .item_keys import request_key
 from .items import AmbiguousSubmission, BatchInput, BatchItem, ItemOutcome
-from .keys import request_key
 from .options import BatchOptions, MapOptions
 from .run import _LIVE_TASKS, BatchRun, map_requests
 from .submit import UNREACHABLE_AFTER
@@ -33,16 +38,18 @@ __all__ = [
     "UNREACHABLE_AFTER",
     "_LIVE_TASKS",
     "AmbiguousSubmission",
+    "BatchHost",
     "BatchInput",
     "BatchItem",
     "BatchOptions",
     "BatchRun",
     "ItemOutcome",
     "MapOptions",
+    "RunPlan",
     "SlotPool",
     "SlotWindow",
-    "_images_paid",
     "images_paid",
     "map_requests",
+    "plan_run",
     "request_key",
 ]

@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .._download import writable_folder
-from .._errors import AuthenticationError, ClientClosedError, DreamboothError
+from .._download import SessionSource, writable_folder
+from .._errors import AuthenticationError, ClientClosedError, DreamboothError, sole_error
 from .._keys import KeyRing
 from .._manifest import Manifest
 from .._spend import SpendGuard
 from .._telemetry import NO_TELEMETRY, NO_TRACE, Telemetry, outcome_of
 from .._transport import logger
 from .budget import Budget
+from .host import BatchHost
 from .items import BatchInput, BatchItem
 from .options import BatchOptions
 from .pacer import Pacer
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-    from .._client import DreamboothClient
-
 __all__ = ["Engine"]
 
 
@@ -50,12 +49,15 @@ class Engine:
 
     def __init__(
         self,
-        client: DreamboothClient,
+        client: BatchHost,
         requests: Iterable[BatchInput] | AsyncIterable[BatchInput],
         options: BatchOptions,
         telemetry: Telemetry = NO_TELEMETRY,
+        *,
+        sessions: SessionSource | None = None,
     ) -> None:
         self.client = client
+        self._sessions = sessions
         self.options = options
         self._telemetry = telemetry
         self._requests = requests
@@ -158,6 +160,7 @@ class Engine:
                 manifest=self.manifest,
                 tally=self.tally,
                 download_to=self.options.download_to,
+                sessions=self._sessions,
             )
             submitter = Submitter(
                 self.client,
@@ -177,7 +180,7 @@ class Engine:
                         await self._spawn(tg, endings, submitter)
         except Exception as exc:
             if self.error is None:
-                self.error = _unwrap(exc)
+                self.error = sole_error(exc)
         finally:
             if self._grace_handle is not None:
                 self._grace_handle.cancel()
@@ -375,9 +378,3 @@ class Engine:
         finally:
             slot.release()
         return await endings.done(entry, job.id or result.id, result)
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc

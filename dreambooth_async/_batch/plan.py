@@ -4,16 +4,16 @@ whether to submit it, attach to its job, skip it or report it."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, TypeAlias
+from typing import Literal, Protocol, TypeAlias
 
 import attrs
 
-from .._manifest import ItemState, Manifest
+from .._manifest import ItemState
 from .._models import GenerationRequest, Img2Img, Inpaint, Text2Img
+from .item_keys import request_key
 from .items import BatchInput
-from .keys import request_key
 
-__all__ = ["Entry", "Plan", "Planner", "plan", "prior_key"]
+__all__ = ["Entry", "Plan", "Planner", "Priors", "plan", "prior_key"]
 
 Plan: TypeAlias = Literal["submit", "attach", "skip", "ambiguous", "failed"]
 
@@ -21,6 +21,13 @@ Plan: TypeAlias = Literal["submit", "attach", "skip", "ambiguous", "failed"]
 # said that job failed. Every other ending (timeout, download, a shape the client did not expect,
 # the process dying) leaves a paid job that a rerun fetches rather than pays for again.
 _JOB_ENDED_FAILED = frozenset({"GenerationFailed"})
+
+
+class Priors(Protocol):
+    """An earlier run's item states by key: the open :class:`~.._manifest.Manifest` of a run,
+    or the states a dry run read from the file."""
+
+    def get(self, key: str) -> ItemState | None: ...
 
 
 @attrs.define(slots=True)
@@ -65,11 +72,12 @@ def prior_key(prior: ItemState, key_count: int) -> int | None:
 
 class Planner:
     """Turns each raw input into an :class:`Entry`: checks it, gives it its key (numbering
-    repeats of an identical request when a manifest tells items apart by key) and plans it."""
+    repeats of an identical request when a manifest tells items apart by key) and plans it.
+    The batch and its dry run (:mod:`.dry_run`) key items with it alike."""
 
     def __init__(
         self,
-        manifest: Manifest | None,
+        manifest: Priors | None,
         *,
         keys: Callable[[int, GenerationRequest], str] | None,
         resubmit_ambiguous: bool,

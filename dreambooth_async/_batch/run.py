@@ -11,32 +11,27 @@ dropped after a ``break``) cancels the engine and waits for it.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self, Unpack
 
 import anyio
 
-from .._events import EventHook
-from .._models import GenerationRequest
+from .._download import SessionSource
+from .._sending import SpawnFn
 from .._telemetry import NO_TELEMETRY, Telemetry
 from .engine import Engine
+from .host import BatchHost
 from .items import BatchInput, BatchItem
-from .options import batch_options
-
-if TYPE_CHECKING:
-    from .._client import DreamboothClient
+from .options import MapOptions, batch_options
 
 __all__ = ["BatchRun", "map_requests"]
 
 # --- task ownership ---------------------------------------------------------------------------
 
-#: Start a coroutine function in the client's task group (``DreamboothClient._spawn``): the
-#: engine's task belongs to the client, so nothing outlives ``async with DreamboothClient``.
-SpawnFn = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
-
+# The engine's task is started by the client's SpawnFn: it belongs to the client, so nothing
+# outlives ``async with DreamboothClient``.
 # The engine tasks running now (for tests and diagnostics; the client's task group owns them).
 _LIVE_TASKS: set[asyncio.Task[Any]] = set()
 
@@ -208,33 +203,14 @@ async def _run_engine(engine: Engine, ended: anyio.Event) -> None:
 
 
 def map_requests(
-    client: DreamboothClient,
+    client: BatchHost,
     requests: Iterable[BatchInput] | AsyncIterable[BatchInput],
     concurrency: int | None = None,
     *,
     spawn: SpawnFn,
     telemetry: Telemetry = NO_TELEMETRY,
-    max_concurrency: int | None = None,
-    initial_concurrency: int = 2,
-    fail_fast: bool = False,
-    rate_limit: float | None = None,
-    manifest: str | os.PathLike[str] | None = None,
-    keys: Callable[[int, GenerationRequest], str] | None = None,
-    on_event: EventHook | Iterable[EventHook] | None = None,
-    download_to: str | os.PathLike[str] | None = None,
-    resubmit_ambiguous: bool = False,
-    recover_ambiguous: float | None = None,
-    retry_failed: bool = True,
-    job_timeout: float | None = None,
-    max_rate_limited: int = 20,
-    buffer: int = 16,
-    cancel_grace: float = 10.0,
-    durable: bool = True,
-    on_finish: Callable[[], None] | None = None,
-    max_images: int | None = None,
-    max_spend: float | None = None,
-    price_per_image: float | None = None,
-    track_spend: bool = False,
+    sessions: SessionSource | None = None,
+    **options: Unpack[MapOptions],
 ) -> BatchRun:
     """Run many generation requests under the account's queue-slot limit.
 
@@ -243,82 +219,15 @@ def map_requests(
     requests, or of ``(key, request)`` pairs, and is read lazily, at most a few items ahead of
     the slots.
 
+    The keyword options (``fail_fast``, ``manifest``, ``download_to``, ``max_images``, ...) are
+    those of :class:`MapOptions`, where each is described.
+
     :param spawn: starts the engine in the client's task group (``client.map`` passes it).
     :param telemetry: where each item's trace goes (``client.map`` passes the client's).
+    :param sessions: the client's session handle, kept by results an earlier run finished
+        (``client.map`` passes it).
     :param concurrency: a fixed number of slots; ``None`` (the default) finds the account's
         limit (see :class:`SlotWindow`), starting at ``initial_concurrency``.
-    :param max_concurrency: the adaptive ceiling (default: ``client.max_concurrency``).
-    :param fail_fast: on the first item that fails, cancel the rest and raise its error from
-        the iterator. By default an item's error stays in its item and the batch goes on.
-    :param rate_limit: at most this many submissions per second.
-    :param manifest: a JSONL file recording every item's state; a rerun with the same manifest
-        skips done items, attaches to accepted ones by id and submits only the rest.
-    :param keys: ``keys(index, request) -> str`` gives each item's key (default: a hash of
-        the request; repeats of an identical request are numbered ``<hash>.2``, ... when a
-        manifest is used).
-    :param on_event: a callable (or several) receiving a :class:`BatchEvent` per state change.
-    :param download_to: download each result's images into this folder, named
-        ``<key>-<n>.<ext>``, before the item counts as done.
-    :param recover_ambiguous: with a client that has a :class:`WebhookReceiver`, how long to
-        wait for the service's webhook call to name the job of a submission whose answer was
-        lost (default: ten times the poll policy's ``max_interval``, 300 s; 0 turns it off).
-        A named job is attached to and counts as submitted, so a paid-for image is not lost;
-        otherwise the item ends ambiguous.
-    :param resubmit_ambiguous: send again a submission that may have landed (risks paying
-        twice). By default such items end as ambiguous (:class:`AmbiguousSubmission`).
-    :param retry_failed: on resume, submit again items that failed in an earlier run (jobs that
-        exist on the service, say after a timeout, are attached to instead).
-    :param job_timeout: bound each job's wait (default: the client's poll policy).
-    :param max_rate_limited: how many times an item turned away by a rate limit that is not
-        "queue full" (spam filter, 429) is retried before it fails.
-    :param buffer: finished items held for a slow consumer; extra task permits.
-    :param cancel_grace: seconds a cancelled batch waits for submissions already sent.
-    :param durable: fsync the manifest where it matters (turn off only for throwaway runs).
-    :param on_finish: called once in the event loop when the batch has stopped, however it
-        ended (``client.map(progress=True)`` closes its progress display with it).
-    :param max_images: a budget: submit no more once this many images (``samples`` count)
-        are paid for or in flight; with a manifest, images done in earlier runs count too.
-        Items past it are not sent, end quietly (no error) and stay pending in the manifest
-        (``run.stats["unsent"]`` counts them), so a rerun with a larger budget continues. A
-        sized input (a list) is read to its end, so done items are still reported; a stream
-        is read no further.
-    :param max_spend: a budget in the wallet's currency for this run's own spending: its
-        accepted images times the price of one image (``price_per_image``, or measured from
-        the wallet, see ``run.spend``). No submission is sent that would take it past the
-        budget; the rest stays pending, as with ``max_images``. Other clients paying from the
-        same wallet (shards on one key) do not count. Without a given price, the wallets are
-        read when the batch starts (it raises if none can be read); until the price is
-        measured (on the first accepted submission) one submission goes at a time.
-    :param price_per_image: the price of one image, when known (the service does not say
-        it): the run's spend is then its accepted images times this, and no wallet is read
-        for it.
-    :param track_spend: count the run's spend (``run.spend``) without a budget, measuring the
-        price per image from the wallet when it is not given. ``max_spend`` and
-        ``price_per_image`` turn it on too.
     """
-    options = batch_options(
-        client,
-        concurrency=concurrency,
-        max_concurrency=max_concurrency,
-        initial_concurrency=initial_concurrency,
-        fail_fast=fail_fast,
-        rate_limit=rate_limit,
-        manifest=manifest,
-        keys=keys,
-        on_event=on_event,
-        download_to=download_to,
-        resubmit_ambiguous=resubmit_ambiguous,
-        recover_ambiguous=recover_ambiguous,
-        retry_failed=retry_failed,
-        job_timeout=job_timeout,
-        max_rate_limited=max_rate_limited,
-        buffer=buffer,
-        cancel_grace=cancel_grace,
-        durable=durable,
-        on_finish=on_finish,
-        max_images=max_images,
-        max_spend=max_spend,
-        price_per_image=price_per_image,
-        track_spend=track_spend,
-    )
-    return BatchRun(Engine(client, requests, options, telemetry), spawn)
+    options_ = batch_options(client, concurrency, options)
+    return BatchRun(Engine(client, requests, options_, telemetry, sessions=sessions), spawn)

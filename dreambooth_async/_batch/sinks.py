@@ -7,18 +7,16 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from .._download import SessionSource
 from .._errors import DreamboothError
 from .._manifest import Manifest
 from .._models import GenerationResult
+from .host import BatchHost
+from .item_keys import file_stem
 from .items import AmbiguousSubmission, BatchItem
-from .keys import file_stem
 from .plan import Entry
 from .tally import Tally
-
-if TYPE_CHECKING:
-    from .._client import DreamboothClient
 
 __all__ = ["Endings"]
 
@@ -29,13 +27,16 @@ class Endings:
 
     def __init__(
         self,
-        client: DreamboothClient,
+        client: BatchHost,
         *,
         manifest: Manifest | None,
         tally: Tally,
         download_to: Path | None,
+        sessions: SessionSource | None = None,
     ) -> None:
         self._client = client
+        #: The client's session handle, kept by the results of items an earlier run finished.
+        self._sessions = sessions
         self._manifest = manifest
         self._tally = tally
         self._download_to = download_to
@@ -96,7 +97,11 @@ class Endings:
         assert prior is not None
         meta = {"seed": prior.seed} if prior.seed is not None else {}
         result = GenerationResult(
-            id=prior.job_id, status="success", output=prior.output, meta=meta, client=self._client
+            id=prior.job_id,
+            status="success",
+            output=prior.output,
+            meta=meta,
+            session=self._sessions,
         )
         folder = self._download_to
         files = tuple((folder / name) if folder else Path(name) for name in prior.files)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
 
 import anyio
 import attrs
@@ -21,12 +20,14 @@ from .._errors import (
     ServerError,
     TransportError,
 )
+from .._job import Job
 from .._keys import KeyRing
 from .._manifest import Manifest
-from .._poller import Job
+from .._models import CachedResult
 from .._transport import logger
 from .absence import UNREACHABLE_AFTER, Absence, is_absence
 from .budget import Budget
+from .host import BatchHost
 from .items import AmbiguousSubmission, BatchItem
 from .options import BatchOptions
 from .pacer import Pacer
@@ -35,9 +36,6 @@ from .probe import KeyProbe
 from .sinks import Endings
 from .tally import Tally
 from .window import Slot, SlotPool
-
-if TYPE_CHECKING:
-    from .._client import DreamboothClient
 
 __all__ = ["UNREACHABLE_AFTER", "Submitter"]
 
@@ -57,7 +55,7 @@ class Submitter:
 
     def __init__(
         self,
-        client: DreamboothClient,
+        client: BatchHost,
         options: BatchOptions,
         *,
         manifest: Manifest | None,
@@ -376,8 +374,6 @@ def _from_cache(job: Job) -> bool:
         return True
     if job.status != "success":
         return False
-    from .._cache import CachedResult
-
     return isinstance(job.result(), CachedResult)
 
 

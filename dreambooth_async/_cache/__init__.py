@@ -18,14 +18,14 @@ after 24 h), the cached answer does not. A result that comes back from the cache
 and whose ``files`` name the stored copies; its ``save()`` copies them, with no download.
 
 The modules, one step each: :mod:`.store` (the SQLite rows), :mod:`.files` (the stored images),
-:mod:`.flights` (a client's submissions through the cache), :mod:`.plan` (``--dry-run``),
-:mod:`.command` (``dreambooth-async cache``).
+:mod:`.flights` (a client's submissions through the cache, seeing the client as a
+:class:`~.flights.JobHost`). :class:`CachedResult` is plain data, in ``_models``; what a run
+would cost (``--dry-run``) is the batch's (``_batch.dry_run``); ``dreambooth-async cache`` is
+the command line's (``cli.cache``).
 """
 
-from .command import add_cache_parser, cache_command
-from .files import CachedResult, copy_files
-from .flights import CachedSubmissions, SendFn
-from .plan import RunPlan, plan_run
+from .._models import CachedResult
+from .flights import CachedSubmissions, JobHost
 from .store import CLAIM_TIMEOUT, CacheRow, CacheStats, ResultCache, cache_key
 
 __all__ = [
@@ -34,12 +34,7 @@ __all__ = [
     "CacheStats",
     "CachedResult",
     "CachedSubmissions",
+    "JobHost",
     "ResultCache",
-    "RunPlan",
-    "SendFn",
-    "add_cache_parser",
-    "cache_command",
     "cache_key",
-    "copy_files",
-    "plan_run",
 ]

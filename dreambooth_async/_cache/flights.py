@@ -1,19 +1,22 @@
 """The client's side of the cache: one submission per seeded request, across callers and
 processes. A request found ``done`` is answered from the file; ``submitted`` by another process
 (or an earlier run) is followed by its job id; ``claimed`` is waited on; else this process
-claims it and submits, through the client's own submit path handed over at construction."""
+claims it and submits, through the client's own submit path handed over at construction.
+
+The cache sees the client only through :class:`JobHost` and the callables of
+:mod:`.._sending`; the client implements them."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import attrs
 
 from .. import _backoff
+from .._download import SessionSource
 from .._errors import (
     AmbiguousSubmission,
     APIError,
@@ -22,28 +25,30 @@ from .._errors import (
     RequestValidationError,
     TransportError,
 )
-from .._models import GenerationRequest, GenerationResult
+from .._job import Job
+from .._models import ApiVersion, CachedResult, GenerationRequest, GenerationResult
+from .._sending import SendFn, Sending, SpawnFn
 from .._transport import logger
 from .store import ResultCache, cache_key
 
-if TYPE_CHECKING:
-    from collections.abc import Awaitable
-
-    from .._client import DreamboothClient
-    from .._generating import Sending
-    from .._job import Job
-    from .files import CachedResult
-
-__all__ = ["CachedSubmissions", "SendFn"]
+__all__ = ["CachedSubmissions", "JobHost"]
 
 
-class SendFn(Protocol):
-    """The client's submit path without the cache: the result when the answer is final, else
-    the tracked job."""
+class JobHost(Protocol):
+    """What the cache needs of the client that uses it: where requests go (part of the cache
+    key), attaching to a job another process paid for, and masking the keys in what it keeps.
+    Implemented by :class:`~dreambooth_async.DreamboothClient`."""
 
-    def __call__(
-        self, request: GenerationRequest, sending: Sending
-    ) -> Awaitable[GenerationResult | Job]: ...
+    @property
+    def api_version(self) -> ApiVersion: ...
+    @property
+    def base_url(self) -> str: ...
+
+    def attach(
+        self, job_id: str | int, *, timeout: float | None = None, fetch_url: str | None = None
+    ) -> Job: ...
+
+    def redact(self, text: str) -> str: ...
 
 
 @attrs.define
@@ -64,10 +69,6 @@ def _settle(future: asyncio.Future[Any], error: BaseException) -> None:
         future.set_exception(error)
 
 
-#: Start a coroutine function in the client's task group (``DreamboothClient._spawn``).
-SpawnFn = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
-
-
 def _provably_not_sent(error: BaseException) -> bool:
     """True when ``error`` shows that no submission was accepted: bad input, a connection that
     was never made, or an answer of the service refusing it."""
@@ -80,16 +81,24 @@ def _provably_not_sent(error: BaseException) -> bool:
 
 class CachedSubmissions:
     """The cache as one client uses it. ``send`` is the client's submit path (see
-    :class:`SendFn`); ``client`` is used through its public methods only (``attach``,
-    ``redact``, and as the owner of results and downloads)."""
+    :class:`SendFn`), ``spawn`` its task group; ``host`` is what else it needs of the client
+    (:class:`JobHost`); ``sessions`` is the session handle its results keep and its images are
+    fetched with."""
 
     def __init__(
-        self, cache: ResultCache, client: DreamboothClient, send: SendFn, spawn: SpawnFn
+        self,
+        cache: ResultCache,
+        host: JobHost,
+        send: SendFn,
+        spawn: SpawnFn,
+        *,
+        sessions: SessionSource,
     ) -> None:
         self.cache = cache
-        self._client = client
+        self._client = host
         self._send = send
         self._spawn = spawn
+        self._sessions = sessions
         #: Cache key -> the request being resolved for it in this process.
         self._flights: dict[str, _Flight] = {}
 
@@ -125,7 +134,7 @@ class CachedSubmissions:
 
     def done_for(self, result: GenerationResult) -> CachedResult | None:
         """The cached form of ``result`` (found by its job id), when its images are stored."""
-        return self.cache.done_for(result, self._client)
+        return self.cache.done_for(result, self._sessions)
 
     async def aclose(self) -> None:
         """Close the file. The requests still being resolved were cancelled with the
@@ -168,7 +177,7 @@ class CachedSubmissions:
             if row is None:
                 break  # ours to submit
             if row.state == "done":
-                cached = cache.restore(row, client)
+                cached = cache.restore(row, self._sessions)
                 logger.debug("cache hit for job %s", cached.id)
                 flight.answer.set_result(cached)
                 flight.final.set_result(cached)
@@ -220,7 +229,9 @@ class CachedSubmissions:
 
     async def _store(self, key: str, result: GenerationResult) -> GenerationResult:
         try:
-            return await self.cache.store(key, result, self._client)
+            return await self.cache.store(
+                key, result, sessions=self._sessions, redact=self._client.redact
+            )
         except (OSError, sqlite3.Error) as error:
             # The image was paid for and is here: a cache that cannot keep it must not lose it.
             logger.warning("cache: could not store job %s: %s", result.id, error)

@@ -9,18 +9,16 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
-from .._models import ApiVersion, GenerationRequest, GenerationResult
+from .._download import SessionSource
+from .._models import ApiVersion, CachedResult, GenerationRequest, GenerationResult
 from .._wire import parse_response, to_wire
-from .files import CachedResult, keep_images
-
-if TYPE_CHECKING:
-    from .._client import DreamboothClient
+from .files import keep_images
 
 __all__ = ["CLAIM_TIMEOUT", "CacheRow", "CacheStats", "ResultCache", "cache_key"]
 
@@ -185,13 +183,19 @@ class ResultCache:
             )
 
     async def store(
-        self, key: str, result: GenerationResult, client: DreamboothClient
+        self,
+        key: str,
+        result: GenerationResult,
+        *,
+        sessions: SessionSource,
+        redact: Callable[[str], str],
     ) -> CachedResult:
-        """Keep ``result`` (and its images) under ``key``; the cached form of it."""
+        """Keep ``result`` (and its images) under ``key``; the cached form of it. ``sessions``
+        fetches the images; ``redact`` masks the keys in what is kept."""
         row = self.row(key)
         if row is not None and row.state == "done" and row.answer is not None:
-            return self.restore(row, client)  # another process was first
-        files = await keep_images(result, self.images, client)
+            return self.restore(row, sessions)  # another process was first
+        files = await keep_images(result, self.images, sessions=sessions, redact=redact)
         answer = {
             **result.raw,
             "status": "success",
@@ -199,7 +203,7 @@ class ResultCache:
             "output": list(result.output),
         }
         # Answers may echo what they were sent: the key never reaches the file.
-        text = client.redact(json.dumps(answer, default=str))
+        text = redact(json.dumps(answer, default=str))
         now = time.time()
         names = json.dumps([path.name for path in files])
         self._db.execute(
@@ -209,11 +213,12 @@ class ResultCache:
         )
         stored = self.row(key)
         assert stored is not None
-        return self.restore(stored, client)
+        return self.restore(stored, sessions)
 
-    def restore(self, row: CacheRow, client: DreamboothClient | None) -> CachedResult:
+    def restore(self, row: CacheRow, sessions: SessionSource | None) -> CachedResult:
+        """The cached result of a ``done`` row; it keeps ``sessions`` for ``save()``."""
         assert row.answer is not None
-        result = parse_response(200, {}, row.answer.encode(), client=client, job_id=row.job_id)
+        result = parse_response(200, {}, row.answer.encode(), session=sessions, job_id=row.job_id)
         assert isinstance(result, GenerationResult)
         names: list[str] = json.loads(row.files or "[]")
         fields: dict[str, Any] = {
@@ -221,7 +226,9 @@ class ResultCache:
         }
         return CachedResult(**fields, files=tuple(self.images / name for name in names))
 
-    def done_for(self, result: GenerationResult, client: DreamboothClient) -> CachedResult | None:
+    def done_for(
+        self, result: GenerationResult, sessions: SessionSource | None
+    ) -> CachedResult | None:
         """The cached form of ``result`` (found by its job id), when its images are stored."""
         if result.id is None:
             return None
@@ -231,7 +238,7 @@ class ResultCache:
         ).fetchone()
         if found is None:
             return None
-        cached = self.restore(CacheRow(*found), client)
+        cached = self.restore(CacheRow(*found), sessions)
         if cached.output != result.output or len(cached.files) != len(cached.output):
             return None
         return cached

@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from .._errors import DreamboothError
-from .._gallery import add_gallery_parser as add_gallery_parser
 from .._manifest import ManifestError
 from .common import EXIT_BUDGET as EXIT_BUDGET
 from .common import EXIT_INTERRUPTED as EXIT_INTERRUPTED
@@ -43,6 +42,7 @@ from .common import METADATA_NAME as METADATA_NAME
 from .common import RUN_NAME as RUN_NAME
 from .common import InputError as InputError
 from .common import emulator_missing as emulator_missing
+from .dataset.gallery import add_gallery_parser as add_gallery_parser
 from .options import REQUEST_FIELDS as REQUEST_FIELDS
 from .output import MetadataWriter as MetadataWriter
 from .output import OutputLock as OutputLock

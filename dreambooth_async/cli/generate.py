@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from .._cache import plan_run
+from .._batch import plan_run
 from .._client import BASE_URL_ENV, DreamboothClient
 from .._dataset import DatasetError, require_pyarrow
 from .._errors import (
@@ -23,19 +23,8 @@ from .._errors import (
     InsufficientCredits,
     TransportError,
 )
-from .._fsout import (
-    FsOutput,
-    OutputURLError,
-    RemoteMirror,
-    UploadError,
-    is_url,
-    restore_state,
-    state_folder,
-)
-from .._gallery import write_gallery
 from .._poller import PollPolicy
 from .._progress import ProgressReporter
-from .._report import accounting_lines, build_report, report_path, write_report
 from .._shard_writer import ShardWriter
 from .._spend import read_balances
 from .common import (
@@ -46,6 +35,17 @@ from .common import (
     InputError,
     require_emulator,
 )
+from .dataset.fsout import (
+    FsOutput,
+    OutputURLError,
+    RemoteMirror,
+    UploadError,
+    is_url,
+    restore_state,
+    state_folder,
+)
+from .dataset.gallery import write_gallery
+from .dataset.report import accounting_lines, build_report, report_path, write_report
 from .options import defaults_from_args
 from .output import (
     MetadataWriter,

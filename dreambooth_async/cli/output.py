@@ -27,6 +27,7 @@ from .._models import Scheduler
 from .._shard import shard_manifest_name
 from .._shard_writer import ShardWriter
 from .common import LOCK_NAME, MANIFEST_NAME, METADATA_NAME, RUN_NAME, InputError
+from .dataset.atomic import write_atomically
 from .options import defaults_from_args, option_name
 
 __all__ = [
@@ -225,9 +226,7 @@ class RunRecord:
             return
         runs = [*self.runs, options] if has_images else [options]
         data = {"format": self.FORMAT, "version": 1, "runs": [{"options": o} for o in runs]}
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(temporary, self.path)
+        write_atomically(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def folder_has_images(out: Path) -> bool:

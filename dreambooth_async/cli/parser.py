@@ -7,11 +7,11 @@ import contextlib
 import copy
 
 from .. import __version__
-from .._cache import add_cache_parser
 from .._exit import exit_codes_help
-from .._gallery import add_gallery_parser
-from .._merge import add_merge_parser
+from .cache import add_cache_parser
 from .common import DEMO_TIME_SCALE, EMULATOR_EXTRA
+from .dataset.gallery import add_gallery_parser
+from .dataset.merge import add_merge_parser
 from .demo import demo
 from .emulator import add_emulator_options, run_emulator
 from .generate import generate

@@ -18,7 +18,7 @@ from .._client import (
     DEFAULT_BASE_URL,
     api_keys_from_env,
 )
-from .._models import is_http_url
+from .._urls import is_http_url
 from .._webhooks import WebhookReceiver
 from .common import CLI_EXTRA, InputError, require_emulator
 

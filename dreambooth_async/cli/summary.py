@@ -33,7 +33,7 @@ class Summary:
     budget_reached: bool = False
     #: What to do about it before running the command again.
     remedy: str = "fix the cause"
-    #: What the run sent and spent (see ``_report``).
+    #: What the run sent and spent (see ``cli.dataset.report``).
     accounting: list[str] = attrs.field(factory=list)
     #: What the output holds, for the last lines.
     outputs: str = f"images and {METADATA_NAME}"

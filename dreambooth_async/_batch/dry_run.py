@@ -1,4 +1,6 @@
-"""What a run would cost (``--dry-run``): read the manifest and the cache, contact nobody."""
+"""What a run would cost (``--dry-run``): read the manifest and the cache, contact nobody. Items
+are keyed by the batch's own :class:`~.plan.Planner`, so a dry run and the run it previews
+agree on every key."""
 
 from __future__ import annotations
 
@@ -8,8 +10,11 @@ from pathlib import Path
 
 import attrs
 
+from .._cache import ResultCache, cache_key
+from .._manifest import read_manifest
 from .._models import ApiVersion, GenerationRequest
-from .store import ResultCache, cache_key
+from .budget import images_paid
+from .plan import Planner
 
 __all__ = ["RunPlan", "plan_run"]
 
@@ -45,28 +50,24 @@ def plan_run(
     """The :class:`RunPlan` of ``client.map(requests, manifest=..., max_images=...)`` with a
     client using ``cache``: reads the files, contacts nobody. Items are keyed as the batch keys
     them (``request_key``, repeats numbered, when no explicit key is given)."""
-    from .._batch import _images_paid, request_key
-    from .._manifest import read_manifest
-
     states = read_manifest(manifest) if manifest is not None and Path(manifest).exists() else {}
     store = ResultCache(cache) if cache is not None and Path(cache).exists() else None
     counts = dict.fromkeys(attrs.fields_dict(RunPlan), 0)
     spent = 0
     if max_images is not None and states:
-        spent = _images_paid(states.values())
-    seen: dict[str, int] = {}
+        spent = images_paid(states.values())
+    # Repeats are numbered only with a manifest, as in the batch.
+    planner = Planner(
+        states if manifest is not None else None,
+        keys=None,
+        resubmit_ambiguous=False,
+        retry_failed=True,
+    )
     try:
-        for raw in requests:
+        for index, raw in enumerate(requests):
             counts["items"] += 1
-            if isinstance(raw, tuple):
-                key, request = raw
-            else:
-                request = raw
-                key = request_key(request)
-                seen[key] = seen.get(key, 0) + 1
-                if manifest is not None and seen[key] > 1:
-                    key = f"{key}.{seen[key]}"
-            state = states.get(key)
+            entry = planner.entry(index, raw)
+            request, state = entry.request, entry.prior
             if state is not None and state.status == "done":
                 counts["done"] += 1
                 continue

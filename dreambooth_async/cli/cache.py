@@ -10,7 +10,7 @@ from pathlib import Path
 
 import attrs
 
-from .store import ResultCache
+from .._cache import ResultCache
 
 __all__ = ["add_cache_parser", "cache_command"]
 

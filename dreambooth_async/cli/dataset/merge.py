@@ -36,8 +36,8 @@ from typing import Any
 
 import attrs
 
-from . import _jsonl
-from ._dataset import (
+from ... import _jsonl
+from ..._dataset import (
     DEFAULT_SAMPLES_PER_SHARD,
     OUTPUT_FORMATS,
     STAGING_NAME,
@@ -47,9 +47,9 @@ from ._dataset import (
     iter_shard_samples,
     read_shard_index,
 )
-from ._exit import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
-from ._settings import METADATA_NAME
-from ._shard_writer import ShardWriter
+from ..._exit import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from ..._settings import METADATA_NAME
+from ..._shard_writer import ShardWriter
 
 __all__ = [
     "MergeReport",

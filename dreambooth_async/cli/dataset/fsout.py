@@ -39,9 +39,11 @@ from typing import Any
 
 import anyio
 
-from ._dataset import is_shard_stats, sealed_keys
-from ._events import BatchEvent
-from ._manifest import Manifest, read_manifest
+from ..._dataset import is_shard_stats, sealed_keys
+from ..._events import BatchEvent
+from ..._manifest import Manifest, read_manifest
+from .atomic import write_atomically
+from .gallery import GALLERY_NAME, write_gallery
 
 __all__ = [
     "FsOutput",
@@ -94,20 +96,6 @@ def marker_name(manifest: Path) -> str:
 
 def _hidden(name: str) -> bool:
     return any(part.startswith(".") for part in name.split("/"))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        with temporary.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def is_url(text: str) -> bool:
@@ -306,8 +294,6 @@ class RemoteMirror:
     def gallery(self, *, manifest: Path | None = None) -> None:
         """Write the gallery page locally (from the local metadata and manifest) and upload it;
         its image links are relative, so they work beside the uploaded images."""
-        from ._gallery import GALLERY_NAME, write_gallery
-
         page = write_gallery(self.local, manifest=manifest)
         self.target.put_file(page, GALLERY_NAME)
 
@@ -491,7 +477,7 @@ def restore_state(
                 "anyway (rows kept, every prompt submitted again)"
             )
         if rows is not None and not (local / metadata).exists():
-            _write_atomically(local / metadata, rows)
+            write_atomically(local / metadata, rows)
         return [
             f"--new-manifest: no manifest for the {len(images)} images in {target.url}; "
             "a new one starts (its metadata rows are kept)"
@@ -503,11 +489,11 @@ def restore_state(
             f"--out {target.url}: the manifest copy {copy_name(manifest)} is unreadable "
             f"({_one_line(exc)}); pass --manifest PATH, or remove it to start anew"
         ) from None
-    _write_atomically(manifest, data)
+    write_atomically(manifest, data)
     if rows is not None and not (local / metadata).exists():
-        _write_atomically(local / metadata, rows)
+        write_atomically(local / metadata, rows)
     if saved_record is not None and not (local / record).exists():
-        _write_atomically(local / record, saved_record)
+        write_atomically(local / record, saved_record)
     notes = [
         f"restored the manifest {manifest} from {target.url} ({copy_name(manifest)}): what "
         "it records is not paid for again"

@@ -19,8 +19,6 @@ import base64
 import hashlib
 import html
 import json
-import os
-import secrets
 import sys
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -29,12 +27,13 @@ from typing import Any
 
 import attrs
 
-from . import _jsonl
-from ._exit import EXIT_OK, EXIT_USAGE
-from ._gallery_assets import SCRIPT, STYLE
-from ._manifest import ItemState, ManifestError, read_manifest
-from ._report import report_path
-from ._settings import MANIFEST_NAME, METADATA_NAME
+from ... import _jsonl
+from ..._exit import EXIT_OK, EXIT_USAGE
+from ..._manifest import ItemState, ManifestError, read_manifest
+from ..._settings import MANIFEST_NAME, METADATA_NAME
+from .atomic import write_atomically
+from .gallery_assets import SCRIPT, STYLE
+from .report import report_path
 
 __all__ = [
     "GALLERY_NAME",
@@ -401,21 +400,6 @@ def render_gallery(gallery: Gallery) -> str:
     return "\n".join(parts)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    # A page that is being rewritten is never seen half-written: the new one replaces it whole.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def write_gallery(
     folder: Path,
     *,
@@ -443,7 +427,7 @@ def write_gallery(
             "manifest (is it the --out folder of a generate run?); no page written"
         )
     target = folder / GALLERY_NAME
-    _write_atomically(target, render_gallery(gallery))
+    write_atomically(target, render_gallery(gallery))
     return target
 
 

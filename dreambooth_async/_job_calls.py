@@ -5,7 +5,7 @@ recovering the job of a submission whose answer was lost. A base class of
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ._account import AccountCalls
 from ._endpoints import fetch_target
@@ -17,7 +17,7 @@ from ._transport import logger
 from ._wire import parse_response
 
 if TYPE_CHECKING:
-    from ._client import DreamboothClient
+    from ._download import SessionSource
     from ._keys import KeyRing
     from ._poller import Poller
     from ._webhooks import WebhookReceiver
@@ -33,11 +33,8 @@ class JobCalls(AccountCalls):
     _poller: Poller
     _webhooks: WebhookReceiver | None
     _telemetry: Telemetry
-
-    @property
-    def _client(self) -> DreamboothClient:
-        # Only ever a base of DreamboothClient: results are bound to it (for save()).
-        return cast("DreamboothClient", self)
+    #: The handle on the client's session that results keep (for ``save()``).
+    _sessions: SessionSource
 
     def _fetch_target(self, job_id: str, fetch_url: str | None) -> tuple[str, dict[str, Any]]:
         return fetch_target(self.base_url, self.api_version, job_id, fetch_url)
@@ -51,7 +48,9 @@ class JobCalls(AccountCalls):
             http_status: int, headers: Mapping[str, str], raw: bytes
         ) -> GenerationResult | Processing:
             try:
-                return parse_response(http_status, headers, raw, client=self._client, job_id=job_id)
+                return parse_response(
+                    http_status, headers, raw, session=self._sessions, job_id=job_id
+                )
             except APIError as error:
                 raise about_job(error, job_id) from None
 
@@ -156,5 +155,6 @@ class JobCalls(AccountCalls):
     def _parse(
         self, http_status: int, headers: Mapping[str, str], body: bytes
     ) -> GenerationResult | Processing:
-        """:func:`parse_response`, with results bound to this client (for ``save()``)."""
-        return parse_response(http_status, headers, body, client=self._client)
+        """:func:`parse_response`, with results keeping this client's session handle (for
+        ``save()``)."""
+        return parse_response(http_status, headers, body, session=self._sessions)

@@ -12,14 +12,14 @@ before it is written, like the manifest.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._models import WalletBalance
-from ._spend import money
+from ..._models import WalletBalance
+from ..._spend import money
+from .atomic import write_atomically
 
 __all__ = ["REPORT_FORMAT", "accounting_lines", "build_report", "report_path", "write_report"]
 
@@ -128,13 +128,7 @@ def build_report(
 
 def write_report(path: Path, report: Mapping[str, Any], redact: Callable[[str], str]) -> None:
     """Write ``report`` at ``path`` whole (a temporary file moved into place)."""
-    text = redact(json.dumps(report, indent=2, ensure_ascii=False)) + "\n"
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_atomically(path, redact(json.dumps(report, indent=2, ensure_ascii=False)) + "\n")
 
 
 def _money(value: float, currency: str | None) -> str:
