@@ -53,6 +53,8 @@ class KeyRing:
         """The key for a submission the caller sent with no key of its own: the live key with
         the fewest pending jobs (the first key when every key is retired: its error is the
         answer)."""
+        if self.count == 1:
+            return 0  # one key: nothing to choose, and nothing on the hot path
         live = self.live()
         if not live:
             return 0

@@ -85,6 +85,16 @@ def converter_for(version: ApiVersion) -> cattrs.Converter:
         for image_field in ("init_image", "mask_image"):
             # Images need the version and file I/O: handled by _encode_images below.
             overrides[image_field] = override(omit=True)
+        for field in attrs.fields(cls):
+            if field.default is None and field.name not in _NULLABLE_FIELDS:
+                # An optional field left unset is not sent: skipped here, before its hook runs,
+                # which keeps the ~20 unset fields of a usual request off the hot path.
+                given = overrides.get(field.name)
+                overrides[field.name] = (
+                    override(omit_if_default=True)
+                    if given is None
+                    else attrs.evolve(given, omit_if_default=True)
+                )
         conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **overrides))
     return conv
 
