@@ -2,7 +2,7 @@
 
 The top floor of the library: every module below sees the client only through the narrow
 protocols it implements (the batch's ``BatchHost``, the cache's ``JobHost``, the spend guard's
-``WalletReader``) and through the session handle its results keep (``SessionSource``)."""
+``Wallets``) and through the session handle its results keep (``SessionSource``)."""
 
 from __future__ import annotations
 
