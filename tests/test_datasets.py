@@ -24,15 +24,15 @@ from _cli_commands import emulator_generate_args, generate_command
 from test_fsout import s3_endpoint  # noqa: F401 - the S3 API on loopback, as a fixture
 
 from dreambooth_async import BatchItem, GenerationResult, Text2Img, read_manifest
-from dreambooth_async._dataset import (
+from dreambooth_async.cli import main
+from dreambooth_async.cli.dataset.fsout import STATE_DIR_ENV
+from dreambooth_async.cli.dataset.layouts import (
     STAGING_NAME,
     read_shard_index,
     read_tar_member,
     sample_key,
 )
-from dreambooth_async._shard_writer import ShardWriter
-from dreambooth_async.cli import main
-from dreambooth_async.cli.dataset.fsout import STATE_DIR_ENV
+from dreambooth_async.cli.dataset.shard_writer import ShardWriter
 from dreambooth_async.cli.output import MetadataWriter
 from dreambooth_async.emulator import CostModel, Emulator, EmulatorConfig
 

@@ -16,7 +16,6 @@ from typing import Any, TextIO
 
 from .._batch import plan_run
 from .._client import BASE_URL_ENV, DreamboothClient
-from .._dataset import DatasetError, require_pyarrow
 from .._errors import (
     AuthenticationError,
     EndpointNotFound,
@@ -25,7 +24,6 @@ from .._errors import (
 )
 from .._poller import PollPolicy
 from .._progress import ProgressReporter
-from .._shard_writer import ShardWriter
 from .._spend import read_balances
 from .common import (
     CLI_EXTRA,
@@ -45,7 +43,9 @@ from .dataset.fsout import (
     state_folder,
 )
 from .dataset.gallery import write_gallery
+from .dataset.layouts import DatasetError, require_pyarrow
 from .dataset.report import accounting_lines, build_report, report_path, write_report
+from .dataset.shard_writer import ShardWriter
 from .options import defaults_from_args
 from .output import (
     MetadataWriter,

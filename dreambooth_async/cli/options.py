@@ -21,13 +21,13 @@ from .._client import (
     DEFAULT_BASE_URL,
 )
 from .._convert import structure_field, value_type
-from .._dataset import DEFAULT_SAMPLES_PER_SHARD, OUTPUT_FORMATS
 from .._models import API_VERSIONS, Inpaint, Scheduler, field_limit
 from .._prompts import KINDS, REQUEST_FIELDS
 from .._settings import TIME_SCALE_HELP
 from .._shard import add_shard_argument, shard_manifest_name
 from .common import DEMO_TIME_SCALE, MANIFEST_NAME
 from .dataset.fsout import STATE_DIR_ENV
+from .dataset.layouts import DEFAULT_SAMPLES_PER_SHARD, OUTPUT_FORMATS
 
 __all__ = [
     "KINDS",

@@ -16,18 +16,18 @@ import attrs
 
 from .._batch import BatchItem
 from .._convert import structure_field
-from .._dataset import (
+from .._jsonl import FileInUse, JsonlFile, lock_exclusive
+from .._models import Scheduler
+from .._shard import shard_manifest_name
+from .common import LOCK_NAME, MANIFEST_NAME, METADATA_NAME, RUN_NAME, InputError
+from .dataset.atomic import write_atomically
+from .dataset.layouts import (
     DEFAULT_SAMPLES_PER_SHARD,
     STAGING_NAME,
     files_subfolder,
     is_shard_stats,
 )
-from .._jsonl import FileInUse, JsonlFile, lock_exclusive
-from .._models import Scheduler
-from .._shard import shard_manifest_name
-from .._shard_writer import ShardWriter
-from .common import LOCK_NAME, MANIFEST_NAME, METADATA_NAME, RUN_NAME, InputError
-from .dataset.atomic import write_atomically
+from .dataset.shard_writer import ShardWriter
 from .options import defaults_from_args, option_name
 
 __all__ = [

@@ -39,11 +39,11 @@ from typing import Any
 
 import anyio
 
-from ..._dataset import is_shard_stats, sealed_keys
 from ..._events import BatchEvent
 from ..._manifest import Manifest, read_manifest
 from .atomic import write_atomically
 from .gallery import GALLERY_NAME, write_gallery
+from .layouts import is_shard_stats, sealed_keys
 
 __all__ = [
     "FsOutput",

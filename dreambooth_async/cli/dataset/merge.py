@@ -2,7 +2,7 @@
 
 Each ``generate`` output (a shard's, say) is a folder of images with a ``metadata.jsonl`` whose
 ``file_name`` names them, or the shards of a ``webdataset`` or ``parquet`` output (see
-``_dataset``). The merge is by default a Hugging Face *imagefolder*: the images (beyond
+``layouts``). The merge is by default a Hugging Face *imagefolder*: the images (beyond
 ``--samples-per-shard`` of them, in numbered subfolders) and one ``metadata.jsonl`` whose
 ``file_name``\\ s match, readable by ``datasets.load_dataset("imagefolder", data_dir=DIR)``;
 ``--output-format webdataset|parquet`` writes shards instead, from sources of any layout.
@@ -37,7 +37,9 @@ from typing import Any
 import attrs
 
 from ... import _jsonl
-from ..._dataset import (
+from ..._exit import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from ..._settings import METADATA_NAME
+from .layouts import (
     DEFAULT_SAMPLES_PER_SHARD,
     OUTPUT_FORMATS,
     STAGING_NAME,
@@ -47,9 +49,7 @@ from ..._dataset import (
     iter_shard_samples,
     read_shard_index,
 )
-from ..._exit import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
-from ..._settings import METADATA_NAME
-from ..._shard_writer import ShardWriter
+from .shard_writer import ShardWriter
 
 __all__ = [
     "MergeReport",

@@ -18,7 +18,7 @@ on filling the same shard. Sealing writes each file under a temporary name and m
 whole, the ``_stats.json`` last: a shard whose stats file exists is finished, and is never
 written again; a staging folder whose stats file exists is only removed.
 
-The sealing itself is ``_shard_writer``; this module holds the names, the index and the
+The sealing itself is ``shard_writer``; this module holds the names, the index and the
 readers. The shard index a reader (the gallery, a training job) needs is the
 ``NNNNN_stats.json`` files (:func:`read_shard_index`): each names the shard's files, its sample
 count and a preview sample.

@@ -1,5 +1,5 @@
 """Sealing the shards of a ``webdataset`` or ``parquet`` output (the layouts are described in
-``_dataset``): images staged in ``.shards/NNNNN/`` until a shard is full, then its files written
+``layouts``): images staged in ``.shards/NNNNN/`` until a shard is full, then its files written
 under temporary names and moved in whole, the ``_stats.json`` last."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._dataset import (
+from .layouts import (
     DEFAULT_SAMPLES_PER_SHARD,
     IMAGE_SUFFIXES,
     SHARD_FORMAT,
