@@ -86,21 +86,20 @@ class TelemetryOptions:
 
     Pass it as ``DreamboothClient(telemetry=TelemetryOptions(...))``; ``telemetry=False`` turns
     telemetry off, ``True`` (the default) is ``TelemetryOptions()``.
-
-    :param enabled: make spans and metrics at all.
-    :param record_prompts: put each request's prompt and negative prompt on its span
-        (``dreambooth.request.prompt``, ``dreambooth.request.negative_prompt``). Off by
-        default: prompts are user content.
-    :param tracer_provider: an OpenTelemetry ``TracerProvider`` to use instead of the global
-        one (``opentelemetry.trace.get_tracer_provider()``).
-    :param meter_provider: likewise a ``MeterProvider`` instead of the global one.
     """
 
     enabled: bool = True
+    """Make spans and metrics at all."""
     record_prompts: bool = False
+    """Put each request's prompt and negative prompt on its span
+    (``dreambooth.request.prompt``, ``dreambooth.request.negative_prompt``). Off by default:
+    prompts are user content."""
     # Typed loosely: opentelemetry is an optional extra, so its types cannot appear here.
     tracer_provider: object | None = None
+    """An OpenTelemetry ``TracerProvider`` to use instead of the global one
+    (``opentelemetry.trace.get_tracer_provider()``)."""
     meter_provider: object | None = None
+    """Likewise a ``MeterProvider`` instead of the global one."""
 
 
 class HttpTrace:
