@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -34,10 +35,19 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 
+from ._digests import DigestTable, text_digest
 from ._errors import DreamboothError
 from ._jsonl import FileInUse, JsonlFile, ShortWrite, scan
 
-__all__ = ["ItemState", "ItemStatus", "Manifest", "ManifestError", "read_manifest"]
+__all__ = [
+    "ItemState",
+    "ItemStatus",
+    "Manifest",
+    "ManifestError",
+    "ManifestIndex",
+    "index_manifest",
+    "read_manifest",
+]
 
 FORMAT = "dreambooth-async-manifest"
 VERSION = 1
@@ -124,16 +134,23 @@ class _Fold:
     written whole, newline last). Anything else that is not a record is corruption, and a file
     that does not start with the header is not a manifest: both raise rather than risk
     appending to, or truncating, a file that is not ours.
+
+    ``states`` is a plain dict of every item's :class:`ItemState` (:func:`read_manifest`), or
+    a :class:`ManifestIndex` that keeps finished items as where their line is.
     """
 
     _HEADER = json.dumps({"manifest": FORMAT}, separators=(",", ":"))[:-1].encode()
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, compact: bool = False) -> None:
         self.path = path
+        self.index = ManifestIndex(path) if compact else None
         self.states: dict[str, ItemState] = {}
+        self._offset = 0
 
     def line(self, number: int, raw: bytes) -> None:
         path = self.path
+        offset = self._offset
+        self._offset += len(raw)
         record = _parse_line(raw, number, path)
         if record is None:
             if number == 1:
@@ -145,14 +162,151 @@ class _Fold:
         if number == 1 and "manifest" not in record:
             raise ManifestError(f"{path}: not a dreambooth-async manifest (no header line)")
         if "key" in record:
-            key = record["key"]
-            self.states[key] = _fold(self.states.get(key), record)
+            if self.index is not None:
+                self.index.fold(record, offset)
+            else:
+                key = record["key"]
+                self.states[key] = _fold(self.states.get(key), record)
 
     def torn(self, number: int, raw: bytes) -> None:
         # A torn header is still recognisably ours.
         header = self._HEADER
         if number == 1 and not (raw.startswith(header) or header.startswith(raw)):
             raise ManifestError(f"{self.path}: not a dreambooth-async manifest")
+
+
+# Where a finished item's ``done`` line is: its offset in the file, the item's index (-1 for
+# none) and how many outputs the line names (for the images budget).
+_WHERE = struct.Struct("<QiI")
+
+
+class ManifestIndex(Mapping[str, ItemState]):
+    """Every item's last state in a manifest, as :func:`read_manifest` folds them, in little
+    memory: an item whose last line is ``done`` (nearly every item of a long run) is kept as
+    32 bytes, a digest of its key and where its line is, and read back from the file when
+    asked for; the rest as :class:`ItemState` s.
+
+    A done item read back holds what its ``done`` line says (job id, files, outputs, seed) and
+    its index; what earlier lines said and no later step reads of a finished item (the fetch
+    URL, the paying key's position, an earlier attempt's error) is left out. Items whose done
+    line leaves out what an earlier line said (no job id on it, say) are kept whole.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._states: dict[str, ItemState] = {}
+        self._done = DigestTable(16, _WHERE.size)
+        self._done_outputs = 0
+        self._fd: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<ManifestIndex {str(self.path)!r} items={len(self)} done={len(self._done)}>"
+
+    # --- the fold -----------------------------------------------------------------------------
+
+    def fold(self, record: Mapping[str, Any], offset: int) -> None:
+        """Fold one record (its line at ``offset``) into its item's state."""
+        key = str(record["key"])
+        states = self._states
+        previous = states.get(key)
+        if previous is None and self._done:
+            digest = text_digest(key)
+            where = self._done.get(digest)
+            if where is not None:  # a line after done: rare, read the done line back
+                previous = self._read_done(key, where)
+                self._forget(digest, where)
+        state = _fold(previous, record)
+        if (
+            state.status == "done"
+            and state.job_id == record.get("job_id")
+            and state.seed == record.get("seed")
+        ):
+            states.pop(key, None)
+            outputs = len(state.output)
+            index = state.index if state.index is not None else -1
+            self._done.put(text_digest(key), _WHERE.pack(offset, index, outputs))
+            self._done_outputs += max(1, outputs)
+        else:
+            states[key] = state
+
+    def _forget(self, digest: bytes, where: bytes) -> None:
+        self._done.discard(digest)
+        self._done_outputs -= max(1, _WHERE.unpack(where)[2])
+
+    # --- reading done lines back --------------------------------------------------------------
+
+    def _line_at(self, offset: int) -> dict[str, Any]:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        chunks: list[bytes] = []
+        position = offset
+        while True:
+            chunk = os.pread(self._fd, 8192, position)
+            end = chunk.find(b"\n")
+            if end != -1 or not chunk:
+                chunks.append(chunk if end == -1 else chunk[:end])
+                break
+            chunks.append(chunk)
+            position += len(chunk)
+        record = json.loads(b"".join(chunks))
+        if not isinstance(record, dict):  # pragma: no cover - the file changed under us
+            raise ManifestError(f"{self.path}: the line at byte {offset} is not a record")
+        return record
+
+    def _read_done(self, key: str, where: bytes) -> ItemState | None:
+        offset, index, _outputs = _WHERE.unpack(where)
+        record = self._line_at(offset)
+        if record.get("key") != key:  # two keys with one digest: a chance in 2**128
+            return None
+        state = _fold(None, record)
+        return attrs.evolve(state, index=index) if index >= 0 else state
+
+    def close(self) -> None:
+        """Close the descriptor that reads done lines back (again is fine)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    # --- the mapping --------------------------------------------------------------------------
+
+    def status(self, key: str) -> ItemStatus | None:
+        """The last status of ``key`` (None: not in the manifest), without reading any line."""
+        state = self._states.get(key)
+        if state is not None:
+            return state.status
+        if self._done and self._done.get(text_digest(key)) is not None:
+            return "done"
+        return None
+
+    def __getitem__(self, key: str) -> ItemState:
+        state = self._states.get(key)
+        if state is not None:
+            return state
+        if self._done:
+            where = self._done.get(text_digest(key))
+            if where is not None:
+                found = self._read_done(key, where)
+                if found is not None:
+                    return found
+        raise KeyError(key)
+
+    def __len__(self) -> int:
+        return len(self._states) + len(self._done)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from list(self._states)
+        for where in self._done.payloads():
+            yield str(self._line_at(_WHERE.unpack(where)[0])["key"])
+
+    def images_paid(self) -> int:
+        """Images earlier runs paid for, as ``images_paid`` counts them over every state (one
+        per job still in flight), without reading the done lines back."""
+        in_states = sum(
+            max(1, len(s.output)) if s.status == "done" else 1
+            for s in self._states.values()
+            if s.status in ("done", "submitted")
+        )
+        return self._done_outputs + in_states
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, ItemState]:
@@ -166,6 +320,17 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, ItemState]:
     return fold.states
 
 
+def index_manifest(path: str | os.PathLike[str]) -> ManifestIndex:
+    """The manifest at ``path`` as a :class:`ManifestIndex` (read-only; empty when there is no
+    file): what planning and the gallery read, in a few dozen bytes per finished item."""
+    target = Path(path)
+    fold = _Fold(target, compact=True)
+    assert fold.index is not None
+    if target.exists():
+        scan(target, fold.line, torn=fold.torn)
+    return fold.index
+
+
 #: Turns text that may contain the API key into text that does not.
 Redactor: TypeAlias = Callable[[str], str]
 
@@ -177,14 +342,15 @@ def _no_redaction(text: str) -> str:
 class Manifest:
     """The manifest of one batch, open for appending. Use :meth:`open`; :meth:`close` when done.
 
-    ``states`` holds what the file said when it was opened (what a resuming batch needs); the
-    lines this process appends are not kept in memory, so a long batch costs no memory here.
+    ``states`` holds what the file said when it was opened (what a resuming batch needs), as a
+    :class:`ManifestIndex` (a finished item costs a few dozen bytes); the lines this process
+    appends are not kept in memory, so a long batch costs no memory here.
     """
 
     def __init__(
         self,
         file: JsonlFile,
-        states: dict[str, ItemState],
+        states: ManifestIndex,
         *,
         redact: Redactor,
     ) -> None:
@@ -212,7 +378,8 @@ class Manifest:
         """
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fold = _Fold(target)
+        fold = _Fold(target, compact=True)
+        assert fold.index is not None
         try:
             file = JsonlFile.open(
                 target, fold.line, torn=fold.torn, lock=True, mode=0o600, durable=durable
@@ -222,7 +389,7 @@ class Manifest:
                 f"{target} is in use by another batch (another process holds its lock)"
             ) from None
         try:
-            manifest = cls(file, fold.states, redact=redact or _no_redaction)
+            manifest = cls(file, fold.index, redact=redact or _no_redaction)
             if file.size == 0:
                 manifest._write({"manifest": FORMAT, "version": VERSION}, sync=True)
         except BaseException:
@@ -233,6 +400,7 @@ class Manifest:
     def close(self) -> None:
         """Release the lock and the file."""
         self._file.close()
+        self.states.close()
 
     def __enter__(self) -> Manifest:
         return self
@@ -246,6 +414,10 @@ class Manifest:
 
     def __iter__(self) -> Iterator[ItemState]:
         return iter(self.states.values())
+
+    def images_paid(self) -> int:
+        """Images earlier runs paid for (see :meth:`ManifestIndex.images_paid`)."""
+        return self.states.images_paid()
 
     # --- writing ------------------------------------------------------------------------------
 

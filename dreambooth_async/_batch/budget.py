@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .._manifest import ItemState
+from .._manifest import ItemState, Manifest
 from .._spend import Bracket, SpendGuard, Wallets
 from .._transport import logger
 from .plan import Entry
@@ -58,11 +58,11 @@ class Budget:
         """The run's spend and its guard once started (None when the run does not count it)."""
         return self._spend
 
-    async def start(self, wallets: Wallets, manifest: Iterable[ItemState] | None) -> None:
+    async def start(self, wallets: Wallets, manifest: Manifest | None) -> None:
         """Count what earlier runs paid (with a manifest) and start counting the spend
         (``max_spend`` without a price raises when no wallet can be read)."""
         if self._max_images is not None and manifest is not None:
-            self._images = images_paid(manifest)
+            self._images = manifest.images_paid()  # images_paid(manifest), done lines unread
         if self._track:
             self._spend = SpendGuard(wallets, self._max_spend, price=self._price)
             await self._spend.start()

@@ -8,9 +8,10 @@ from typing import Literal, Protocol, TypeAlias
 
 import attrs
 
+from .._digests import DigestCounter, TextSet
 from .._manifest import ItemState
 from .._models import GenerationRequest, Img2Img, Inpaint, Text2Img
-from .item_keys import request_key
+from .item_keys import KEY_DIGEST_SIZE, request_digest
 from .items import BatchInput
 
 __all__ = ["Entry", "Plan", "Planner", "Priors", "plan", "prior_key"]
@@ -87,10 +88,12 @@ class Planner:
         self._keys = keys
         self._resubmit_ambiguous = resubmit_ambiguous
         self._retry_failed = retry_failed
-        self._occurrences: dict[str, int] = {}
-        self._explicit_keys: set[str] = set()
+        # Per item, the digest's bytes (not its hex key in a dict): a million items are run.
+        self._occurrences = DigestCounter(KEY_DIGEST_SIZE)
+        self._explicit_keys = TextSet()
 
-    def entry(self, index: int, raw: BatchInput) -> Entry:
+    def key(self, index: int, raw: BatchInput) -> tuple[str, GenerationRequest]:
+        """The checked request of input ``index`` and its key (no manifest lookup)."""
         if isinstance(raw, tuple):
             if len(raw) != 2 or not isinstance(raw[0], str) or not raw[0]:
                 raise TypeError(f"batch input {index}: expected (key, request), got {raw!r}")
@@ -108,18 +111,20 @@ class Planner:
             key = self._keys(index, request)
             explicit = True
         if not explicit:
-            key = request_key(request)
+            digest = request_digest(request)
+            key = digest.hex()  # request_key(request)
             if self._manifest is not None:
                 # Identical requests (same prompt, seed None, say) are separate items: number
                 # the repeats so that each has a key of its own in the manifest.
-                seen = self._occurrences.get(key, 0) + 1
-                self._occurrences[key] = seen
+                seen = self._occurrences.add(digest)
                 if seen > 1:
                     key = f"{key}.{seen}"
-        elif self._manifest is not None:
-            if key in self._explicit_keys:
-                raise ValueError(f"batch input {index}: duplicate key {key!r}")
-            self._explicit_keys.add(key)
+        elif self._manifest is not None and not self._explicit_keys.add(key):
+            raise ValueError(f"batch input {index}: duplicate key {key!r}")
+        return key, request
+
+    def entry(self, index: int, raw: BatchInput) -> Entry:
+        key, request = self.key(index, raw)
         prior = self._manifest.get(key) if self._manifest is not None else None
         decided = plan(
             prior, resubmit_ambiguous=self._resubmit_ambiguous, retry_failed=self._retry_failed

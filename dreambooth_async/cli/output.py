@@ -16,6 +16,7 @@ import attrs
 
 from .._batch import BatchItem
 from .._convert import structure_field
+from .._digests import TextSet
 from .._jsonl import FileInUse, JsonlFile, lock_exclusive
 from .._models import Scheduler
 from .._shard import shard_manifest_name
@@ -324,7 +325,8 @@ class MetadataWriter:
     def __init__(self, path: Path, per_shard: int = DEFAULT_SAMPLES_PER_SHARD) -> None:
         self.path = path
         self.per_shard = per_shard
-        self.known: set[str] = set()
+        # The names only need answering "written already?": 16 bytes each, not the string.
+        self.known = TextSet()
         self.rows = 0
         self.written = 0
         self.placed: tuple[Path, ...] = ()

@@ -52,10 +52,12 @@ class PromptSource:
         except PromptFileError as exc:
             raise InputError(str(exc)) from None
 
-    def requests(self) -> Iterator[BatchInput]:
-        """The requests, read lazily (the batch pulls them as slots free up)."""
+    def requests(self, *, check: bool = False) -> Iterator[BatchInput]:
+        """The requests, read lazily (the batch pulls them as slots free up). ``check``: for
+        a caller that does not :meth:`validate` first (the dry run reads the file once),
+        refuse what validating refuses as the rows are read."""
         try:
-            yield from self._file
+            yield from self._file.checked() if check else self._file
         except PromptFileError as exc:  # the file changed since it was checked
             raise InputError(str(exc)) from None
 

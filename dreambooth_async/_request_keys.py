@@ -1,0 +1,164 @@
+"""Stable names for batch items: the key of a request, and a file-name stem for a key.
+
+A key is the hash of the request's canonical JSON: ``{"kind": ..., <every field>}`` with the
+keys sorted, compact separators, images given as bytes replaced by their SHA-256 and paths by
+``{"path": ...}``. Manifests on disk hold these keys, so the text hashed must never change;
+:func:`request_key` builds the very same text as the first, field-by-field implementation did
+(``tests/test_planning.py`` holds the two side by side), only without the per-field work for
+the fields that are plain JSON already (all of them, in the usual request).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from json.encoder import encode_basestring_ascii
+from operator import attrgetter
+from typing import Any
+
+import attrs
+
+from ._models import GenerationRequest, Img2Img, Inpaint, Text2Img
+
+__all__ = ["KEY_DIGEST_SIZE", "file_stem", "request_digest", "request_key"]
+
+#: Bytes of a request's digest (its key is their hex: 20 characters).
+KEY_DIGEST_SIZE = 10
+
+
+def _canonical_value(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return {"sha256": hashlib.sha256(value).hexdigest()}
+    if isinstance(value, os.PathLike):
+        return {"path": os.fspath(value)}
+    if isinstance(value, dict):
+        return {str(k): _canonical_value(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [_canonical_value(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _encode_other(value: Any) -> str:
+    return _ENCODE(_canonical_value(value))
+
+
+def _encode_float(value: float) -> str:
+    # json writes a finite float as repr() does; NaN and the infinities its own way.
+    return float.__repr__(value) if math.isfinite(value) else _ENCODE(value)
+
+
+def _encode_mapping(value: Any) -> str:
+    return "{}" if not value else _encode_other(value)  # ``extra``, empty in most requests
+
+
+def _encode_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+# How the canonical text writes a value of each exact type; any other type (an enum member, a
+# path, bytes, a list) goes through _canonical_value and the encoder, as it always did.
+_ENCODERS: dict[type, Callable[[Any], str]] = {
+    str: encode_basestring_ascii,
+    int: int.__repr__,
+    bool: _encode_bool,
+    float: _encode_float,
+    dict: _encode_mapping,
+}
+
+
+class _Layout:
+    """One request class's canonical text, precomputed: the field names in sorted order (with
+    ``kind``), a getter reading every field at once, and for each combination of value types
+    seen (the fields left None, mostly) the text between the values."""
+
+    def __init__(self, cls: type[GenerationRequest]) -> None:
+        self.names = tuple(sorted(a.name for a in attrs.fields(cls)))
+        self.kind = json.dumps(cls.kind)
+        self.get = attrgetter(*self.names)
+        self._shapes: dict[tuple[type, ...], tuple[tuple[str, ...], tuple[Any, ...]]] = {}
+
+    def shape(self, types: tuple[type, ...]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        """The text around the values of these types: literal pieces (the names, and the
+        values that are None), and an encoder per value in between (its position and how)."""
+        found = self._shapes.get(types)
+        if found is not None:
+            return found
+        pieces: list[str] = []
+        holes: list[tuple[int, Callable[[Any], str]]] = []
+        pending = "{"
+        names = sorted([*self.names, "kind"])
+        fields = {name: i for i, name in enumerate(self.names)}
+        for n, name in enumerate(names):
+            pending += ("," if n else "") + json.dumps(name) + ":"
+            if name == "kind":
+                pending += self.kind
+                continue
+            position = fields[name]
+            kind = types[position]
+            if kind is type(None):
+                pending += "null"
+                continue
+            pieces.append(pending)
+            pending = ""
+            holes.append((position, _ENCODERS.get(kind, _encode_other)))
+        pieces.append(pending + "}")
+        if len(self._shapes) > 64:  # requests of many shapes: keep the cache small
+            self._shapes.clear()
+        found = (tuple(pieces), tuple(holes))
+        self._shapes[types] = found
+        return found
+
+
+_LAYOUTS = {cls: _Layout(cls) for cls in (Text2Img, Img2Img, Inpaint)}
+# json.dumps(..., sort_keys=True, separators=(",", ":"), default=str) for one value (its
+# mappings are sorted by _canonical_value already).
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+def _canonical_text(request: GenerationRequest) -> str:
+    layout = _LAYOUTS.get(type(request))
+    if layout is None:  # a subclass of a request class: the general path
+        fields = attrs.asdict(request, recurse=False)
+        canonical = {"kind": request.kind, **{k: _canonical_value(v) for k, v in fields.items()}}
+        return json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
+    values = layout.get(request)
+    pieces, holes = layout.shape(tuple(map(type, values)))
+    parts = [pieces[0]]
+    for (position, encode), piece in zip(holes, pieces[1:], strict=True):
+        parts.append(encode(values[position]))
+        parts.append(piece)
+    return "".join(parts)
+
+
+def request_digest(request: GenerationRequest) -> bytes:
+    """The raw digest behind :func:`request_key` (:data:`KEY_DIGEST_SIZE` bytes): what a
+    batch keeps in memory for each item, where the hex text would cost several times more."""
+    text = _canonical_text(request)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=KEY_DIGEST_SIZE).digest()
+
+
+def request_key(request: GenerationRequest) -> str:
+    """A stable key for ``request``: a hash of its kind and every field.
+
+    Independent of the API version, of the request's position in a batch and of the process,
+    so the same request gets the same key in a rerun. Images given as bytes count by content,
+    as paths by path.
+    """
+    return request_digest(request).hex()
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def file_stem(key: str) -> str:
+    """A file-name stem for ``key``; keys that needed cleaning get a hash so they stay unique."""
+    stem = _UNSAFE.sub("_", key).strip("._")[:80]
+    if stem != key or not stem:
+        stem = f"{stem[:60]}_{hashlib.blake2b(key.encode(), digest_size=5).hexdigest()}"
+    return stem
