@@ -18,6 +18,8 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -547,3 +549,145 @@ async def test_page_in_headless_chromium(page: Path, folder: Path, tmp_path: Pat
     pixels = picture.width * picture.height
     white = sum(count for count, rgb in colors if isinstance(rgb, tuple) and min(rgb) >= 245)
     assert pixels - white > pixels // 5, "the screenshot is mostly white"
+
+
+# --- at scale: pages ---------------------------------------------------------------------------
+
+
+def crawl(first: Path) -> tuple[dict[Path, Node], set[Path]]:
+    """Every page reachable from ``first`` by its links, and every image file they show."""
+    pages: dict[Path, Node] = {}
+    images: set[Path] = set()
+    todo = [first.resolve()]
+    while todo:
+        page = todo.pop()
+        if page in pages:
+            continue
+        doc = pages[page] = parse(page)
+        for anchor in doc.all("a"):
+            href = anchor.attrs.get("href") or ""
+            target = (page.parent / urllib.parse.unquote(href)).resolve()
+            if target.suffix == ".html":
+                assert target.is_file(), (page, href)
+                todo.append(target)
+        for image in doc.all("img"):
+            src = urllib.parse.unquote(image.attrs.get("src") or "")
+            images.add((page.parent / src).resolve())
+    return pages, images
+
+
+def scale_folder(base: Path, folder: Path, count: int) -> list[str]:
+    """``count`` images with rows and a manifest shaped as ``generate`` writes them: the rows
+    of the real run in ``folder``, repeated under new names (keys in reverse item order, so
+    that the sheet has to sort them)."""
+    template = metadata_rows(folder)[0]
+    image = (folder / template["file_name"]).read_bytes()
+    names = []
+    with (
+        dba.Manifest.open(base / cli.MANIFEST_NAME, durable=False) as manifest,
+        (base / cli.METADATA_NAME).open("w", encoding="utf-8") as rows,
+    ):
+        for index in reversed(range(count)):
+            key = f"{index:020x}"
+            name = f"{key}-0.png"
+            (base / name).write_bytes(image)
+            manifest.pending(key, index)
+            manifest.done(key, job_id=str(index), files=[name], output=[], seed=index)
+            row = {**template, "file_name": name, "key": key, "prompt": f"study {index}"}
+            rows.write(json.dumps(row) + "\n")
+            names.append(name)
+    return names
+
+
+def test_3000_images_first_page_small_and_every_image_reachable(
+    tmp_path: Path, folder: Path
+) -> None:
+    names = scale_folder(tmp_path, folder, 3000)
+    page = _gallery.write_gallery(tmp_path)
+    assert page.stat().st_size < 300 * 1024, page.stat().st_size
+    pages, images = crawl(page)
+    assert images == {(tmp_path / name).resolve() for name in names}
+    expected = -(-3000 // _gallery.PAGE_SIZE)
+    sheets = [p for p in pages if p.name == "index.html" or p.name.startswith("page-")]
+    assert len(sheets) == expected
+    assert all(len(list(doc.all("figure"))) <= _gallery.PAGE_SIZE for doc in pages.values())
+    # Item order across the pages: the first page starts at item 0, page 2 goes on from it.
+    first = [f.one("img").attrs["src"] for f in figures(pages[page.resolve()])]
+    assert first[:2] == [f"{0:020x}-0.png", f"{1:020x}-0.png"]
+    second = pages[(tmp_path / "gallery" / "page-00002.html").resolve()]
+    assert figures(second)[0].one("img").attrs["src"] == f"../{_gallery.PAGE_SIZE:020x}-0.png"
+    counts = parse(page).one("div", **{"class": "counts"}).text()
+    assert counts.startswith("3000 images")
+
+
+def test_first_page_stays_the_same_size_however_many_pages(tmp_path: Path, folder: Path) -> None:
+    small, large = tmp_path / "small", tmp_path / "large"
+    small.mkdir()
+    large.mkdir()
+    scale_folder(small, folder, _gallery.PAGE_SIZE * 2)
+    scale_folder(large, folder, _gallery.PAGE_SIZE * 12)
+    sizes = [_gallery.write_gallery(f).stat().st_size for f in (small, large)]
+    assert sizes[1] < sizes[0] * 1.05, sizes
+
+
+def test_a_smaller_sheet_removes_the_pages_it_no_longer_has(tmp_path: Path, folder: Path) -> None:
+    scale_folder(tmp_path, folder, _gallery.PAGE_SIZE * 3)
+    _gallery.write_gallery(tmp_path)
+    pages = sorted(p.name for p in (tmp_path / "gallery").iterdir())
+    assert pages == ["page-00002.html", "page-00003.html", "pages.html"]
+    rows = (tmp_path / cli.METADATA_NAME).read_text().splitlines()
+    (tmp_path / cli.METADATA_NAME).write_text("\n".join(rows[: _gallery.PAGE_SIZE + 1]) + "\n")
+    for dropped in rows[_gallery.PAGE_SIZE + 1 :]:
+        (tmp_path / json.loads(dropped)["file_name"]).unlink()
+    _gallery.write_gallery(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "gallery").iterdir()) == [
+        "page-00002.html",
+        "pages.html",
+    ]
+    _, images = crawl(tmp_path / "index.html")
+    assert len(images) == _gallery.PAGE_SIZE + 1
+
+
+# --- WebDataset shards: a preview sample of each -----------------------------------------------
+
+
+def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_preview_sample_of_each_webdataset_shard(tmp_path: Path, folder: Path) -> None:
+    pngs = [(folder / row["file_name"]).read_bytes() for row in metadata_rows(folder)]
+    for shard in range(2):
+        with tarfile.open(tmp_path / f"{shard:05d}.tar", "w") as tar:
+            # A sample without an image first: the preview is the first one with an image.
+            add(tar, f"s{shard}-x.txt", b"no image here")
+            for sample in range(3):
+                key = f"s{shard}-{sample}"
+                row = {"prompt": f"shard {shard} sample {sample}", "seed": sample}
+                add(tar, f"{key}.png", pngs[shard * 2 + sample % 2])
+                add(tar, f"{key}.txt", f"shard {shard} {HOSTILE}".encode())
+                add(tar, f"{key}.json", json.dumps(row).encode())
+        stats = {"successes": 3, "failed": 0, "seconds": 1.5}
+        (tmp_path / f"{shard:05d}_stats.json").write_text(json.dumps(stats))
+    (tmp_path / "00002.tar").write_bytes(b"not a tar at all")
+    page = _gallery.write_gallery(tmp_path)
+    doc = parse(page)
+    shown = list(doc.one("section", id="shards").all("figure"))
+    assert len(shown) == 3
+    for shard, figure in enumerate(shown[:2]):
+        src = figure.one("img").attrs["src"] or ""
+        assert (tmp_path / src).read_bytes() == pngs[shard * 2]  # the first sample's image
+        assert figure.one("p", **{"class": "prompt"}).text() == f"shard {shard} {HOSTILE}"
+        assert figure.one("a").attrs["href"] == f"{shard:05d}.tar"
+        terms = {
+            dt.text(): dd.text() for dt, dd in zip(figure.all("dt"), figure.all("dd"), strict=True)
+        }
+        assert terms["sample"] == f"s{shard}-0" and terms["successes"] == "3"
+    assert "cannot read" in shown[2].text()
+    assert "<script>alert" not in page.read_text(encoding="utf-8")
+    # A shard gone: its preview goes too.
+    (tmp_path / "00001.tar").unlink()
+    _gallery.write_gallery(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "gallery" / "shards").iterdir()) == ["00000.png"]

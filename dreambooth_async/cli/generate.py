@@ -321,8 +321,10 @@ def generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
         shard=getattr(args, "shard", None),
     )
     # Everything is checked before anything is written or sent: a bad file, a missing key or
-    # extra, or an output folder that cannot take the images leaves no trace.
-    source.validate()
+    # extra, or an output folder that cannot take the images leaves no trace. A dry run
+    # writes and sends nothing: it checks each row as it plans it, in one pass over the file.
+    if not args.dry_run:
+        source.validate()
     if args.output_format == "parquet":
         try:
             require_pyarrow("--output-format parquet")
@@ -366,7 +368,7 @@ def _dry_run(args: argparse.Namespace, source: PromptSource, out: Path, stdout: 
     """``generate --dry-run``: what the run would submit and what is already covered, from
     the files alone; nothing is sent or written."""
     plan = plan_run(
-        source.requests(),
+        source.requests(check=True),
         api_version=args.api_version,
         # The embedded emulator's address is new every run: nothing cached matches it.
         base_url="" if args.emulator else checked_base_url(args),
