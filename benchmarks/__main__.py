@@ -26,7 +26,18 @@ from benchmarks._harness import RESULTS, machine, table, write_results
 ROOT = Path(__file__).resolve().parent.parent
 
 #: In the order they run: the emulator's capacity first, as the ceiling for the rest.
-NAMES = ("emulator", "overhead", "telemetry", "batch", "poll", "keys", "memory", "startup")
+NAMES = (
+    "emulator",
+    "overhead",
+    "telemetry",
+    "batch",
+    "poll",
+    "keys",
+    "memory",
+    "startup",
+    "planning",
+    "longrun",
+)
 
 #: (figure, value, unit, baseline, baseline value, ratio): ratio = value / baseline value.
 Row = tuple[str, float | int | None, str, str, float | int | None, float | None]
@@ -268,6 +279,51 @@ def _startup(data: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _planning(data: dict[str, Any]) -> list[Row]:
+    rows = []
+    for run in data["runs"]:
+        count = f"{run['prompts']:,} prompts"
+        build = run["build"]["seconds"]
+        rows.append(
+            _row(f"{count}: dry run", run["dry_run"]["seconds"], "s", "building them", build)
+        )
+        if "rerun" in run:
+            rows.append(
+                _row(
+                    f"{count}: rerun's plan over the finished manifest",
+                    run["rerun"]["seconds"],
+                    "s",
+                    "dry run",
+                    run["dry_run"]["seconds"],
+                )
+            )
+        rows.append(
+            _row(
+                f"{count}: dry run peak memory",
+                run["dry_run"]["peak_mib"],
+                "MiB",
+                "imports only",
+                run["imports"]["peak_mib"],
+            )
+        )
+    return rows
+
+
+def _longrun(data: dict[str, Any]) -> list[Row]:
+    runs = data["runs"]
+    base = runs[str(data["baseline_images"])]
+    return [
+        _row(
+            f"generate, {int(count):,} images: peak memory",
+            run["peak_mib"],
+            "MiB",
+            f"{data['baseline_images']:,} images",
+            base["peak_mib"],
+        )
+        for count, run in runs.items()
+    ]
+
+
 def _keys(data: dict[str, Any]) -> list[Row]:
     rows = []
     for run in data["runs"]:
@@ -295,6 +351,8 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "keys": _keys,
     "memory": _memory,
     "startup": _startup,
+    "planning": _planning,
+    "longrun": _longrun,
 }
 
 

@@ -96,7 +96,7 @@ def child(mode: str, prompts: Path, out: Path) -> dict[str, Any]:
         figures["us_per_key"] = figures["seconds"] / len(requests) * 1e6
     elif mode in ("dryrun", "rerun"):
         started = time.perf_counter()
-        code = cli.main(_argv(prompts, out) + ["--dry-run"])
+        code = cli.main([*_argv(prompts, out), "--dry-run"])
         figures["seconds"] = time.perf_counter() - started
         figures["exit"] = code
     elif mode == "manifest":
