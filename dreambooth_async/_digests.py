@@ -3,9 +3,9 @@
 A Python ``set`` or ``dict`` of keys costs about a hundred bytes per entry (the key object,
 its hash-table slot, the value object). Planning keeps an entry for every prompt (which
 requests were seen, to number repeats; which seeds were derived; what the manifest holds), so
-these tables keep the digests themselves, packed: 65,536 ``bytearray`` buckets chosen by the
-digest's first two bytes, each a run of fixed-size records (the rest of the digest, then an
-optional payload) searched with ``bytearray.find``, which runs in C. About the digest's size
+these tables keep the digests themselves, packed: up to 65,536 ``bytearray`` buckets chosen by
+the digest's first two bytes, each a run of fixed-size records (the digest, then an optional
+payload) searched with ``bytearray.find``, which runs in C. About the digest's size
 per entry, and a lookup a fraction of a microsecond.
 
 Digests are hashes (uniform bytes); a collision of two different keys on 8 bytes is a chance
@@ -20,45 +20,75 @@ from collections.abc import Iterable, Iterator
 
 __all__ = ["DigestCounter", "DigestTable", "TextSet", "text_digest"]
 
-_BUCKETS = 1 << 16
+#: Buckets start few (a small run pays a few kilobytes) and grow sixteenfold, up to 65,536,
+#: whenever they hold this many records each on average.
+_FILL = 32
+_MAX_BITS = 16
 
 
 class DigestTable:
     """A map from ``size``-byte digests to ``payload``-byte values (0: a set)."""
 
-    __slots__ = ("_buckets", "_count", "_payload", "_record", "_size")
+    __slots__ = ("_bits", "_buckets", "_count", "_payload", "_record", "_shift", "_size")
 
     def __init__(self, size: int, payload: int = 0) -> None:
         if size < 4:
             raise ValueError("digests of at least 4 bytes")
         self._size = size
         self._payload = payload
-        self._record = size - 2 + payload
-        self._buckets: list[bytearray | None] = [None] * _BUCKETS
+        self._record = size + payload
         self._count = 0
+        self._resize(8)
+
+    def _resize(self, bits: int) -> None:
+        old = getattr(self, "_buckets", [])
+        self._bits = bits
+        self._shift = 16 - bits
+        self._buckets: list[bytearray | None] = [None] * (1 << bits)
+        record = self._record
+        for bucket in old:
+            if bucket is not None:
+                for at in range(0, len(bucket), record):
+                    self._append(bytes(bucket[at : at + record]))
+
+    def _number(self, digest: bytes) -> int:
+        return ((digest[0] << 8) | digest[1]) >> self._shift
+
+    def _append(self, record: bytes) -> None:
+        number = self._number(record)
+        bucket = self._buckets[number]
+        if bucket is None:
+            self._buckets[number] = bytearray(record)
+        else:
+            bucket += record
+
+    def _grown(self) -> None:
+        self._count += 1
+        if self._bits < _MAX_BITS and self._count > _FILL << self._bits:
+            self._resize(min(_MAX_BITS, self._bits + 4))
 
     def __len__(self) -> int:
         return self._count
 
-    def _find(self, bucket: bytearray, rest: bytes) -> int:
+    def _find(self, bucket: bytearray, digest: bytes) -> int:
         record = self._record
-        at = bucket.find(rest)
+        at = bucket.find(digest)
         # A match that does not start on a record's boundary is a coincidence inside
         # another record: look further.
         while at != -1 and at % record:
-            at = bucket.find(rest, at + 1)
+            at = bucket.find(digest, at + 1)
         return at
 
     def get(self, digest: bytes) -> bytes | None:
         """The payload stored for ``digest`` (``b""`` in a set), or None."""
-        bucket = self._buckets[(digest[0] << 8) | digest[1]]
+        digest = digest[: self._size]
+        bucket = self._buckets[self._number(digest)]
         if bucket is None:
             return None
-        rest = digest[2 : self._size]
-        at = self._find(bucket, rest)
+        at = self._find(bucket, digest)
         if at == -1:
             return None
-        start = at + self._size - 2
+        start = at + self._size
         return bytes(bucket[start : start + self._payload])
 
     def __contains__(self, digest: object) -> bool:
@@ -68,40 +98,35 @@ class DigestTable:
         """Store ``payload`` for ``digest``; True when the digest was not there before."""
         if len(payload) != self._payload:
             raise ValueError(f"a payload of {self._payload} bytes")
-        number = (digest[0] << 8) | digest[1]
-        bucket = self._buckets[number]
-        rest = digest[2 : self._size]
-        if bucket is None:
-            self._buckets[number] = bytearray(rest + payload)
-            self._count += 1
-            return True
-        at = self._find(bucket, rest)
+        digest = digest[: self._size]
+        bucket = self._buckets[self._number(digest)]
+        at = -1 if bucket is None else self._find(bucket, digest)
         if at == -1:
-            bucket += rest
-            bucket += payload
-            self._count += 1
+            self._append(digest + payload)
+            self._grown()
             return True
-        start = at + self._size - 2
+        assert bucket is not None
+        start = at + self._size
         bucket[start : start + self._payload] = payload
         return False
 
     def add(self, digest: bytes) -> bool:
         """A set's ``add``: True when ``digest`` is new (the table has no payload)."""
-        number = (digest[0] << 8) | digest[1]
+        digest = digest[: self._size]
+        number = self._number(digest)
         bucket = self._buckets[number]
-        rest = digest[2 : self._size]
         if bucket is None:
-            self._buckets[number] = bytearray(rest)
-        elif self._find(bucket, rest) == -1:
-            bucket += rest
+            self._buckets[number] = bytearray(digest)
+        elif self._find(bucket, digest) == -1:
+            bucket += digest
         else:
             return False
-        self._count += 1
+        self._grown()
         return True
 
     def payloads(self) -> Iterator[bytes]:
         """Every payload, in no particular order."""
-        record, start = self._record, self._size - 2
+        record, start = self._record, self._size
         for bucket in self._buckets:
             if bucket is not None:
                 for at in range(0, len(bucket), record):
@@ -109,11 +134,11 @@ class DigestTable:
 
     def discard(self, digest: bytes) -> None:
         """Forget ``digest`` (nothing when it is not there)."""
-        number = (digest[0] << 8) | digest[1]
-        bucket = self._buckets[number]
+        digest = digest[: self._size]
+        bucket = self._buckets[self._number(digest)]
         if bucket is None:
             return
-        at = self._find(bucket, digest[2 : self._size])
+        at = self._find(bucket, digest)
         if at != -1:
             del bucket[at : at + self._record]
             self._count -= 1

@@ -90,6 +90,8 @@ class ItemState:
 
 
 _SCALARS = ("index", "job_id", "fetch_url", "seed", "error", "message", "key_index")
+_LISTS = frozenset(("files", "output"))
+_FOLDED = frozenset(_SCALARS) | _LISTS
 _NEW_ATTEMPT = frozenset(("pending", "submitting", "not_landed"))
 _ATTEMPT_ENDED = frozenset(("failed", "ambiguous", "not_landed"))
 
@@ -104,14 +106,14 @@ def _fold_fields(fields: dict[str, Any], record: Mapping[str, Any]) -> None:
         if status == "submitting" and fields.get("status") in _ATTEMPT_ENDED:
             fields["job_id"] = fields["fetch_url"] = fields["key_index"] = None
     fields["status"] = status
-    for name in _SCALARS:
-        value = record.get(name)
-        if value is not None:
+    # Only the names this record has (a line holds two to four of them).
+    for name in record.keys() & _FOLDED:
+        value = record[name]
+        if name in _LISTS:
+            if isinstance(value, list):
+                fields[name] = tuple(str(x) for x in value)
+        elif value is not None:
             fields[name] = value
-    for name in ("files", "output"):
-        value = record.get(name)
-        if isinstance(value, list):
-            fields[name] = tuple(str(x) for x in value)
 
 
 def _fields_of(state: ItemState) -> dict[str, Any]:
