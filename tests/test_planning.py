@@ -178,7 +178,7 @@ def test_digest_tables_count_and_find_what_they_hold() -> None:
 
 
 def test_a_seen_digest_costs_a_few_dozen_bytes_not_a_dict_entry() -> None:
-    digests = [os.urandom(10) for _ in range(200_000)]
+    digests = [os.urandom(10) for _ in range(100_000)]
     tracemalloc.start()
     try:
         counter = DigestCounter(10)

@@ -172,21 +172,22 @@ class _Rows:
         self.order.append(place << _ROW_BITS | number)
 
     def _unnamed(self, notes: list[str]) -> list[str]:
+        names = []
         try:
-            entries = list(os.scandir(self.folder))
+            # Entry by entry: a folder of a million images is not listed into memory.
+            with os.scandir(self.folder) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if (
+                        os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+                        and not name.startswith(".")
+                        and name not in self.named
+                        and entry.is_file()
+                    ):
+                        names.append(name)
         except OSError as exc:
             notes.append(f"the folder could not be listed: {exc}")
             return []
-        names = []
-        for entry in entries:
-            name = entry.name
-            if (
-                os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
-                and not name.startswith(".")
-                and name not in self.named
-                and entry.is_file()
-            ):
-                names.append(name)
         return sorted(names)
 
     def pictures(self, start: int, stop: int) -> list[Picture]:
