@@ -99,6 +99,11 @@ class Budget:
         self._reserved[entry.index] = samples
         return True
 
+    def keep(self, entry: Entry) -> None:
+        """``entry`` ended paid for: its images stay counted, and it is tracked no longer
+        (what a long run keeps of an item is its count, not an entry in a dict)."""
+        self._reserved.pop(entry.index, None)
+
     def unreserve(self, entry: Entry) -> None:
         """``entry`` was never accepted (or cost nothing): its images are not in flight."""
         self._images -= self._reserved.pop(entry.index, 0)

@@ -312,6 +312,8 @@ class Engine:
             if item is None or (item.job_id is None and item.status != "done"):
                 # Never accepted: its images are no longer in flight.
                 self._budget.unreserve(entry)
+            else:
+                self._budget.keep(entry)
             self._budget.spend_settled(entry, accepted=False)  # if it was never answered
             if item is None:
                 return  # never sent: the batch stopped submitting (see Submitter._stop)
