@@ -346,8 +346,9 @@ def add_gallery_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         "gallery",
         help=f"write DIR/{GALLERY_NAME}, a contact sheet of an output folder",
         description=f"Write DIR/{GALLERY_NAME}: every image with its prompt, seed and "
-        "parameters, the failed and ambiguous items with their errors, and a filter box. "
-        "A static page: open it in a browser, no server or network needed.",
+        "parameters, the failed and ambiguous items with their errors, and a filter box; "
+        f"past {PAGE_SIZE} images, the pages after the first go into DIR/{PAGES_FOLDER}/. "
+        "Static pages: open them in a browser, no server or network needed.",
     )
     parser.add_argument("folder", metavar="DIR", help="an output folder of `generate`")
     parser.add_argument(
