@@ -42,7 +42,7 @@ import anyio
 from ..._events import BatchEvent
 from ..._manifest import Manifest, read_manifest
 from .atomic import write_atomically
-from .gallery import GALLERY_NAME, write_gallery
+from .gallery import GALLERY_NAME, PAGES_FOLDER, write_gallery
 from .layouts import is_shard_stats, sealed_keys
 
 __all__ = [
@@ -295,6 +295,19 @@ class RemoteMirror:
         """Write the gallery page locally (from the local metadata and manifest) and upload it;
         its image links are relative, so they work beside the uploaded images."""
         page = write_gallery(self.local, manifest=manifest)
+        # The pages after the first (and shard previews) first, so no link is ever dangling.
+        pages = self.local / PAGES_FOLDER
+        if pages.is_dir():
+            files = sorted(p for p in pages.rglob("*") if p.is_file())
+            for folder in sorted({p.parent for p in files}):
+                # Object stores have no folders; a file system needs them made.
+                with contextlib.suppress(Exception):
+                    self.target.fs.makedirs(
+                        f"{self.target.root}/{folder.relative_to(self.local).as_posix()}",
+                        exist_ok=True,
+                    )
+            for path in files:
+                self.target.put_file(path, path.relative_to(self.local).as_posix())
         self.target.put_file(page, GALLERY_NAME)
 
     def staged(self) -> int:
