@@ -691,3 +691,22 @@ def test_a_preview_sample_of_each_webdataset_shard(tmp_path: Path, folder: Path)
     (tmp_path / "00001.tar").unlink()
     _gallery.write_gallery(tmp_path)
     assert sorted(p.name for p in (tmp_path / "gallery" / "shards").iterdir()) == ["00000.png"]
+
+
+def test_a_url_out_gets_every_page(tmp_path: Path, folder: Path) -> None:
+    pytest.importorskip("fsspec")
+    from dreambooth_async._fsout import FsOutput, RemoteMirror
+
+    local = tmp_path / "state"
+    local.mkdir()
+    names = scale_folder(local, folder, _gallery.PAGE_SIZE * 2 + 1)
+    remote = tmp_path / "remote"
+    mirror = RemoteMirror(
+        local, FsOutput(remote.as_uri()), manifest=local / cli.MANIFEST_NAME, record="run.json"
+    )
+    mirror.gallery(manifest=local / cli.MANIFEST_NAME)
+    for name in names:  # the images were uploaded as the run went
+        shutil.copy(local / name, remote / name)
+    pages, images = crawl(remote / "index.html")
+    assert len(pages) == 4  # three pages and the list of them
+    assert images == {(remote / name).resolve() for name in names}
