@@ -99,6 +99,8 @@ class Sheet:
     problems: Sequence[ItemState]
     notes: Sequence[str]
     shards: Sequence[ShardPreview]
+    #: Prompts of the last run that its manifest does not know: the run stopped before them.
+    not_started: int = 0
 
 
 def _hash(source: str) -> str:
@@ -198,7 +200,7 @@ def _counts(sheet: Sheet) -> str:
     statuses = [s.status for s in sheet.problems]
     failed = statuses.count("failed")
     ambiguous = statuses.count("ambiguous")
-    unfinished = len(statuses) - failed - ambiguous
+    unfinished = len(statuses) - failed - ambiguous + sheet.not_started
     return (
         f"{sheet.total} images · {failed} failed · {ambiguous} ambiguous · {unfinished} unfinished"
     )

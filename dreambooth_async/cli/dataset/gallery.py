@@ -38,6 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ._digests import TextSet
+from ._exit import EXIT_OK, EXIT_USAGE
 from ._gallery_pages import (
     GALLERY_NAME,
     PAGE_SIZE,
@@ -56,6 +57,7 @@ from ._gallery_pages import (
 )
 from ._gallery_shards import read_shard_previews
 from ._manifest import ManifestError, ManifestIndex, index_manifest
+from ._report import report_path
 from ._settings import MANIFEST_NAME, METADATA_NAME
 
 __all__ = [
@@ -72,9 +74,6 @@ __all__ = [
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
 _PAGE = re.compile(r"^page-(\d+)\.html$")
 _UNFINISHED = ("pending", "submitting", "not_landed", "submitted")
-
-EXIT_OK = 0  # as the rest of the command line (cli/common.py)
-EXIT_USAGE = 2
 
 
 def _relative_name(file_name: str) -> str | None:
@@ -273,7 +272,23 @@ def _remove_stale(folder: Path, pages: int, *, problems: bool, shards: bool) -> 
         target.rmdir()  # only when nothing is left in it
 
 
-def write_gallery(folder: Path, *, manifest: Path | None = None, title: str | None = None) -> Path:
+def _prompts_given(manifest: Path) -> int | None:
+    """How many prompts the last run was given, from its report beside the manifest."""
+    try:
+        report = json.loads(report_path(manifest).read_bytes())
+    except (OSError, ValueError):
+        return None
+    prompts = report.get("prompts") if isinstance(report, dict) else None
+    return prompts if isinstance(prompts, int) and not isinstance(prompts, bool) else None
+
+
+def write_gallery(
+    folder: Path,
+    *,
+    manifest: Path | None = None,
+    title: str | None = None,
+    empty_ok: bool = True,
+) -> Path:
     """Write ``folder/index.html`` and, past :data:`PAGE_SIZE` images, the pages after it in
     ``folder/gallery/``: a contact sheet of the folder; returns the first page's path.
 
@@ -283,7 +298,8 @@ def write_gallery(folder: Path, *, manifest: Path | None = None, title: str | No
     items (the order of the prompts file), then sample order; rows it does not know keep their
     order in ``metadata.jsonl``; image files no row names come last, by name. Each page is
     replaced whole. Raises ``NotADirectoryError``/``FileNotFoundError`` when ``folder`` is not
-    a folder, and ``OSError`` when a page cannot be written.
+    a folder (or, with ``empty_ok=False``, has nothing to show: no image, no metadata row, no
+    manifest entry), and ``OSError`` when a page cannot be written.
     """
     folder = Path(folder)
     if not folder.exists():
@@ -291,15 +307,30 @@ def write_gallery(folder: Path, *, manifest: Path | None = None, title: str | No
     if not folder.is_dir():
         raise NotADirectoryError(f"not a folder: {folder}")
     notes: list[str] = []
-    states = _read_states(manifest if manifest is not None else folder / MANIFEST_NAME, notes)
+    manifest = manifest if manifest is not None else folder / MANIFEST_NAME
+    states = _read_states(manifest, notes)
     try:
         rows = _Rows(folder, states, notes)
         problems = sorted(
             (s for s in states.unsettled() if s.status in ("failed", "ambiguous", *_UNFINISHED)),
             key=lambda s: (s.index if s.index is not None else sys.maxsize, s.key),
         )
+        known = len(states)
     finally:
         states.close()
+    if not empty_ok and not len(rows) and not problems:
+        raise FileNotFoundError(
+            f"nothing to show in {folder}: no images, no {METADATA_NAME} rows and no batch "
+            "manifest (is it the --out folder of a generate run?); no page written"
+        )
+    # A run the service stopped reads no more prompts: the manifest never heard of the rest.
+    given = _prompts_given(manifest)
+    not_started = max(0, given - known) if given is not None and known else 0
+    if not_started:
+        notes.append(
+            f"{not_started} of the {given} prompts were never started (the run stopped "
+            "first): run the same command again to go on"
+        )
     shards = read_shard_previews(folder, folder / PAGES_FOLDER / "shards")
     total = len(rows)
     sheet = Sheet(
@@ -309,6 +340,7 @@ def write_gallery(folder: Path, *, manifest: Path | None = None, title: str | No
         problems=tuple(problems),
         notes=tuple(notes),
         shards=tuple(shards),
+        not_started=not_started,
     )
     many_problems = len(problems) > PROBLEMS_SHOWN
     many_shards = len(shards) > SHARDS_SHOWN
@@ -360,11 +392,13 @@ def add_gallery_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
 
 def gallery_command(args: argparse.Namespace) -> int:
     """``dreambooth-async gallery DIR``: write the page and print where it is; exit 2 when DIR
-    is not a folder or the page cannot be written there."""
+    is not a folder, has nothing to show, or the page cannot be written there."""
     folder = Path(args.folder).resolve()
     manifest = Path(args.manifest).resolve() if getattr(args, "manifest", None) else None
     try:
-        path = write_gallery(folder, manifest=manifest, title=getattr(args, "title", None))
+        path = write_gallery(
+            folder, manifest=manifest, title=getattr(args, "title", None), empty_ok=False
+        )
     except (FileNotFoundError, NotADirectoryError) as exc:
         print(f"dreambooth-async: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
