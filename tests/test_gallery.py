@@ -695,7 +695,7 @@ def test_a_preview_sample_of_each_webdataset_shard(tmp_path: Path, folder: Path)
 
 def test_a_url_out_gets_every_page(tmp_path: Path, folder: Path) -> None:
     pytest.importorskip("fsspec")
-    from dreambooth_async._fsout import FsOutput, RemoteMirror
+    from dreambooth_async.cli.dataset.fsout import FsOutput, RemoteMirror
 
     local = tmp_path / "state"
     local.mkdir()

@@ -20,8 +20,7 @@ from _cli_commands import emulator_generate_args
 
 import dreambooth_async as dba
 from dreambooth_async import cli
-from dreambooth_async._batch import images_paid
-from dreambooth_async._cache import plan_run
+from dreambooth_async._batch import images_paid, plan_run
 from dreambooth_async._digests import DigestCounter, DigestTable, TextSet
 from dreambooth_async._manifest import index_manifest
 from dreambooth_async._request_keys import _canonical_value

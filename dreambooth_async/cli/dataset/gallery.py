@@ -13,10 +13,11 @@ the notes, the first problems and the page index), ``gallery/page-NNNNN.html`` t
 and that list, so every image is a few clicks away and no page grows with the run. It is
 written as it is read: the rows are kept as where they are in ``metadata.jsonl`` (a few dozen
 bytes each, sorted into item order) and read back a page at a time, and the manifest as a
-:class:`~._manifest.ManifestIndex`, so a folder of a million images is paged in little memory.
+:class:`~dreambooth_async._manifest.ManifestIndex`, so a folder of a million images is paged
+in little memory.
 A WebDataset folder (``NNNNN.tar`` shards) gets a preview sample of each shard
-(:mod:`._gallery_shards`). This module reads the folder and writes the pages; their HTML is
-:mod:`._gallery_pages`.
+(:mod:`.gallery_shards`). This module reads the folder and writes the pages; their HTML is
+:mod:`.gallery_pages`.
 
 Everything shown comes from files in the folder; the manifest's error texts went through the
 client's redactor when they were written, so they are shown as they are (the API key is in none
@@ -31,15 +32,17 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import sys
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ._digests import TextSet
-from ._exit import EXIT_OK, EXIT_USAGE
-from ._gallery_pages import (
+from ..._digests import TextSet
+from ..._exit import EXIT_OK, EXIT_USAGE
+from ..._manifest import ManifestError, ManifestIndex, index_manifest
+from ..._settings import MANIFEST_NAME, METADATA_NAME
+from .atomic import write_atomically
+from .gallery_pages import (
     GALLERY_NAME,
     PAGE_SIZE,
     PAGES_FOLDER,
@@ -55,10 +58,8 @@ from ._gallery_pages import (
     problems_table,
     shards_section,
 )
-from ._gallery_shards import read_shard_previews
-from ._manifest import ManifestError, ManifestIndex, index_manifest
-from ._report import report_path
-from ._settings import MANIFEST_NAME, METADATA_NAME
+from .gallery_shards import read_shard_previews
+from .report import report_path
 
 __all__ = [
     "GALLERY_NAME",
@@ -237,21 +238,6 @@ def _read_states(path: Path, notes: list[str]) -> ManifestIndex:
         return ManifestIndex(path)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    # A page that is being rewritten is never seen half-written: the new one replaces it whole.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _remove_stale(folder: Path, pages: int, *, problems: bool, shards: bool) -> None:
     """Remove pages an earlier, larger sheet left behind."""
     target = folder / PAGES_FOLDER
@@ -348,24 +334,24 @@ def write_gallery(
         (folder / PAGES_FOLDER).mkdir(exist_ok=True)
     for number in range(2, sheet.pages + 1):
         pictures = rows.pictures((number - 1) * PAGE_SIZE, number * PAGE_SIZE)
-        _write_atomically(folder / page_name(number), other_page(sheet, pictures, number))
+        write_atomically(folder / page_name(number), other_page(sheet, pictures, number))
     if sheet.pages > 1:
-        _write_atomically(
+        write_atomically(
             folder / PAGES_FOLDER / "pages.html", listing(sheet, "pages", pages_list(sheet))
         )
     if many_problems:
-        _write_atomically(
+        write_atomically(
             folder / PAGES_FOLDER / "problems.html",
             listing(sheet, "problems", problems_table(problems)),
         )
     if many_shards:
-        _write_atomically(
+        write_atomically(
             folder / PAGES_FOLDER / "shards.html",
             listing(sheet, "shards", shards_section(shards, up="../", more=None)),
         )
     _remove_stale(folder, sheet.pages, problems=many_problems, shards=many_shards)
     target = folder / GALLERY_NAME
-    _write_atomically(target, first_page(sheet, rows.pictures(0, PAGE_SIZE)))
+    write_atomically(target, first_page(sheet, rows.pictures(0, PAGE_SIZE)))
     return target
 
 

@@ -1,5 +1,5 @@
 """The gallery's pages: the HTML of a sheet of pictures, the first page, the others, the page
-list, the problems and the shard previews (see :mod:`._gallery`, which reads the folder and
+list, the problems and the shard previews (see :mod:`.gallery`, which reads the folder and
 writes them).
 
 Every value from the folder's files is escaped as text; the pages link to each other and to
@@ -19,10 +19,10 @@ from typing import Any
 
 import attrs
 
-from ._gallery_assets import SCRIPT, STYLE
-from ._gallery_shards import ShardPreview
-from ._manifest import ItemState
-from ._settings import METADATA_NAME
+from ..._manifest import ItemState
+from ..._settings import METADATA_NAME
+from .gallery_assets import SCRIPT, STYLE
+from .gallery_shards import ShardPreview
 
 __all__ = [
     "GALLERY_NAME",

@@ -21,6 +21,8 @@ from typing import Any
 
 import attrs
 
+from .atomic import write_atomically
+
 __all__ = ["ShardPreview", "read_shard_previews"]
 
 _SHARD = re.compile(r"^(\d+)\.tar$")
@@ -63,15 +65,6 @@ def _read(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes | 
     return handle.read() if handle is not None else None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _first_sample(tar: tarfile.TarFile) -> dict[str, tuple[str, bytes]]:
     """The files of the first sample that has an image: extension -> (member name, bytes)."""
     current: str | None = None
@@ -105,7 +98,7 @@ def _preview(folder: Path, tar_path: Path, number: str, target: Path) -> ShardPr
     suffix = next(s for s in _IMAGE_SUFFIXES if s in files)
     key, image = files[suffix]
     target.mkdir(parents=True, exist_ok=True)
-    _write_atomically(target / f"{number}{suffix}", image)
+    write_atomically(target / f"{number}{suffix}", image)
     prompt = files[".txt"][1].decode("utf-8", "replace") if ".txt" in files else None
     row: Mapping[str, Any] = {}
     if ".json" in files:
