@@ -136,10 +136,13 @@ class _Measured(JobTrace):
     """A job's trace while nothing records spans: what its measurements carry, and its place
     as the current trace; no span, no OpenTelemetry context to switch."""
 
-    __slots__ = ("_ends_with_job", "job_attributes")
+    __slots__ = ("_ends_with_job", "job_attributes", "metered")
 
     def __init__(self, *, ends_with_job: bool, job_attributes: dict[str, AttributeValue]) -> None:
         self._ends_with_job = ends_with_job
+        #: Whether the job's start was counted in the up-down counters, so that its end is
+        #: taken off them exactly when its start was put on (an SDK may arrive in between).
+        self.metered = False
         #: The attributes of this job's measurements.
         self.job_attributes = job_attributes
 
@@ -223,6 +226,8 @@ class OtelTelemetry(Telemetry):
         "_context",
         "_duration",
         "_fetches",
+        "_meter_placeholder",
+        "_metrics_api",
         "_options",
         "_pending",
         "_placeholder",
@@ -256,6 +261,17 @@ class OtelTelemetry(Telemetry):
             and isinstance(global_provider, trace.ProxyTracerProvider)
             else None
         )
+        # Likewise for metrics. The API's stand-in meter provider has no public name; it is
+        # known by its module. Should that change, metrics are simply always recorded.
+        global_meters = metrics.get_meter_provider()
+        self._meter_placeholder = (
+            global_meters
+            if options.meter_provider is None
+            and type(global_meters).__module__.startswith("opentelemetry.metrics")
+            and type(global_meters).__name__.startswith("_Proxy")
+            else None
+        )
+        self._metrics_api = metrics
         self._status = trace.Status
         tracer_provider: Any = options.tracer_provider
         meter_provider: Any = options.meter_provider
@@ -314,6 +330,14 @@ class OtelTelemetry(Telemetry):
         set up after the client is made."""
         return self._placeholder is None or (
             self._trace_api.get_tracer_provider() is not self._placeholder
+        )
+
+    def _metering(self) -> bool:
+        """False while the global meter provider is the API's placeholder: every measurement
+        would be dropped, and making them costs a tenth of a plain ``generate()``. Asked each
+        time, like :meth:`_tracing`."""
+        return self._meter_placeholder is None or (
+            self._metrics_api.get_meter_provider() is not self._meter_placeholder
         )
 
     def error_status(self, description: str) -> Any:
@@ -389,9 +413,10 @@ class OtelTelemetry(Telemetry):
 
     def retried(self, operation: str, attempt: int, error: BaseException, delay: float) -> None:
         name = type(error).__name__
-        self._retries.add(
-            1, {"dreambooth.operation": operation, "error.type": name, **self._base_attributes}
-        )
+        if self._metering():
+            self._retries.add(
+                1, {"dreambooth.operation": operation, "error.type": name, **self._base_attributes}
+            )
         self._trace_api.get_current_span().add_event(
             "dreambooth.retry",
             {
@@ -403,13 +428,18 @@ class OtelTelemetry(Telemetry):
         )
 
     def queue_full(self, error: RateLimitError) -> None:
-        self._queue_full.add(1, self._base_attributes)
+        if self._metering():
+            self._queue_full.add(1, self._base_attributes)
         attributes: dict[str, AttributeValue] = {}
         if error.retry_after is not None:
             attributes["dreambooth.retry_after"] = error.retry_after
         self._trace_api.get_current_span().add_event("dreambooth.queue_full", attributes)
 
     def job_started(self, trace: JobTrace, *, submitted: bool) -> None:
+        if not self._metering():
+            return
+        if isinstance(trace, _Measured):
+            trace.metered = True
         self._pending.add(1, self._base_attributes)
         if submitted:
             self._slots.add(1, self._base_attributes)
@@ -425,9 +455,10 @@ class OtelTelemetry(Telemetry):
         resolved_by: str | None,
         submitted: bool,
     ) -> None:
-        self._pending.add(-1, self._base_attributes)
-        if submitted:
-            self._slots.add(-1, self._base_attributes)
+        if not isinstance(trace, _Measured) or trace.metered:
+            self._pending.add(-1, self._base_attributes)
+            if submitted:
+                self._slots.add(-1, self._base_attributes)
         self._measure(trace, outcome, duration, fetches, resolved_by)
         if trace.ends_with_job:
             trace.finish(outcome, error)
@@ -443,13 +474,6 @@ class OtelTelemetry(Telemetry):
         fetches: int,
         resolved_by: str | None,
     ) -> None:
-        if isinstance(trace, _Measured):
-            attributes = {**trace.job_attributes, "dreambooth.outcome": outcome}
-        else:
-            attributes = {
-                "dreambooth.api_version": self._api_version,
-                "dreambooth.outcome": outcome,
-            }
         if isinstance(trace, _Trace):
             span = trace.span
             if span.is_recording():
@@ -458,6 +482,16 @@ class OtelTelemetry(Telemetry):
                     span.set_attribute("dreambooth.resolved_by", resolved_by)
                     if resolved_by == "webhook":
                         span.add_event("dreambooth.webhook.resolved")
+        if not self._metering():
+            return
+        attributes: dict[str, AttributeValue]
+        if isinstance(trace, _Measured):
+            attributes = {**trace.job_attributes, "dreambooth.outcome": outcome}
+        else:
+            attributes = {
+                "dreambooth.api_version": self._api_version,
+                "dreambooth.outcome": outcome,
+            }
         if resolved_by is not None:
             attributes["dreambooth.resolved_by"] = resolved_by
         if duration is not None:

@@ -379,6 +379,52 @@ async def test_the_globally_configured_providers_get_the_spans_and_metrics() -> 
     } <= set(report["metrics"])
 
 
+METER_PROVIDER_SET_UP_LATE = """
+import asyncio, json
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+import dreambooth_async as dba
+from dreambooth_async.emulator import CostModel, EmulatorConfig, serve
+
+reader = InMemoryMetricReader()
+
+async def main():
+    cost = CostModel(base=10, per_step=0, per_sample=0, per_megapixel=0, noise=0)
+    config = EmulatorConfig(time_scale=0.01, sync_window=0, cost=cost)
+    async with serve(config) as base_url:
+        async with dba.DreamboothClient("emulator-key", base_url=base_url,
+                                        poll=dba.PollPolicy().scaled(0.01)) as client:
+            job = await client.submit(dba.Text2Img(model_id="midjourney", prompt="early"))
+            # The SDK arrives while a job that started without it is pending.
+            metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+            await job
+            await client.generate(dba.Text2Img(model_id="midjourney", prompt="late"))
+
+asyncio.run(main())
+points = {}
+for r in reader.get_metrics_data().resource_metrics:
+    for sm in r.scope_metrics:
+        for m in sm.metrics:
+            for p in m.data.data_points:
+                value = getattr(p, "value", None)
+                points[m.name] = points.get(m.name, 0) + (p.count if value is None else value)
+print(json.dumps(points))
+"""
+
+
+async def test_a_meter_provider_set_up_after_the_client_counts_from_then_on() -> None:
+    # Until an SDK is set up the client makes no measurements (they would be dropped); a job
+    # that started before it must not be taken off the pending count it was never put on.
+    done = await anyio.to_thread.run_sync(run_python, METER_PROVIDER_SET_UP_LATE)
+    assert done.returncode == 0, done.stderr
+    points = json.loads(done.stdout)
+    assert points["dreambooth.client.jobs.pending"] == 0
+    assert points["dreambooth.client.slots.in_use"] == 0
+    # Both jobs ended under the SDK, so both are measured.
+    assert points["dreambooth.client.job.fetches"] == 2
+
+
 WITHOUT_OPENTELEMETRY = """
 import asyncio, sys
 
