@@ -33,6 +33,7 @@ NAMES = (
     "batch",
     "poll",
     "keys",
+    "shared",
     "memory",
     "startup",
     "planning",
@@ -342,6 +343,46 @@ def _keys(data: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _shared(data: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    for i, r in enumerate(data.get("burst", []), 1):
+        out.append(
+            _row(
+                f"burst of {r['calls']} generate() on one client, limit {r['queue_limit']}, "
+                f"{r['job_seconds']:g} s jobs (draw {i})",
+                r["seconds"],
+                "s",
+                "ideal",
+                r["ideal_seconds"],
+            )
+        )
+        out.append(_row(f"burst: rejected submissions (draw {i})", 100 * r["rejected_share"], "%"))
+    for i, r in enumerate(data.get("webapp", []), 1):
+        out.append(_row(f"webapp burst: HTTP 429 of {r['calls']} (draw {i})", r["http_429"], ""))
+    for name, runs in data.get("shared", {}).items():
+        for i, draw in enumerate(runs, 1):
+            base = draw["1"]
+            for count, r in draw.items():
+                out.append(
+                    _row(
+                        f"{count} process(es) on one key, {r['prompts']} x {name} jobs, "
+                        f"limit 7, retry_after 0.2 s: makespan (draw {i})",
+                        r["seconds"],
+                        "s",
+                        "one process",
+                        base["seconds"],
+                    )
+                )
+                out.append(
+                    _row(
+                        f"{count} process(es), {name}: x account ideal / rejected % (draw {i})",
+                        r["makespan_over_ideal"],
+                        f"x; {100 * r['rejected_share']:.1f}% rejected",
+                    )
+                )
+    return out
+
+
 SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "emulator": _emulator,
     "overhead": _overhead,
@@ -349,6 +390,7 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "batch": _batch,
     "poll": _poll,
     "keys": _keys,
+    "shared": _shared,
     "memory": _memory,
     "startup": _startup,
     "planning": _planning,

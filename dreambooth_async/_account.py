@@ -30,16 +30,18 @@ class AccountCalls:
     def _url(self, path: str) -> str:
         return self.base_url + path
 
-    async def request_count(self, *, key_index: int = 0) -> int:
+    async def request_count(self, *, key_index: int = 0, retry: RetryPolicy | None = None) -> int:
         """How many of the account's requests the service is processing now
         (``/api/v6/processing/request_count``; the service allows 30 calls a minute).
-        ``key_index``: which key's account, with several keys (0-based)."""
+        ``key_index``: which key's account, with several keys (0-based); ``retry`` overrides
+        the retry policy."""
         self._check_open()
         body = await self._transport.call(
             self._url(REQUEST_COUNT),
             {},
             idempotent=True,
             parse=parse_json,
+            retry=retry,
             key_index=self._key_index(key_index),
         )
         return request_count_from(body)

@@ -10,7 +10,8 @@ the module-level :mod:`random` generator (tests seed it), one draw per call at m
 - :func:`retry_after`: the service's ``Retry-After``, capped, with a little jitter.
 - :func:`share_of_age`, :func:`spread_over`, :func:`in_window`, :func:`probe_wait`: the
   poller's waits, all relative to the job itself.
-- :func:`room_expected`: the batch's wait for a free queue slot after "queue full".
+- :func:`room_expected`, :func:`queue_full_wait`: the wait for a free queue slot after
+  "queue full" (single calls and batches alike).
 - :func:`not_there_yet`, :func:`before_deadline`: the download's wait for an output the CDN
   does not show yet.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "jittered",
     "not_there_yet",
     "probe_wait",
+    "queue_full_wait",
     "retry_after",
     "room_expected",
     "share_of_age",
@@ -40,6 +42,9 @@ Jitter = tuple[float, float] | None
 
 #: Uniform in ``[0, delay]``: waiters that failed together come back spread over the whole span.
 FULL_JITTER: Jitter = (0.0, 1.0)
+
+#: The largest exponent any doubling here uses (every wait is capped long before).
+_MAX_EXPONENT = 64
 
 #: The batch's blind back-off: from a quarter second, doubling, up to ten, half to all of it.
 _BLIND_BASE = 0.25
@@ -64,7 +69,8 @@ def exponential(
 ) -> float:
     """The wait before retry number ``attempt`` (0-based): ``min(cap, base * factor**attempt)``,
     then :func:`jittered`. The default is "full jitter" doubling."""
-    return jittered(min(cap, base * factor**attempt), jitter)
+    # The exponent is bounded: past it the cap holds anyway, and a float power overflows.
+    return jittered(min(cap, base * factor ** min(attempt, _MAX_EXPONENT)), jitter)
 
 
 def blind(attempt: int) -> float:
@@ -145,7 +151,7 @@ def room_expected(
     does; a share of a job's length more, as one past its estimate still runs), else a share of
     ``typical``, their usual duration; :func:`blind` when nothing is known. At least ``floor``.
     """
-    growth = 1.5 ** max(0, turned_away - 1)
+    growth = 1.5 ** min(max(0, turned_away - 1), _MAX_EXPONENT)
     if until_next is not None:
         wait = max(0.0, until_next)
         share = 0.1 * (typical if typical is not None else wait)
@@ -153,6 +159,53 @@ def room_expected(
     if typical is not None:
         return jittered(max(floor, 0.25 * typical * growth), (0.9, 1.1))
     return blind(turned_away)
+
+
+def queue_full_wait(
+    hint: float | None,
+    *,
+    own_full: bool,
+    turned_away: int,
+    until_next: float | None,
+    typical: float | None,
+    floor: float,
+    cap: float,
+) -> tuple[float, float]:
+    """``(least, most)``: a submission turned away as "queue full" ``turned_away`` times in a
+    row goes again once one of the client's own jobs ends, but not before ``least`` seconds,
+    and at the latest after ``most``.
+
+    ``hint`` is the service's ``retry_after``: the least wait it asked for (RFC 9110
+    §10.2.3), never a promise of room; a hint longer than the client's own jobs take (about
+    ``typical``, else ``until_next``) is taken as that long, since the service's docs answer
+    30 s whatever the jobs' length.
+
+    - ``own_full``: the client's own jobs fill its window, so the room it needs comes when one
+      of them ends: wait for that, and at least ``hint`` (whichever is later). ``most`` is only
+      the bound for a job whose end the client does not see in time (:func:`room_expected`).
+    - otherwise someone else holds slots: back off from ``hint``, doubling with each refusal,
+      up to about a job's length (``typical``, else ``until_next``; ten seconds when neither is
+      known); an end of one of the client's own jobs ends the wait sooner (that slot was
+      ours), though never before ``hint``.
+
+    Without a hint, :func:`room_expected` from what the client knows of its own jobs. Every
+    figure is at most ``cap`` (the retry policy's ``max_retry_after``).
+    """
+    room = room_expected(turned_away, until_next=until_next, typical=typical, floor=floor)
+    if hint is None:
+        return min(cap, floor), min(cap, max(floor, room))
+    least = retry_after(max(hint, floor), cap=cap, jitter=(1.0, 1.05))
+    length = typical if typical is not None else until_next
+    if length is not None:
+        # A hint longer than the client's own jobs take is a constant (the service's docs
+        # answer 30 s whatever the jobs), not news of this account: the end of one of our jobs
+        # is surer evidence of room.
+        least = min(least, max(floor, length))
+    if own_full:
+        return least, min(cap, max(least, room))
+    ceiling = max(least, length if length is not None and length > 0 else _BLIND_CAP)
+    grown = min(ceiling, least * 2.0 ** min(max(0, turned_away - 1), _MAX_EXPONENT))
+    return least, min(cap, max(least, jittered(grown, (0.9, 1.1))))
 
 
 # --- downloads: an output that is not there yet -----------------------------------------------

@@ -19,6 +19,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, Unpack
@@ -60,6 +61,8 @@ from ._settings import (
     base_url_from_env,
     checked_keys,
 )
+from ._share import AccountWatch
+from ._slots import SlotPool, SlotWindow
 from ._telemetry import Telemetry, TelemetryOptions
 from ._transport import RetryPolicy, Timeouts, Transport
 from ._urls import is_http_url
@@ -79,6 +82,11 @@ __all__ = [
     "api_key_from_env",
     "api_keys_from_env",
 ]
+
+#: Where each key's shared slot window starts before it has learned the account's limit.
+_INITIAL_SLOTS = 2
+#: The account watcher's reads are not retried: a lost read is only a signal lost.
+_ONE_TRY = RetryPolicy(max_retries=0)
 
 # Kept importable from here (older code and tests name it so).
 _same_origin = same_origin
@@ -195,6 +203,24 @@ class DreamboothClient(GenerateCalls):
         self._poller = Poller(self._fetch_for_poller, self.poll_policy, self._telemetry)
         #: Which key each call uses, which are retired, which submitted each job.
         self._keys = KeyRing(len(keys))
+        # One window per key, shared by every call and batch of this client (see slot_pool).
+        self._slots = SlotPool(
+            [
+                SlotWindow(fixed=None, initial=_INITIAL_SLOTS, maximum=max_concurrency)
+                for _ in range(len(keys))
+            ],
+            self._keys,
+        )
+        # A watcher per key reads the account's count once the key was found full (shared
+        # with other processes, or just discovering its limit): see _share.
+        self._watches = [
+            AccountWatch(
+                window,
+                partial(self.request_count, key_index=index, retry=_ONE_TRY),
+                self._poller,
+            )
+            for index, window in enumerate(self._slots.windows)
+        ]
         if self._keys.several:
             self._poller.subscribe(lambda job_id, _result, _error: self._keys.ended(job_id))
         self._poller_task: asyncio.Task[Any] | None = None
@@ -258,6 +284,8 @@ class DreamboothClient(GenerateCalls):
             await tasks.__aenter__()
             self._tasks = tasks
             self._poller_task = await tasks.start(self._run_poller, name="dreambooth-poller")
+            for index, watch in enumerate(self._watches):
+                tasks.start_soon(watch.run, name=f"dreambooth-account-watch-{index}")
         except BaseException:
             # __aexit__ does not run when __aenter__ fails: close what we opened.
             await self._stop_tasks()
@@ -400,6 +428,14 @@ class DreamboothClient(GenerateCalls):
                 "key_index", index, f"a key position from 0 to {self._keys.count - 1}"
             )
         return index
+
+    @property
+    def slot_pool(self) -> SlotPool:
+        """The account's queue slots this client may hold: one adaptive window per key, shared
+        by every ``submit``/``generate`` call and every batch that does not fix its own
+        concurrency, so that they wait their turn (first come, first served) instead of racing
+        each other for room. Read ``slot_pool.limit`` and ``slot_pool.held`` to watch it."""
+        return self._slots
 
     @property
     def poller(self) -> Poller:

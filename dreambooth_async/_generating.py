@@ -5,8 +5,11 @@ receiver. A base class of :class:`DreamboothClient`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
+from functools import partial
 from typing import Any, Unpack
+
+import attrs
 
 from ._cache import CachedSubmissions
 from ._endpoints import PATHS
@@ -17,6 +20,7 @@ from ._errors import (
     RequestValidationError,
     TransportError,
 )
+from ._fetch_timing import PollPolicy
 from ._job import Job
 from ._job_calls import JobCalls
 from ._models import (
@@ -31,8 +35,10 @@ from ._models import (
     Text2ImgFields,
 )
 from ._sending import Sending
+from ._slots import SlotPool
 from ._telemetry import NO_TRACE, current_trace, outcome_of
 from ._transport import RetryHook, RetryPolicy, logger
+from ._turns import in_turn
 from ._wire import to_wire
 
 __all__ = ["GenerateCalls"]
@@ -45,6 +51,11 @@ class GenerateCalls(JobCalls):
     """Calls that submit a generation request."""
 
     _cache: CachedSubmissions | None
+    _slots: SlotPool
+    poll_policy: PollPolicy
+
+    def _on_retry(self, attempt: int, error: Exception, delay: float) -> None:
+        raise NotImplementedError  # the client's own
 
     async def submit(
         self,
@@ -54,16 +65,30 @@ class GenerateCalls(JobCalls):
         retry: RetryPolicy | None = None,
         key_index: int | None = None,
         on_retry: RetryHook | None = None,
+        wait_for_slot: bool = True,
     ) -> Job:
         """Send ``request``; return its :class:`Job` once the service accepted it.
 
         The job may already be finished (the service answers at once when it can). ``timeout``
-        bounds the job (default: the poll policy's ``job_timeout``). ``retry`` overrides the
-        retry policy for this call. ``key_index`` sends it with that key (0-based; by default
-        the client chooses, and moves on when a key is retired); ``on_retry(attempt, error,
-        delay)`` hears of this submission's retries.
+        bounds the call (default: the poll policy's ``job_timeout``): the wait for a queue slot
+        and the job. ``retry`` overrides the retry policy for this call. ``key_index`` sends it
+        with that key (0-based; by default the client chooses, and moves on when a key is
+        retired); ``on_retry(attempt, error, delay)`` hears of this submission's retries.
+
+        The call waits its turn for one of the account's queue slots in the client's window
+        (:attr:`slot_pool`, shared with every other call and batch of this client: first come,
+        first served), and a "queue full" answer is waited out there and sent again, so calls
+        made at once do not race each other for room. ``wait_for_slot=False`` sends at once,
+        outside the window (for a caller that counts slots itself); a "queue full" answer is
+        then retried by the retry policy.
         """
-        sending = Sending(timeout=timeout, retry=retry, key_index=key_index, on_retry=on_retry)
+        sending = Sending(
+            timeout=timeout,
+            retry=retry,
+            key_index=key_index,
+            on_retry=on_retry,
+            in_turn=wait_for_slot,
+        )
         # Inside generate() or a batch item, the submission is part of their trace; alone, it
         # has its own, which ends with the job.
         joined = current_trace()
@@ -129,12 +154,46 @@ class GenerateCalls(JobCalls):
         return await self._cache.answer(request, sending, final=final)
 
     async def _send(self, request: GenerationRequest, sending: Sending) -> GenerationResult | Job:
-        """Submit ``request``: the result when the answer is final, else the tracked job."""
+        """Submit ``request``: the result when the answer is final, else the tracked job.
+        In the caller's turn in the slot window unless it holds a slot already."""
         self._check_open()
         if not isinstance(request, Text2Img | Img2Img | Inpaint):
             raise RequestValidationError(
                 "request", request, "a Text2Img, Img2Img or Inpaint instance"
             )
+        if not sending.in_turn:
+            return await self._send_now(request, sending)
+        policy = sending.retry or self._transport.retry
+        # "Queue full" is the window's to wait out; every other retry stays the policy's.
+        once = attrs.evolve(policy, retry_queue_full=False)
+        timeout = sending.timeout if sending.timeout is not None else self.poll_policy.job_timeout
+
+        def send(key_index: int, left: float | None) -> Awaitable[GenerationResult | Job]:
+            chosen = attrs.evolve(sending, key_index=key_index, timeout=left, retry=once)
+            return self._send_now(request, chosen)
+
+        return await in_turn(
+            self._slots,
+            send,
+            key_index=sending.key_index,
+            timeout=timeout,
+            times=self._poller,
+            cap=policy.max_retry_after,
+            on_wait=partial(self._heard_retry, sending.on_retry),
+        )
+
+    def _heard_retry(
+        self, hook: RetryHook | None, attempt: int, error: Exception, delay: float
+    ) -> None:
+        """A wait for room told as a retry: to the call's hook and the client's listeners."""
+        if hook is not None:
+            hook(attempt, error, delay)
+        self._on_retry(attempt, error, delay)
+
+    async def _send_now(
+        self, request: GenerationRequest, sending: Sending
+    ) -> GenerationResult | Job:
+        """Submit ``request`` at once (the caller holds a slot, or does not count them)."""
         body = to_wire(request, self.api_version)
         token = None
         if self._webhooks is not None and request.webhook is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 from ._errors import JobTimeout
@@ -139,6 +139,11 @@ class Job:
     def done(self) -> bool:
         """True once the job has a result or an error."""
         return self._state.future.done()
+
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` in the event loop once the job has a result or an error (soon
+        after now when it already has one)."""
+        self._state.future.add_done_callback(lambda _future: callback())
 
     def result(self) -> GenerationResult:
         """The result of a finished job (raises its error, or InvalidStateError if pending)."""

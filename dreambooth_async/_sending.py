@@ -25,6 +25,8 @@ class Sending:
     retry: RetryPolicy | None = None
     key_index: int | None = None
     on_retry: RetryHook | None = None
+    #: Wait for a slot of the client's window first (False: the caller holds one already).
+    in_turn: bool = True
 
 
 class SendFn(Protocol):

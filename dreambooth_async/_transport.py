@@ -47,11 +47,14 @@ class RetryPolicy:
     max_retry_after: float = attrs.field(default=120.0, validator=attrs.validators.ge(0))
     #: Retry "queue full" / spam-filter answers. The batch scheduler turns this off and adapts.
     retry_rate_limited: bool = True
+    #: Retry "queue full" answers here (with ``retry_rate_limited``); the client's slot window
+    #: turns this off for the submissions that wait their turn in it, and waits for room itself.
+    retry_queue_full: bool = True
 
     def should_retry(self, error: Exception, *, idempotent: bool) -> bool:
         """True when retrying ``error`` cannot make the service run a submission twice."""
         if isinstance(error, RateLimitError):
-            return self.retry_rate_limited
+            return self.retry_rate_limited and (self.retry_queue_full or not error.queue_full)
         if isinstance(error, TransportError | ServerError):
             return idempotent or not error.may_have_landed
         return False

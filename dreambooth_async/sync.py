@@ -202,12 +202,15 @@ class DreamboothClient:
         retry: RetryPolicy | None = None,
         key_index: int | None = None,
         on_retry: Callable[[int, Exception, float], None] | None = None,
+        wait_for_slot: bool = True,
     ) -> Job:
         """Send ``request``; return its :class:`Job` once the service accepted it.
 
-        ``timeout`` bounds the job (default: the poll policy's ``job_timeout``); ``retry``
-        overrides the retry policy for this call; ``key_index`` picks the key (0-based);
-        ``on_retry`` hears of this submission's retries (it runs in the loop thread).
+        ``timeout`` bounds the call (default: the poll policy's ``job_timeout``): the wait for
+        a queue slot in the client's window, and the job; ``retry`` overrides the retry policy
+        for this call; ``key_index`` picks the key (0-based); ``on_retry`` hears of this
+        submission's retries (it runs in the loop thread); ``wait_for_slot=False`` sends at
+        once, outside the window (see the async client's ``submit``).
         """
         call = partial(
             self._client.submit,
@@ -216,6 +219,7 @@ class DreamboothClient:
             retry=retry,
             key_index=key_index,
             on_retry=on_retry,
+            wait_for_slot=wait_for_slot,
         )
         return Job(self._loop.call(call), self._loop)
 
@@ -292,9 +296,11 @@ class DreamboothClient:
 
     # --- other endpoints ----------------------------------------------------------------------
 
-    def request_count(self, *, key_index: int = 0) -> int:
+    def request_count(self, *, key_index: int = 0, retry: RetryPolicy | None = None) -> int:
         """How many of the account's requests the service is processing now."""
-        return self._loop.call(partial(self._client.request_count, key_index=key_index))
+        return self._loop.call(
+            partial(self._client.request_count, key_index=key_index, retry=retry)
+        )
 
     def wallet_balance(
         self, *, key_index: int = 0, retry: RetryPolicy | None = None

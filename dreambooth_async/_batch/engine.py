@@ -64,17 +64,21 @@ class Engine:
         #: The client's key positions (shared: a key refused here is retired for the client).
         self.ring: KeyRing = client.key_ring
         # One window per key: each account has its own queue slots (a fixed concurrency is
-        # per key too).
-        self.slots = SlotPool(
-            [
-                SlotWindow(
-                    fixed=options.concurrency,
-                    initial=options.initial_concurrency,
-                    maximum=options.max_concurrency,
-                )
-                for _ in range(self.ring.count)
-            ],
-            self.ring,
+        # per key too). By default the client's, shared with its single calls and batches.
+        self.slots = (
+            client.slot_pool
+            if options.shared_window
+            else SlotPool(
+                [
+                    SlotWindow(
+                        fixed=options.concurrency,
+                        initial=options.initial_concurrency,
+                        maximum=options.max_concurrency,
+                    )
+                    for _ in range(self.ring.count)
+                ],
+                self.ring,
+            )
         )
         self._pacer = Pacer(options.rate_limit)
         self.manifest: Manifest | None = None

@@ -13,6 +13,7 @@ from .._fetch_timing import PollPolicy
 from .._job import Job
 from .._keys import KeyRing
 from .._models import GenerationRequest, GenerationResult
+from .._slots import SlotPool
 from .._spend import Wallets
 from .._transport import RetryHook, RetryPolicy
 
@@ -50,6 +51,8 @@ class BatchHost(Wallets, Protocol):
     def key_ring(self) -> KeyRing: ...
     @property
     def poller(self) -> SlotHints: ...
+    @property
+    def slot_pool(self) -> SlotPool: ...
 
     def redact(self, text: str) -> str: ...
 
@@ -61,6 +64,7 @@ class BatchHost(Wallets, Protocol):
         retry: RetryPolicy | None = None,
         key_index: int | None = None,
         on_retry: RetryHook | None = None,
+        wait_for_slot: bool = True,
     ) -> Job: ...
 
     def attach(

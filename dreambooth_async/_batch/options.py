@@ -23,7 +23,10 @@ class MapOptions(TypedDict, total=False):
     max_concurrency: int | None
     """The adaptive ceiling (default: ``client.max_concurrency``)."""
     initial_concurrency: int
-    """The adaptive window's first size (default 2)."""
+    """The adaptive window's first size (default 2). With none of ``concurrency``,
+    ``max_concurrency`` and ``initial_concurrency`` given, the batch waits its turn in the
+    client's own windows (``client.slot_pool``), shared with single ``submit``/``generate``
+    calls and other batches; with any of them, it has windows of its own."""
     fail_fast: bool
     """On the first item that fails, cancel the rest and raise its error from the iterator.
     By default an item's error stays in its item and the batch goes on."""
@@ -101,6 +104,9 @@ class BatchOptions:
     concurrency: int | None = None
     max_concurrency: int
     initial_concurrency: int = 2
+    #: The batch waits its turn in the client's slot windows (shared with single calls and
+    #: other batches) rather than in windows of its own: no concurrency option was given.
+    shared_window: bool = False
     fail_fast: bool = False
     rate_limit: float | None = None
     manifest: str | os.PathLike[str] | None = None
@@ -141,6 +147,13 @@ def batch_options(
     if concurrency is not None and concurrency < 1:
         raise ValueError("concurrency must be at least 1, or None to adapt")
     fields: dict[str, Any] = {**options, "concurrency": concurrency}
+    fields["shared_window"] = (
+        concurrency is None
+        and options.get("max_concurrency") is None
+        and options.get("initial_concurrency") is None
+    )
+    if fields.get("initial_concurrency") is None:
+        fields.pop("initial_concurrency", None)
     if fields.get("max_concurrency") is None:
         fields["max_concurrency"] = client.max_concurrency
     if fields.get("recover_ambiguous") is None:

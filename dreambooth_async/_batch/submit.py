@@ -35,7 +35,7 @@ from .plan import Entry
 from .probe import KeyProbe
 from .sinks import Endings
 from .tally import Tally
-from .window import Slot, SlotPool
+from .window import MIN_WAIT, Slot, SlotPool, room_wait, wait_for_room
 
 __all__ = ["UNREACHABLE_AFTER", "Submitter"]
 
@@ -44,7 +44,7 @@ __all__ = ["UNREACHABLE_AFTER", "Submitter"]
 _STOPS_SUBMITTING = (AuthenticationError, InsufficientCredits)
 
 #: The least wait before a turned-away item is sent again (politeness).
-_MIN_WAIT = 0.05
+_MIN_WAIT = MIN_WAIT
 
 #: The jitter on the service's ``retry_after``: only ever later, a little.
 _RETRY_AFTER_JITTER = (1.0, 1.05)
@@ -125,7 +125,7 @@ class Submitter:
             attempt += 1
             if self._manifest is not None:
                 self._manifest.submitting(entry.key, attempt)
-            job, error = await self._submit_probing(entry, slot, probing=turn)
+            job, error, own_full = await self._submit_probing(entry, slot, probing=turn)
             if job is not None:
                 return job
             assert error is not None
@@ -135,18 +135,24 @@ class Submitter:
                 turned_away += 1
                 if self._manifest is not None:
                     self._manifest.not_landed(entry.key, _reason(error))
+                if error.queue_full:
+                    least, most = room_wait(
+                        error.retry_after,
+                        own_full=own_full,
+                        turned_away=turned_away,
+                        times=self._client.poller,
+                        cap=self._retry.max_retry_after,
+                        window=slot.window,
+                    )
+                    self._tally.emit("rate_limited", entry, eta=most, detail=str(error))
+                    await wait_for_room(self._slots, slot, least, most)
+                    entry.key_index = slot.index
+                    continue
                 delay = self._rate_limited(error, turned_away)
-                if not error.queue_full and turned_away > self._options.max_rate_limited:
+                if turned_away > self._options.max_rate_limited:
                     slot.release()
                     return self._endings.failed(entry, error)
                 self._tally.emit("rate_limited", entry, eta=delay, detail=str(error))
-                window = slot.window
-                if error.queue_full and window.held - 1 - window.submitting - window.parked > 0:
-                    # The batch has jobs on the service: when one of them ends, the service
-                    # has room. The item keeps its slot meanwhile (the window already dropped to
-                    # the jobs), so it goes next, ahead of fresh items.
-                    await window.park(delay)
-                    continue
                 slot.release()
                 await anyio.sleep(delay)
                 entry.key_index = await self._slots.acquire(priority=True)
@@ -212,14 +218,15 @@ class Submitter:
 
     async def _submit_probing(
         self, entry: Entry, slot: Slot, *, probing: bool
-    ) -> tuple[Job | None, DreamboothError | None]:
+    ) -> tuple[Job | None, DreamboothError | None, bool]:
         """``_submit_once``; when this submission probes its key (``probing``), its answer
         lets the key's other items go, or keeps them to one at a time."""
         key = slot.index
         job: Job | None = None
         error: DreamboothError | None = None
+        own_full = False
         try:
-            job, error = await self._submit_once(entry, slot)
+            job, error, own_full = await self._submit_once(entry, slot)
         finally:
             if probing:
                 # Set before the caller handles a refusal: that has no await, so the items
@@ -228,7 +235,7 @@ class Submitter:
                     is_absence(error) or isinstance(error, _STOPS_SUBMITTING)
                 )
                 self._probe.answered(key, proven=job is not None or not refused)
-        return job, error
+        return job, error, own_full
 
     async def _recover(self, entry: Entry, error: DreamboothError, slot: Slot) -> Job | None:
         """The job of a submission whose answer was lost, if the service's webhook call
@@ -271,7 +278,9 @@ class Submitter:
 
     async def _submit_once(
         self, entry: Entry, slot: Slot
-    ) -> tuple[Job | None, DreamboothError | None]:
+    ) -> tuple[Job | None, DreamboothError | None, bool]:
+        """(the job, or the error; whether a "queue full" refusal was explained by the
+        client's own jobs filling its window)."""
         # Shielded: once the POST may be on the wire, a cancelled batch still waits (for up to
         # cancel_grace) for the answer and records the job id, so a rerun can attach to it.
         scope = anyio.CancelScope(shield=True)
@@ -280,6 +289,7 @@ class Submitter:
         bracket = await self._budget.before_post(slot.index)
         self._scopes.add(scope)
         self._tally.count("submissions", entry)
+        own_full = False
         window = slot.window
         window.submitting += 1
         job: Job | None = None
@@ -291,6 +301,7 @@ class Submitter:
                     job = await self._client.submit(
                         entry.request,
                         retry=self._retry,
+                        wait_for_slot=False,  # the item holds its slot already
                         timeout=self._options.job_timeout,
                         key_index=slot.index,
                         on_retry=partial(self._tally.retried, entry),
@@ -299,10 +310,10 @@ class Submitter:
                     if isinstance(error, RateLimitError):
                         if error.queue_full:
                             self._tally.count("rejected_queue_full", entry)
-                            window.on_queue_full()
+                            own_full = window.on_queue_full()
                         else:
                             self._tally.count("rejected_other", entry)
-                    return None, error
+                    return None, error, own_full
                 finally:
                     window.submitting -= 1
                     # Before the job is counted: the price is known before the next goes.
@@ -333,16 +344,21 @@ class Submitter:
             self._scopes.discard(scope)
         if job is None:
             # The grace period ran out with the POST unanswered.
-            return None, AmbiguousSubmission(
-                entry.key, "the batch was cancelled while the submission was unanswered"
+            return (
+                None,
+                AmbiguousSubmission(
+                    entry.key, "the batch was cancelled while the submission was unanswered"
+                ),
+                False,
             )
         self._tally.emit("submitted", entry, job_id=job.id)
         if not job.done():
             self._tally.emit("queued", entry, job_id=job.id, eta=job.eta)
-        return job, None
+        return job, None, False
 
     def _rate_limited(self, error: RateLimitError, turned_away: int) -> float:
-        """Seconds to wait, at most, before sending a turned-away item again.
+        """Seconds to wait before sending an item turned away by a rate limit that is not
+        "queue full" (those wait for room: :func:`.._slots.room_wait`).
 
         The service's ``retry_after`` when it gave one. Otherwise the time scale is the
         client's own jobs: until the next of them should end (a queue slot frees when one of

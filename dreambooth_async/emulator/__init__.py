@@ -33,7 +33,9 @@ The service as ModelsLab's current docs show it (``ModelsLab/docs-v2``, the offi
   ``premium_models``: ``{"status": "error", "message": "This feature requires a premium
   subscription"}``, HTTP 403 under ``http_errors``. Both are checked after the key (401) and the
   fields (400); 403 before the model lookup, 402 before the spam filter and the queue limit.
-- Queue slots: ``key_queue_limits.get(key, queue_limit)`` per key, each key its own slots.
+- Queue slots: ``key_queue_limits.get(key, queue_limit)`` per key, each key its own slots. A
+  "queue full" answer's ``retry_after`` is the wait until one of the key's slots frees, or the
+  constant ``queue_full_retry_after`` (service seconds) when set: a hint, not a promise.
 - ``POST /api/wallet_balance`` (key in the body): ``{"status": "success", "data": {"balance":
   <live balance>, "currency": "USD"}}``; for an unlimited wallet 1000000.0 less what the key
   spent (it is never refused), so the price of an image shows in the balance.

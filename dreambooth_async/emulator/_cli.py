@@ -141,6 +141,14 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
         metavar="KEY=N",
         help="queue slots of one key, instead of --queue-limit; repeat per key",
     )
+    add(
+        "--queue-full-retry-after",
+        type=_optional_float,
+        default=d.queue_full_retry_after,
+        metavar="SECONDS",
+        help="the retry_after a queue-full answer suggests (service seconds); "
+        "none: the exact wait until one of the key's slots frees",
+    )
     add("--workers", type=int, default=d.workers, help="simulated GPU workers")
     add(
         "--time-scale",
@@ -452,6 +460,7 @@ _EMULATOR_OPTIONS = {
         "host",
         "port",
         "queue_limit",
+        "queue_full_retry_after",
         "workers",
         "time_scale",
         "sync_window",

@@ -241,6 +241,11 @@ class EmulatorConfig:
     premium_models: tuple[str, ...] = attrs.field(default=(), converter=_names)
     #: Queue slots per key, overriding ``queue_limit`` for the keys it names.
     key_queue_limits: Mapping[str, int] = attrs.field(factory=dict, converter=_int_map, hash=False)
+    #: The ``retry_after`` a "queue full" answer suggests, in service seconds (the service's
+    #: docs show a constant 30); None: the exact wait until one of the key's slots frees.
+    queue_full_retry_after: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_non_negative)
+    )
 
     def __attrs_post_init__(self) -> None:
         if not self.keys:

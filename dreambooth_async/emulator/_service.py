@@ -183,7 +183,11 @@ class Service:
         if self.farm.slots_in_use(key, now) >= limit:
             self.stats.rejected_queue_full += 1
             counts.rejected_429 += 1
-            retry_after = self.farm.next_slot_free_in(key, now)
+            retry_after = (
+                self.farm.next_slot_free_in(key, now)
+                if cfg.queue_full_retry_after is None
+                else cfg.scaled(cfg.queue_full_retry_after)
+            )
             return Reply(bodies.queue_full(limit, retry_after), 429, retry_after)
         self.accounts.charge(key, price)
         counts.spent = self.accounts.spent(key)

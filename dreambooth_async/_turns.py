@@ -1,0 +1,123 @@
+"""A single submission's turn in the client's slot window.
+
+``submit``/``generate`` calls that run at once (a web app serving a burst of requests) would
+otherwise race each other for the account's queue slots: each is sent at once, most are
+turned away as "queue full", and each retries on its own clock. Here a call first waits for a
+slot of the window its batch siblings use too (first come, first served, within the call's own
+timeout), holds it while its job is on the service, and gives it back when the job ends. A
+"queue full" answer provably did not land, so the call waits for room (see
+:mod:`dreambooth_async._slots`) and is sent again; an accepted job is never sent again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from ._errors import AuthenticationError, InsufficientCredits, RateLimitError
+from ._job import Job
+from ._models import GenerationResult
+from ._slots import JobTimes, Slot, SlotPool, room_wait, wait_for_room
+
+__all__ = ["in_turn"]
+
+#: Sends the submission with key ``index``, the job bounded by ``timeout`` seconds (None:
+#: the poll policy's bound); raises what the service answered.
+SendWith = Callable[[int, float | None], Awaitable[GenerationResult | Job]]
+
+
+async def in_turn(
+    pool: SlotPool,
+    send: SendWith,
+    *,
+    key_index: int | None,
+    timeout: float | None,
+    times: JobTimes,
+    cap: float,
+    on_wait: Callable[[int, Exception, float], None],
+) -> GenerationResult | Job:
+    """Send one submission in its turn: wait for a slot (on key ``key_index``'s window, or the
+    pool's choice), send, and on "queue full" wait for room and send again.
+
+    ``timeout`` bounds the whole call: the wait for a slot counts against it, and the job gets
+    what is left. When it passes before a slot came free, :class:`RateLimitError` (queue full)
+    says so; nothing was sent. Other rate limits (the spam filter) are the retry policy's.
+    ``on_wait(attempt, error, delay)`` hears of each wait for room, as of a retry.
+    """
+    started = anyio.current_time()
+
+    def left() -> float | None:
+        return None if timeout is None else timeout - (anyio.current_time() - started)
+
+    slot = Slot(pool, await _acquire(pool, key_index, left()))
+    turned_away = 0
+    try:
+        while True:
+            window = slot.window
+            window.submitting += 1
+            try:
+                answer = await send(slot.index, left())
+            except RateLimitError as error:
+                if not error.queue_full:
+                    window.submitting -= 1
+                    raise  # the retry policy had its turns at it
+                # Told while the refused submission still counts as on the wire (not a job).
+                own_full = window.on_queue_full()
+                window.submitting -= 1
+                turned_away += 1
+                least, most = room_wait(
+                    error.retry_after,
+                    own_full=own_full,
+                    turned_away=turned_away,
+                    times=times,
+                    cap=cap,
+                    window=window,
+                )
+                remaining = left()
+                if remaining is not None and remaining <= least:
+                    raise  # the call's own timeout does not allow another try
+                on_wait(turned_away, error, most)
+                with anyio.move_on_after(remaining) as scope:
+                    await wait_for_room(pool, slot, least, most)
+                if scope.cancelled_caught:
+                    raise
+                continue
+            except (AuthenticationError, InsufficientCredits):
+                window.submitting -= 1
+                # The key was retired by the send (with several keys): another may take it.
+                if key_index is not None or not pool.any_live(slot.index):
+                    raise
+                slot.release()
+                pool.wake()
+                slot.take(await _acquire(pool, None, left()))
+                continue
+            except BaseException:
+                window.submitting -= 1
+                raise
+            window.submitting -= 1
+            window.on_accepted()
+            if isinstance(answer, Job) and not answer.done():
+                # The job holds its slot on the service until it ends.
+                answer.add_done_callback(slot.release)
+            else:
+                slot.release()
+            return answer
+    except BaseException:
+        slot.release()
+        raise
+
+
+async def _acquire(pool: SlotPool, key_index: int | None, timeout: float | None) -> int:
+    """A slot on key ``key_index``'s window (any key's when None), waiting at most ``timeout``
+    seconds."""
+    with anyio.move_on_after(timeout if timeout is not None else float("inf")):
+        if key_index is None:
+            return await pool.acquire()
+        await pool.windows[key_index].acquire()
+        return key_index
+    raise RateLimitError(
+        f"no queue slot of this client came free within the call's timeout ({timeout:.0f} s); "
+        "nothing was sent",
+        queue_full=True,
+    )
