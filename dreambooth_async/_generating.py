@@ -180,12 +180,15 @@ class GenerateCalls(JobCalls):
             times=self._poller,
             cap=policy.max_retry_after,
             on_wait=partial(self._heard_retry, sending.on_retry),
+            resend_when_full=policy.retry_rate_limited and policy.max_retries > 0,
         )
 
     def _heard_retry(
         self, hook: RetryHook | None, attempt: int, error: Exception, delay: float
     ) -> None:
-        """A wait for room told as a retry: to the call's hook and the client's listeners."""
+        """A wait for room told as a retry: to the call's hook, the client's listeners and
+        its telemetry (the refused attempt's span and queue-full count are the transport's)."""
+        self._telemetry.retried("submit", attempt, error, delay)
         if hook is not None:
             hook(attempt, error, delay)
         self._on_retry(attempt, error, delay)

@@ -36,6 +36,7 @@ async def in_turn(
     times: JobTimes,
     cap: float,
     on_wait: Callable[[int, Exception, float], None],
+    resend_when_full: bool = True,
 ) -> GenerationResult | Job:
     """Send one submission in its turn: wait for a slot (on key ``key_index``'s window, or the
     pool's choice), send, and on "queue full" wait for room and send again.
@@ -44,6 +45,8 @@ async def in_turn(
     what is left. When it passes before a slot came free, :class:`RateLimitError` (queue full)
     says so; nothing was sent. Other rate limits (the spam filter) are the retry policy's.
     ``on_wait(attempt, error, delay)`` hears of each wait for room, as of a retry.
+    ``resend_when_full=False`` (a retry policy that allows no retries) raises the first "queue
+    full" answer instead: the caller asked for no second sending.
     """
     started = anyio.current_time()
 
@@ -75,6 +78,8 @@ async def in_turn(
                     window=window,
                 )
                 remaining = left()
+                if not resend_when_full:
+                    raise
                 if remaining is not None and remaining <= least:
                     raise  # the call's own timeout does not allow another try
                 on_wait(turned_away, error, most)
