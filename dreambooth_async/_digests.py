@@ -16,6 +16,8 @@ reads a manifest line whose key it checks.
 from __future__ import annotations
 
 import hashlib
+import struct
+from array import array
 from collections.abc import Iterable, Iterator
 
 __all__ = ["DigestCounter", "DigestTable", "TextSet", "text_digest"]
@@ -24,6 +26,8 @@ __all__ = ["DigestCounter", "DigestTable", "TextSet", "text_digest"]
 #: whenever they hold this many records each on average.
 _FILL = 32
 _MAX_BITS = 16
+# dump(): digest size, payload size, bucket bits, record count.
+_DUMP_HEAD = struct.Struct("<BBBQ")
 
 
 class DigestTable:
@@ -131,6 +135,43 @@ class DigestTable:
             if bucket is not None:
                 for at in range(0, len(bucket), record):
                     yield bytes(bucket[at + start : at + record])
+
+    def dump(self) -> bytes:
+        """The table as bytes, for :meth:`load`: its bucket count's bits, each bucket's length
+        and the buckets' records (a copy of the memory, with no per-record work)."""
+        lengths = array("I", (0 if b is None else len(b) for b in self._buckets))
+        head = _DUMP_HEAD.pack(self._size, self._payload, self._bits, self._count)
+        return b"".join([head, lengths.tobytes(), *(b for b in self._buckets if b)])
+
+    @classmethod
+    def load(cls, data: bytes, size: int, payload: int = 0) -> DigestTable:
+        """The table :meth:`dump` wrote as ``data`` (digests of ``size`` bytes, payloads of
+        ``payload``); ValueError when ``data`` does not hold one."""
+        if len(data) < _DUMP_HEAD.size:
+            raise ValueError("too short for a digest table")
+        got_size, got_payload, bits, count = _DUMP_HEAD.unpack_from(data)
+        if (got_size, got_payload) != (size, payload) or not 0 < bits <= _MAX_BITS:
+            raise ValueError("not a table of these digests")
+        lengths = array("I")
+        at = _DUMP_HEAD.size + (4 << bits)
+        lengths.frombytes(data[_DUMP_HEAD.size : at])
+        record = size + payload
+        if len(lengths) != 1 << bits or sum(lengths) != len(data) - at:
+            raise ValueError("the digest table's lengths do not add up")
+        if sum(lengths) != count * record or any(n % record for n in lengths):
+            raise ValueError("the digest table's count does not add up")
+        table = cls(size, payload)
+        table._bits = bits
+        table._shift = 16 - bits
+        buckets: list[bytearray | None] = [None] * (1 << bits)
+        view = memoryview(data)
+        for number, length in enumerate(lengths):
+            if length:
+                buckets[number] = bytearray(view[at : at + length])
+                at += length
+        table._buckets = buckets
+        table._count = count
+        return table
 
     def discard(self, digest: bytes) -> None:
         """Forget ``digest`` (nothing when it is not there)."""

@@ -93,6 +93,11 @@ def _fold(previous: ItemState | None, record: Mapping[str, Any]) -> ItemState:
 _WHERE = struct.Struct("<QiI")
 
 
+# to_bytes(): images counted in the done table, the kept items' JSON size, the table's size.
+_SAVED = struct.Struct("<qQQ")
+_FIELDS = frozenset(attrs.fields_dict(ItemState)) - {"key"}
+
+
 class ManifestIndex(Mapping[str, ItemState]):
     """Every item's last state in a manifest, as :func:`read_manifest` folds them, in little
     memory: an item whose last line is ``done`` (nearly every item of a long run) is kept as
@@ -153,6 +158,44 @@ class ManifestIndex(Mapping[str, ItemState]):
     def _forget(self, digest: bytes, where: bytes) -> None:
         self._done.discard(digest)
         self._done_outputs -= max(1, _WHERE.unpack(where)[2])
+
+    # --- saved and loaded (the sidecar, :mod:`._manifest_sidecar`) -----------------------------
+
+    def to_bytes(self) -> bytes:
+        """Everything the fold holds, for :meth:`from_bytes`: the done items' table as it is in
+        memory, the items kept whole as JSON."""
+        kept = [
+            [key, {k: v for k, v in fields.items() if k != "digest"}]
+            for key, fields in self._open.items()
+        ]
+        text = json.dumps(kept, separators=(",", ":")).encode("utf-8")
+        table = self._done.dump()
+        return b"".join([_SAVED.pack(self._done_outputs, len(text), len(table)), text, table])
+
+    @classmethod
+    def from_bytes(cls, path: str | os.PathLike[str], data: bytes) -> ManifestIndex:
+        """The fold :meth:`to_bytes` saved as ``data``, of the manifest at ``path``;
+        ValueError when ``data`` does not hold one."""
+        if len(data) < _SAVED.size:
+            raise ValueError("too short for a saved fold")
+        done_outputs, text_size, table_size = _SAVED.unpack_from(data)
+        if _SAVED.size + text_size + table_size != len(data):
+            raise ValueError("the saved fold's sizes do not add up")
+        index = cls(path)
+        kept = json.loads(data[_SAVED.size : _SAVED.size + text_size])
+        if not isinstance(kept, list):
+            raise ValueError("the saved fold's items are not a list")
+        for key, fields in kept:
+            if not isinstance(key, str) or not isinstance(fields, dict):
+                raise ValueError("a saved item is not a key and its fields")
+            if fields.get("status") not in _STATUSES or not fields.keys() <= _FIELDS:
+                raise ValueError(f"the saved item {key!r} has fields of no item state")
+            for name in _LISTS & fields.keys():
+                fields[name] = tuple(fields[name])  # as the fold keeps them
+            index._open[key] = {"digest": text_digest(key), **fields}
+        index._done = DigestTable.load(data[_SAVED.size + text_size :], 16, _WHERE.size)
+        index._done_outputs = done_outputs
+        return index
 
     # --- reading done lines back --------------------------------------------------------------
 
