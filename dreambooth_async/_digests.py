@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 __all__ = ["DigestCounter", "DigestTable", "TextSet", "text_digest"]
 
@@ -136,40 +136,31 @@ class DigestTable:
                 for at in range(0, len(bucket), record):
                     yield bytes(bucket[at + start : at + record])
 
-    def dump(self) -> bytes:
-        """The table as bytes, for :meth:`load`: its bucket count's bits, each bucket's length
-        and the buckets' records (a copy of the memory, with no per-record work)."""
+    def dump(self) -> list[bytes | bytearray]:
+        """The table as pieces of bytes to write one after the other, for :meth:`load`: its
+        bucket count's bits, each bucket's length and the buckets themselves (the memory as it
+        is, not copied)."""
         lengths = array("I", (0 if b is None else len(b) for b in self._buckets))
         head = _DUMP_HEAD.pack(self._size, self._payload, self._bits, self._count)
-        return b"".join([head, lengths.tobytes(), *(b for b in self._buckets if b)])
+        return [head, lengths.tobytes(), *(b for b in self._buckets if b)]
 
     @classmethod
-    def load(cls, data: bytes, size: int, payload: int = 0) -> DigestTable:
-        """The table :meth:`dump` wrote as ``data`` (digests of ``size`` bytes, payloads of
-        ``payload``); ValueError when ``data`` does not hold one."""
-        if len(data) < _DUMP_HEAD.size:
-            raise ValueError("too short for a digest table")
-        got_size, got_payload, bits, count = _DUMP_HEAD.unpack_from(data)
+    def load(cls, read: Callable[[int], bytearray], size: int, payload: int = 0) -> DigestTable:
+        """The table :meth:`dump` wrote, read with ``read(n)`` (exactly ``n`` bytes, or it
+        raises ValueError; each bucket is read into its own memory) for digests of ``size``
+        bytes and payloads of ``payload``; ValueError when that is not one."""
+        got_size, got_payload, bits, count = _DUMP_HEAD.unpack(read(_DUMP_HEAD.size))
         if (got_size, got_payload) != (size, payload) or not 0 < bits <= _MAX_BITS:
             raise ValueError("not a table of these digests")
         lengths = array("I")
-        at = _DUMP_HEAD.size + (4 << bits)
-        lengths.frombytes(data[_DUMP_HEAD.size : at])
+        lengths.frombytes(read(4 << bits))
         record = size + payload
-        if len(lengths) != 1 << bits or sum(lengths) != len(data) - at:
-            raise ValueError("the digest table's lengths do not add up")
         if sum(lengths) != count * record or any(n % record for n in lengths):
             raise ValueError("the digest table's count does not add up")
         table = cls(size, payload)
         table._bits = bits
         table._shift = 16 - bits
-        buckets: list[bytearray | None] = [None] * (1 << bits)
-        view = memoryview(data)
-        for number, length in enumerate(lengths):
-            if length:
-                buckets[number] = bytearray(view[at : at + length])
-                at += length
-        table._buckets = buckets
+        table._buckets = [read(length) if length else None for length in lengths]
         table._count = count
         return table
 

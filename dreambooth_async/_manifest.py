@@ -182,7 +182,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, ItemState]:
 
 def index_manifest(path: str | os.PathLike[str]) -> ManifestIndex:
     """The manifest at ``path`` as a :class:`ManifestIndex` (read-only; empty when there is no
-    file): what planning and the gallery read, in a few dozen bytes per finished item."""
+    file): what planning and the gallery read, in a few dozen bytes per finished item. The
+    fold a batch saved beside the file on closing is used when sound (only the lines after it
+    are read; see :mod:`._manifest_sidecar`)."""
     target = Path(path)
     fold = _Fold(target, compact=True)
     try:
@@ -192,8 +194,8 @@ def index_manifest(path: str | os.PathLike[str]) -> ManifestIndex:
         return fold.index
     try:
         start, first = fold.resume(fd)
+        # Read-only (a dry run writes nothing): the saved fold is the batch's to write.
         scan(target, fold.line, torn=fold.torn, fd=fd, start=start, first=first)
-        fold.save(fd)
     finally:
         os.close(fd)
     assert fold.index is not None

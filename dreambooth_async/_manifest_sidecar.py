@@ -17,6 +17,7 @@ A wrong fold would pay for an image twice or skip one; a full fold only costs ti
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import secrets
 import struct
@@ -63,26 +64,46 @@ class Saved:
         self.lines = lines
 
 
+class _Reader:
+    """Exact reads from the sidecar, each into memory of its own (the done items' buckets are
+    kept as read), hashed as they go."""
+
+    def __init__(self, handle: io.BufferedReader) -> None:
+        self._handle = handle
+        self._left = os.fstat(handle.fileno()).st_size
+        self.digest = hashlib.sha256()
+
+    def __call__(self, size: int) -> bytearray:
+        # A size read from a corrupt sidecar must not become a huge allocation.
+        if not 0 <= size <= self._left:
+            raise ValueError("a size beyond the sidecar's end")
+        data = bytearray(size)
+        if self._handle.readinto(data) != size:
+            raise ValueError("the sidecar ends early")
+        self._left -= size
+        self.digest.update(data)
+        return data
+
+
 def load_fold(manifest: Path, fd: int) -> Saved | None:
     """The saved fold of ``manifest`` when it is sound and its prefix is the file's (read
     through ``fd``, the descriptor the tail will be folded from); None otherwise (fold the
     whole file then)."""
     try:
-        data = sidecar_path(manifest).read_bytes()
-        if len(data) < _HEAD.size + _CHECK:
-            return None
-        body, check = data[:-_CHECK], data[-_CHECK:]
-        if hashlib.sha256(body).digest() != check:
-            return None
-        magic, version, size, lines, prefix = _HEAD.unpack_from(body)
-        if magic != _MAGIC or version != _VERSION or size <= 0 or lines <= 0:
-            return None
-        if os.fstat(fd).st_size < size or _prefix_digest(fd, size) != prefix:
-            return None
-        # The prefix must end a line: the tail is folded from a line's start.
-        if os.pread(fd, 1, size - 1) != b"\n":
-            return None
-        index = ManifestIndex.from_bytes(manifest, body[_HEAD.size :])
+        with sidecar_path(manifest).open("rb") as handle:
+            read = _Reader(handle)
+            magic, version, size, lines, prefix = _HEAD.unpack(read(_HEAD.size))
+            if magic != _MAGIC or version != _VERSION or size <= 0 or lines <= 0:
+                return None
+            if os.fstat(fd).st_size < size or _prefix_digest(fd, size) != prefix:
+                return None
+            # The prefix must end a line: the tail is folded from a line's start.
+            if os.pread(fd, 1, size - 1) != b"\n":
+                return None
+            index = ManifestIndex.from_bytes(manifest, read)
+            # Its own checksum last, and nothing after it: a sidecar torn or altered anywhere.
+            if handle.read(_CHECK + 1) != read.digest.digest():
+                return None
     except (OSError, ValueError, TypeError, struct.error):
         return None
     return Saved(index, size, lines)
@@ -99,19 +120,23 @@ def save_fold(manifest: Path, fd: int, index: ManifestIndex, *, size: int, lines
         prefix = _prefix_digest(fd, size)
     except ValueError as exc:
         raise OSError(str(exc)) from None
-    body = _HEAD.pack(_MAGIC, _VERSION, size, lines, prefix) + index.to_bytes()
-    _write_atomically(sidecar_path(manifest), body + hashlib.sha256(body).digest())
+    pieces = [_HEAD.pack(_MAGIC, _VERSION, size, lines, prefix), *index.to_bytes()]
+    _write_atomically(sidecar_path(manifest), pieces)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    # The command line's write_atomically lives above the manifest; this is the same steps.
-    # No fsync: a sidecar lost in a crash is only a full fold next time, and its checksum
-    # tells a half-written one.
+def _write_atomically(path: Path, pieces: list[bytes | bytearray]) -> None:
+    # The command line's write_atomically lives above the manifest, and takes one buffer
+    # (a copy of the fold); these are its steps, piece by piece. No fsync: a sidecar lost in
+    # a crash is only a whole fold next time, and its checksum tells a half-written one.
     temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    digest = hashlib.sha256()
     try:
         # Private as the manifest is (0o600): the fold names its jobs and files.
         with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-            f.write(data)
+            for piece in pieces:
+                f.write(piece)
+                digest.update(piece)
+            f.write(digest.digest())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -93,8 +93,8 @@ def _fold(previous: ItemState | None, record: Mapping[str, Any]) -> ItemState:
 _WHERE = struct.Struct("<QiI")
 
 
-# to_bytes(): images counted in the done table, the kept items' JSON size, the table's size.
-_SAVED = struct.Struct("<qQQ")
+# to_bytes(): images counted in the done table, the kept items' JSON size.
+_SAVED = struct.Struct("<qQ")
 _FIELDS = frozenset(attrs.fields_dict(ItemState)) - {"key"}
 
 
@@ -161,28 +161,26 @@ class ManifestIndex(Mapping[str, ItemState]):
 
     # --- saved and loaded (the sidecar, :mod:`._manifest_sidecar`) -----------------------------
 
-    def to_bytes(self) -> bytes:
-        """Everything the fold holds, for :meth:`from_bytes`: the done items' table as it is in
-        memory, the items kept whole as JSON."""
+    def to_bytes(self) -> list[bytes | bytearray]:
+        """Everything the fold holds, as pieces of bytes to write one after the other, for
+        :meth:`from_bytes`: the items kept whole as JSON, the done items' table as it is in
+        memory."""
         kept = [
             [key, {k: v for k, v in fields.items() if k != "digest"}]
             for key, fields in self._open.items()
         ]
         text = json.dumps(kept, separators=(",", ":")).encode("utf-8")
-        table = self._done.dump()
-        return b"".join([_SAVED.pack(self._done_outputs, len(text), len(table)), text, table])
+        return [_SAVED.pack(self._done_outputs, len(text)), text, *self._done.dump()]
 
     @classmethod
-    def from_bytes(cls, path: str | os.PathLike[str], data: bytes) -> ManifestIndex:
-        """The fold :meth:`to_bytes` saved as ``data``, of the manifest at ``path``;
-        ValueError when ``data`` does not hold one."""
-        if len(data) < _SAVED.size:
-            raise ValueError("too short for a saved fold")
-        done_outputs, text_size, table_size = _SAVED.unpack_from(data)
-        if _SAVED.size + text_size + table_size != len(data):
-            raise ValueError("the saved fold's sizes do not add up")
+    def from_bytes(
+        cls, path: str | os.PathLike[str], read: Callable[[int], bytearray]
+    ) -> ManifestIndex:
+        """The fold :meth:`to_bytes` saved, read with ``read(n)`` (exactly ``n`` bytes, or
+        it raises ValueError), of the manifest at ``path``; ValueError when it is not one."""
+        done_outputs, text_size = _SAVED.unpack(read(_SAVED.size))
         index = cls(path)
-        kept = json.loads(data[_SAVED.size : _SAVED.size + text_size])
+        kept = json.loads(read(text_size))
         if not isinstance(kept, list):
             raise ValueError("the saved fold's items are not a list")
         for key, fields in kept:
@@ -193,7 +191,7 @@ class ManifestIndex(Mapping[str, ItemState]):
             for name in _LISTS & fields.keys():
                 fields[name] = tuple(fields[name])  # as the fold keeps them
             index._open[key] = {"digest": text_digest(key), **fields}
-        index._done = DigestTable.load(data[_SAVED.size + text_size :], 16, _WHERE.size)
+        index._done = DigestTable.load(read, 16, _WHERE.size)
         index._done_outputs = done_outputs
         return index
 
