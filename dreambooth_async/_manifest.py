@@ -269,6 +269,9 @@ class Manifest:
             manifest = cls(file, fold.index, redact=redact or _no_redaction)
             if file.size == 0:
                 manifest._write({"manifest": FORMAT, "version": VERSION}, sync=True)
+            # Saved now when it read lines the saved fold did not cover (a run killed before
+            # closing, or a manifest from before sidecars): closing then folds only this run's.
+            fold.save(file.fileno())
         except BaseException:
             file.close()
             raise

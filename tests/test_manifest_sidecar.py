@@ -294,7 +294,15 @@ def test_a_missing_sidecar_is_a_whole_fold_and_the_next_batch_saves_it(tmp_path:
     assert not sidecar_path(path).exists()  # a reader (a dry run) writes nothing
     with dba.Manifest.open(path) as manifest:
         assert_whole_fold(path, manifest.states)
+        # Saved on opening already: closing then folds only the lines this batch writes.
+        covered = path.stat().st_size
+        assert resumed_from(path) == (covered, count_lines(path) + 1)
+        manifest.pending("new", 5000)
     assert resumed_from(path) == (path.stat().st_size, count_lines(path) + 1)
+    index = index_manifest(path)
+    assert index.status("new") == "pending"
+    assert_whole_fold(path, index)
+    index.close()
 
 
 def test_a_folder_that_cannot_be_written_only_costs_the_sidecar(tmp_path: Path) -> None:
