@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import secrets
 import struct
 from pathlib import Path
 
@@ -111,8 +110,8 @@ def load_fold(manifest: Path, fd: int) -> Saved | None:
 
 def save_fold(manifest: Path, fd: int, index: ManifestIndex, *, size: int, lines: int) -> None:
     """Save ``index``, the fold of the first ``size`` bytes (``lines`` whole lines) of
-    ``manifest`` as read through ``fd``, as its sidecar, atomically. Raises OSError (the
-    caller carries on without)."""
+    ``manifest`` as read through ``fd``, as its sidecar, atomically; only the holder of the
+    manifest's lock calls it. Raises OSError (the caller carries on without)."""
     if size <= 0 or lines <= 0:
         return
     try:
@@ -128,11 +127,14 @@ def _write_atomically(path: Path, pieces: list[bytes | bytearray]) -> None:
     # The command line's write_atomically lives above the manifest, and takes one buffer
     # (a copy of the fold); these are its steps, piece by piece. No fsync: a sidecar lost in
     # a crash is only a whole fold next time, and its checksum tells a half-written one.
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # One temporary name: only the batch holding the manifest's lock writes here, and what a
+    # process killed mid-write leaves is overwritten next time rather than piling up.
+    temporary = path.with_name(f"{path.name}.tmp")
     digest = hashlib.sha256()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     try:
         # Private as the manifest is (0o600): the fold names its jobs and files.
-        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+        with os.fdopen(os.open(temporary, flags, 0o600), "wb") as f:
             for piece in pieces:
                 f.write(piece)
                 digest.update(piece)

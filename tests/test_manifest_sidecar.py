@@ -366,3 +366,17 @@ async def test_a_rerun_through_the_sidecar_pays_once(
         assert_whole_fold(path, index)
         index.close()
         assert SECRET.encode() not in sidecar_path(path).read_bytes()
+
+
+def test_a_save_killed_midway_is_overwritten_not_left_behind(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    build(path)
+    sidecar = sidecar_path(path)
+    # What a process killed while saving leaves: a part of the temporary file, and no sidecar.
+    sidecar.with_name(sidecar.name + ".tmp").write_bytes(sidecar.read_bytes()[:1000])
+    sidecar.unlink()
+    assert resumed_from(path) == (0, 1)
+    with dba.Manifest.open(path, durable=False) as manifest:
+        write_items(manifest, 800, 10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.jsonl.fold", "m.jsonl"]
+    assert resumed_from(path)[0] == path.stat().st_size
