@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import sys
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 
@@ -141,6 +142,8 @@ class DigestTable:
         bucket count's bits, each bucket's length and the buckets themselves (the memory as it
         is, not copied)."""
         lengths = array("I", (0 if b is None else len(b) for b in self._buckets))
+        if sys.byteorder == "big":  # little-endian on disk, as the struct fields
+            lengths.byteswap()
         head = _DUMP_HEAD.pack(self._size, self._payload, self._bits, self._count)
         return [head, lengths.tobytes(), *(b for b in self._buckets if b)]
 
@@ -153,7 +156,9 @@ class DigestTable:
         if (got_size, got_payload) != (size, payload) or not 0 < bits <= _MAX_BITS:
             raise ValueError("not a table of these digests")
         lengths = array("I")
-        lengths.frombytes(read(4 << bits))
+        lengths.frombytes(read(lengths.itemsize << bits))
+        if sys.byteorder == "big":
+            lengths.byteswap()
         record = size + payload
         if sum(lengths) != count * record or any(n % record for n in lengths):
             raise ValueError("the digest table's count does not add up")
