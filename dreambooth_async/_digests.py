@@ -16,7 +16,10 @@ reads a manifest line whose key it checks.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+import struct
+import sys
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 
 __all__ = ["DigestCounter", "DigestTable", "TextSet", "text_digest"]
 
@@ -24,6 +27,8 @@ __all__ = ["DigestCounter", "DigestTable", "TextSet", "text_digest"]
 #: whenever they hold this many records each on average.
 _FILL = 32
 _MAX_BITS = 16
+# dump(): digest size, payload size, bucket bits, record count.
+_DUMP_HEAD = struct.Struct("<BBBQ")
 
 
 class DigestTable:
@@ -131,6 +136,38 @@ class DigestTable:
             if bucket is not None:
                 for at in range(0, len(bucket), record):
                     yield bytes(bucket[at + start : at + record])
+
+    def dump(self) -> list[bytes | bytearray]:
+        """The table as pieces of bytes to write one after the other, for :meth:`load`: its
+        bucket count's bits, each bucket's length and the buckets themselves (the memory as it
+        is, not copied)."""
+        lengths = array("I", (0 if b is None else len(b) for b in self._buckets))
+        if sys.byteorder == "big":  # little-endian on disk, as the struct fields
+            lengths.byteswap()
+        head = _DUMP_HEAD.pack(self._size, self._payload, self._bits, self._count)
+        return [head, lengths.tobytes(), *(b for b in self._buckets if b)]
+
+    @classmethod
+    def load(cls, read: Callable[[int], bytearray], size: int, payload: int = 0) -> DigestTable:
+        """The table :meth:`dump` wrote, read with ``read(n)`` (exactly ``n`` bytes, or it
+        raises ValueError; each bucket is read into its own memory) for digests of ``size``
+        bytes and payloads of ``payload``; ValueError when that is not one."""
+        got_size, got_payload, bits, count = _DUMP_HEAD.unpack(read(_DUMP_HEAD.size))
+        if (got_size, got_payload) != (size, payload) or not 0 < bits <= _MAX_BITS:
+            raise ValueError("not a table of these digests")
+        lengths = array("I")
+        lengths.frombytes(read(lengths.itemsize << bits))
+        if sys.byteorder == "big":
+            lengths.byteswap()
+        record = size + payload
+        if sum(lengths) != count * record or any(n % record for n in lengths):
+            raise ValueError("the digest table's count does not add up")
+        table = cls(size, payload)
+        table._bits = bits
+        table._shift = 16 - bits
+        table._buckets = [read(length) if length else None for length in lengths]
+        table._count = count
+        return table
 
     def discard(self, digest: bytes) -> None:
         """Forget ``digest`` (nothing when it is not there)."""

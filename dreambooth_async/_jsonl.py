@@ -47,15 +47,28 @@ def lock_exclusive(fd: int) -> None:
         raise FileInUse(f"fd {fd} is locked by another process") from None
 
 
-def scan(path: Path, read: LineReader, *, torn: LineReader | None = None) -> int:
+def scan(
+    path: Path,
+    read: LineReader,
+    *,
+    torn: LineReader | None = None,
+    fd: int | None = None,
+    start: int = 0,
+    first: int = 1,
+) -> int:
     """Feed every whole line of ``path`` to ``read``; returns the byte length of the whole
     lines, where a torn last line (no newline: a write a crash cut short) starts.
 
-    ``torn`` sees that fragment, if there is one (it may raise to refuse the file).
+    ``torn`` sees that fragment, if there is one (it may raise to refuse the file). ``fd``
+    reads the file through that descriptor (a copy of it; the caller keeps it open) rather
+    than by name. ``start`` skips the lines before that byte (the start of a line, line
+    ``first``), read already.
     """
-    good_end = 0
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+    good_end = start
+    handle = path.open("rb") if fd is None else open(os.dup(fd), "rb")  # noqa: SIM115
+    with handle:
+        handle.seek(start)
+        for number, raw in enumerate(handle, start=first):
             if not raw.endswith(b"\n"):
                 if torn is not None:
                     torn(number, raw)
@@ -85,10 +98,13 @@ class JsonlFile:
         lock: bool = False,
         mode: int = 0o600,
         durable: bool = True,
+        resume: Callable[[int], tuple[int, int]] | None = None,
     ) -> JsonlFile:
         """Open (creating if needed) ``path`` for appending, under an exclusive lock if
         ``lock`` (:class:`FileInUse` otherwise); scan it (see :func:`scan`) and cut a torn last
-        line off. ``durable=False`` skips the fsync of appends (tests, throwaway files)."""
+        line off. ``durable=False`` skips the fsync of appends (tests, throwaway files).
+        ``resume``, given the descriptor (locked), says where the scan starts: the byte and
+        line number after what the owner has read already ((0, 1): the whole file)."""
         created = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, mode)
         try:
@@ -98,7 +114,8 @@ class JsonlFile:
                 except FileInUse:
                     raise FileInUse(f"{path} is locked by another process") from None
             # Scanned under the lock: no other process appends meanwhile.
-            good_end = scan(path, read, torn=torn)
+            start, first = resume(fd) if resume is not None else (0, 1)
+            good_end = scan(path, read, torn=torn, fd=fd, start=start, first=first)
             if good_end < os.fstat(fd).st_size:
                 # The previous run died mid-write: drop the fragment for good.
                 os.ftruncate(fd, good_end)
@@ -109,6 +126,12 @@ class JsonlFile:
             os.close(fd)
             raise
         return cls(path, fd, size=good_end, durable=durable)
+
+    def fileno(self) -> int:
+        """The descriptor (ValueError when closed): to read the file as this process has it."""
+        if self._fd is None:
+            raise ValueError(f"{self.path} is closed")
+        return self._fd
 
     @property
     def closed(self) -> bool:

@@ -25,6 +25,7 @@ and the fold of an item's records into its state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -34,6 +35,7 @@ from typing import Any, TypeAlias
 
 from ._errors import DreamboothError
 from ._jsonl import FileInUse, JsonlFile, ShortWrite, scan
+from ._manifest_sidecar import load_fold, save_fold
 from ._manifest_states import (
     _STATUSES,
     ItemState,
@@ -56,6 +58,10 @@ FORMAT = "dreambooth-async-manifest"
 VERSION = 1
 
 _decode = json.JSONDecoder().decode
+
+#: A fold is saved beside a manifest (:mod:`._manifest_sidecar`) from this many bytes of lines
+#: (a few hundred items): below it, folding the lines again costs milliseconds.
+SAVE_FROM = 256 * 1024
 
 
 class ManifestError(DreamboothError):
@@ -91,7 +97,8 @@ class _Fold:
     appending to, or truncating, a file that is not ours.
 
     ``states`` is a plain dict of every item's :class:`ItemState` (:func:`read_manifest`), or
-    a :class:`ManifestIndex` that keeps finished items as where their line is.
+    a :class:`ManifestIndex` that keeps finished items as where their line is; only the latter
+    is saved beside the file and resumed from there (:meth:`resume`, :meth:`save`).
     """
 
     _HEADER = json.dumps({"manifest": FORMAT}, separators=(",", ":"))[:-1].encode()
@@ -101,11 +108,37 @@ class _Fold:
         self.index = ManifestIndex(path) if compact else None
         self.fields: dict[str, dict[str, Any]] = {}
         self._offset = 0
+        #: Whole lines folded, and how many of them came from the saved fold.
+        self.lines = 0
+        self._saved_lines = 0
+
+    def resume(self, fd: int) -> tuple[int, int]:
+        """Take the saved fold of the file (read through ``fd``) when it is sound; returns the
+        byte and line number to fold from ((0, 1): the whole file)."""
+        if self.index is None:
+            return 0, 1
+        saved = load_fold(self.path, fd)
+        if saved is None:
+            return 0, 1
+        self.index.close()
+        self.index = saved.index
+        self._offset = saved.size
+        self.lines = self._saved_lines = saved.lines
+        return saved.size, saved.lines + 1
+
+    def save(self, fd: int) -> None:
+        """Save the fold beside the file (read through ``fd``) when it folded lines the saved
+        one did not; a fold that cannot be saved is only folded again next time."""
+        if self.index is None or self.lines == self._saved_lines or self._offset < SAVE_FROM:
+            return
+        with contextlib.suppress(OSError):
+            save_fold(self.path, fd, self.index, size=self._offset, lines=self.lines)
 
     def line(self, number: int, raw: bytes) -> None:
         path = self.path
         offset = self._offset
         self._offset += len(raw)
+        self.lines = number
         record = _parse_line(raw, number, path)
         if record is None:
             if number == 1:
@@ -149,12 +182,23 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, ItemState]:
 
 def index_manifest(path: str | os.PathLike[str]) -> ManifestIndex:
     """The manifest at ``path`` as a :class:`ManifestIndex` (read-only; empty when there is no
-    file): what planning and the gallery read, in a few dozen bytes per finished item."""
+    file): what planning and the gallery read, in a few dozen bytes per finished item. The
+    fold a batch saved beside the file on closing is used when sound (only the lines after it
+    are read; see :mod:`._manifest_sidecar`)."""
     target = Path(path)
     fold = _Fold(target, compact=True)
+    try:
+        fd = os.open(target, os.O_RDONLY)
+    except FileNotFoundError:
+        assert fold.index is not None
+        return fold.index
+    try:
+        start, first = fold.resume(fd)
+        # Read-only (a dry run writes nothing): the saved fold is the batch's to write.
+        scan(target, fold.line, torn=fold.torn, fd=fd, start=start, first=first)
+    finally:
+        os.close(fd)
     assert fold.index is not None
-    if target.exists():
-        scan(target, fold.line, torn=fold.torn)
     return fold.index
 
 
@@ -206,28 +250,58 @@ class Manifest:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         fold = _Fold(target, compact=True)
-        assert fold.index is not None
         try:
             file = JsonlFile.open(
-                target, fold.line, torn=fold.torn, lock=True, mode=0o600, durable=durable
+                target,
+                fold.line,
+                torn=fold.torn,
+                lock=True,
+                mode=0o600,
+                durable=durable,
+                resume=fold.resume,
             )
         except FileInUse:
             raise ManifestError(
                 f"{target} is in use by another batch (another process holds its lock)"
             ) from None
+        assert fold.index is not None
         try:
             manifest = cls(file, fold.index, redact=redact or _no_redaction)
             if file.size == 0:
                 manifest._write({"manifest": FORMAT, "version": VERSION}, sync=True)
+            # Saved now when it read lines the saved fold did not cover (a run killed before
+            # closing, or a manifest from before sidecars): closing then folds only this run's.
+            fold.save(file.fileno())
         except BaseException:
             file.close()
             raise
         return manifest
 
     def close(self) -> None:
-        """Release the lock and the file."""
-        self._file.close()
-        self.states.close()
+        """Save the fold of the whole file beside it (what a rerun reads instead of every line;
+        see :mod:`._manifest_sidecar`), release the lock and the file."""
+        if not self._file.closed:
+            try:
+                self._save_fold()
+            finally:
+                self._file.close()
+                self.states.close()
+
+    def _save_fold(self) -> None:
+        # The lines this process appended are folded here, once, from the file (not kept in
+        # memory during the run); the same fold a reader would do. Under the lock: nobody
+        # else appends meanwhile.
+        fd = self._file.fileno()
+        fold = _Fold(self.path, compact=True)
+        try:
+            start, first = fold.resume(fd)
+            scan(self.path, fold.line, torn=fold.torn, fd=fd, start=start, first=first)
+            fold.save(fd)
+        except (OSError, ValueError, ManifestError):
+            pass  # a fold not saved is folded again by the next reader
+        finally:
+            if fold.index is not None:
+                fold.index.close()
 
     def __enter__(self) -> Manifest:
         return self

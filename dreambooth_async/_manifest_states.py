@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -93,6 +93,11 @@ def _fold(previous: ItemState | None, record: Mapping[str, Any]) -> ItemState:
 _WHERE = struct.Struct("<QiI")
 
 
+# to_bytes(): images counted in the done table, the kept items' JSON size.
+_SAVED = struct.Struct("<qQ")
+_FIELDS = frozenset(attrs.fields_dict(ItemState)) - {"key"}
+
+
 class ManifestIndex(Mapping[str, ItemState]):
     """Every item's last state in a manifest, as :func:`read_manifest` folds them, in little
     memory: an item whose last line is ``done`` (nearly every item of a long run) is kept as
@@ -153,6 +158,42 @@ class ManifestIndex(Mapping[str, ItemState]):
     def _forget(self, digest: bytes, where: bytes) -> None:
         self._done.discard(digest)
         self._done_outputs -= max(1, _WHERE.unpack(where)[2])
+
+    # --- saved and loaded (the sidecar, :mod:`._manifest_sidecar`) -----------------------------
+
+    def to_bytes(self) -> list[bytes | bytearray]:
+        """Everything the fold holds, as pieces of bytes to write one after the other, for
+        :meth:`from_bytes`: the items kept whole as JSON, the done items' table as it is in
+        memory."""
+        kept = [
+            [key, {k: v for k, v in fields.items() if k != "digest"}]
+            for key, fields in self._open.items()
+        ]
+        text = json.dumps(kept, separators=(",", ":")).encode("utf-8")
+        return [_SAVED.pack(self._done_outputs, len(text)), text, *self._done.dump()]
+
+    @classmethod
+    def from_bytes(
+        cls, path: str | os.PathLike[str], read: Callable[[int], bytearray]
+    ) -> ManifestIndex:
+        """The fold :meth:`to_bytes` saved, read with ``read(n)`` (exactly ``n`` bytes, or
+        it raises ValueError), of the manifest at ``path``; ValueError when it is not one."""
+        done_outputs, text_size = _SAVED.unpack(read(_SAVED.size))
+        index = cls(path)
+        kept = json.loads(read(text_size))
+        if not isinstance(kept, list):
+            raise ValueError("the saved fold's items are not a list")
+        for key, fields in kept:
+            if not isinstance(key, str) or not isinstance(fields, dict):
+                raise ValueError("a saved item is not a key and its fields")
+            if fields.get("status") not in _STATUSES or not fields.keys() <= _FIELDS:
+                raise ValueError(f"the saved item {key!r} has fields of no item state")
+            for name in _LISTS & fields.keys():
+                fields[name] = tuple(fields[name])  # as the fold keeps them
+            index._open[key] = {"digest": text_digest(key), **fields}
+        index._done = DigestTable.load(read, 16, _WHERE.size)
+        index._done_outputs = done_outputs
+        return index
 
     # --- reading done lines back --------------------------------------------------------------
 
