@@ -121,6 +121,11 @@ class SlotWindow:
                     queue.remove(future)
             raise
 
+    @property
+    def has_waiters(self) -> bool:
+        """Someone waits for a slot of this window."""
+        return bool(self._priority or self._normal)
+
     def force(self) -> None:
         """Take a slot past the limit: a job from an earlier run is already on the service."""
         self.held += 1
@@ -209,8 +214,9 @@ class SlotWindow:
         self.peak = max(self.peak, self.limit)
         self._wake()
 
-    def on_accepted(self) -> None:
-        """A submission was accepted (its slot is still counted in ``held``)."""
+    def on_accepted(self, *, final: bool = False) -> None:
+        """A submission was accepted (its slot is still counted in ``held``). ``final``: the
+        answer was the result itself, so the job never sat in the account's queue."""
         self.refusals = 0
         if not self.adaptive or self.held < self.limit:
             return  # only an acceptance at a full window says anything about a bigger one
@@ -222,7 +228,10 @@ class SlotWindow:
             # one per round trip, so that when the account fills at most one submission more
             # than it holds is on its way (growing per acceptance would double the window per
             # round trip and send as many as the account holds past it).
-            if self.submitting == 0:
+            # A final answer held no queue slot: growing on it cannot overshoot the account,
+            # and without it a client of fast jobs would keep every call waiting in a window of
+            # its first size (its submissions are always on the wire together).
+            if self.submitting == 0 or final:
                 self._set_limit(self.limit + 1)
             return
         self._streak += 1
@@ -333,6 +342,24 @@ class SlotPool:
         if not room:
             return None
         return min(room, key=lambda index: (self.windows[index].held, index))
+
+    def try_acquire(self, key_index: int | None = None) -> int | None:
+        """A slot at once, on key ``key_index``'s window (any key's when None), if one is free
+        and nobody waits ahead; None otherwise. The common case costs no wait and no timer."""
+        if self._priority or self._normal:
+            return None
+        if key_index is not None or self.single:
+            index = 0 if key_index is None else key_index
+            window = self.windows[index]
+            if window.held >= window.limit or window.has_waiters:
+                return None
+            window.held += 1
+            return self._took(index)
+        free = self._free()
+        if free is None:
+            return None
+        self.windows[free].held += 1
+        return self._took(free)
 
     async def acquire(self, *, priority: bool = False) -> int:
         """Wait for a slot on some key; returns the key's index."""

@@ -101,7 +101,8 @@ async def in_turn(
                 window.submitting -= 1
                 raise
             window.submitting -= 1
-            window.on_accepted()
+            final = not isinstance(answer, Job) or answer.done()
+            window.on_accepted(final=final)
             if isinstance(answer, Job) and not answer.done():
                 # The job holds its slot on the service until it ends.
                 answer.add_done_callback(slot.release)
@@ -116,6 +117,9 @@ async def in_turn(
 async def _acquire(pool: SlotPool, key_index: int | None, timeout: float | None) -> int:
     """A slot on key ``key_index``'s window (any key's when None), waiting at most ``timeout``
     seconds."""
+    index = pool.try_acquire(key_index)
+    if index is not None:
+        return index
     with anyio.move_on_after(timeout if timeout is not None else float("inf")):
         if key_index is None:
             return await pool.acquire()
