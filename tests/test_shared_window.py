@@ -201,3 +201,17 @@ def test_the_window_tells_its_own_jobs_from_someone_elses() -> None:
     window.held, window.submitting = 3, 1  # two jobs, room for four more: others hold slots
     assert window.on_queue_full() is False
     assert window.limit == 2  # it shrinks to what this process can get
+
+
+async def test_answers_that_are_the_result_at_once_grow_the_window() -> None:
+    # A job answered with its result held no slot of the account's queue. The window grew only
+    # while nothing else was on the wire, so concurrent callers of instant jobs (always on the
+    # wire together) stayed queued behind its first slots.
+    window = SlotWindow(fixed=None, initial=5, maximum=64)
+    for _ in range(5):
+        await window.acquire()
+    window.submitting = 4  # the other four answers are still on their way
+    window.on_accepted()
+    assert window.limit == 5  # a queued job: one round trip may not grow it twice
+    window.on_accepted(final=True)
+    assert window.limit == 6
