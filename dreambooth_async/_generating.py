@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Mapping
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any, Unpack
 
 import attrs
@@ -296,8 +296,20 @@ class GenerateCalls(JobCalls):
         return await self.generate(Inpaint(**fields))
 
 
-@lru_cache(maxsize=16)
+#: The window's version of each retry policy seen, by identity (the entry keeps its policy
+#: alive, so an id is never reused while it is here). Hashing a frozen attrs policy field by
+#: field on every call would cost more than the lookup saves.
+_WINDOW_POLICIES: dict[int, tuple[RetryPolicy, RetryPolicy]] = {}
+
+
 def _window_policy(policy: RetryPolicy) -> RetryPolicy:
     """``policy`` without its own retries of "queue full" answers (the slot window waits those
-    out). Kept per policy: policies are frozen, and most calls share the client's one."""
-    return attrs.evolve(policy, retry_queue_full=False)
+    out). Made once per policy: policies are frozen, and most calls share the client's one."""
+    known = _WINDOW_POLICIES.get(id(policy))
+    if known is not None and known[0] is policy:
+        return known[1]
+    once = attrs.evolve(policy, retry_queue_full=False)
+    if len(_WINDOW_POLICIES) >= 64:
+        _WINDOW_POLICIES.clear()
+    _WINDOW_POLICIES[id(policy)] = (policy, once)
+    return once

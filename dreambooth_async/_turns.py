@@ -11,6 +11,7 @@ timeout), holds it while its job is on the service, and gives it back when the j
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -48,10 +49,12 @@ async def in_turn(
     ``resend_when_full=False`` (a retry policy that allows no retries) raises the first "queue
     full" answer instead: the caller asked for no second sending.
     """
-    started = anyio.current_time()
+    # The loop's clock (asyncio's is time.monotonic), read directly: anyio.current_time()
+    # looks up the backend on each call, and this runs on every submission.
+    started = time.monotonic()
 
     def left() -> float | None:
-        return None if timeout is None else timeout - (anyio.current_time() - started)
+        return None if timeout is None else timeout - (time.monotonic() - started)
 
     slot = Slot(pool, await _acquire(pool, key_index, left()))
     turned_away = 0
