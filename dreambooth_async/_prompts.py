@@ -24,6 +24,7 @@ from ._convert import REQUEST_CLASSES, structure_field
 from ._digests import DigestCounter, TextSet
 from ._errors import PromptFileError, RequestValidationError
 from ._models import GenerationRequest, Inpaint
+from ._request_drafts import RequestDraft
 from ._shard import shard_of
 
 __all__ = [
@@ -164,6 +165,19 @@ class _SeedDeriver:
         return int.from_bytes(seeded.digest(), "big")
 
 
+class RowDraft(RequestDraft):
+    """A row's request, not built yet (:class:`~._request_drafts.RequestDraft`, ``origin``
+    the file and the row's line): what is wrong with it is raised as the
+    :class:`PromptFileError` of its line, as building it in :meth:`PromptFile.checked`
+    raises it."""
+
+    __slots__ = ()
+
+    def _failure(self, exc: Exception) -> Exception:
+        path, line = self.origin
+        return PromptFileError(path, line, str(exc))
+
+
 @attrs.define(eq=False)
 class PromptFile:
     """A prompts file and the defaults its rows are merged with, as :func:`read_prompts`
@@ -194,6 +208,22 @@ class PromptFile:
         return PromptFileError(self.path, line, reason)
 
     def _request(self, row: _Row, seeds: _SeedDeriver) -> tuple[str | None, GenerationRequest]:
+        key, cls, merged = self._arguments(row, seeds)
+        return key, self._build(row.line, cls, merged)
+
+    def _build(self, line: int, cls: type[GenerationRequest], merged: Any) -> GenerationRequest:
+        try:
+            return cls(**merged)
+        except RequestValidationError as exc:
+            raise self._error(line, str(exc)) from None
+        except TypeError as exc:
+            raise self._error(line, str(exc)) from None
+
+    def _arguments(
+        self, row: _Row, seeds: _SeedDeriver
+    ) -> tuple[str | None, type[GenerationRequest], dict[str, Any]]:
+        """The row's key (None: none given), request class and the arguments to build the
+        request with; raises PromptFileError for what it finds wrong before building."""
         fields = dict(row.fields)
         key = fields.pop("key", None)
         if key is not None and (not isinstance(key, str | int) or not str(key).strip()):
@@ -231,13 +261,7 @@ class PromptFile:
             raise self._error(row.line, "empty prompt")
         if merged.get("seed") is None and self.derive_seeds:
             merged["seed"] = seeds({"kind": kind_name, **merged})
-        try:
-            request = cls(**merged)
-        except RequestValidationError as exc:
-            raise self._error(row.line, str(exc)) from None
-        except TypeError as exc:
-            raise self._error(row.line, str(exc)) from None
-        return (str(key) if key is not None else None), request
+        return (str(key) if key is not None else None), cls, merged
 
     def check(self) -> None:
         """Read the whole file once (streaming), checking every row.
@@ -287,6 +311,34 @@ class PromptFile:
             rows += 1
             if self._in_shard(key, request):
                 yield request if key is None else (key, request)
+        if rows == 0:
+            raise PromptFileError(self.path, None, "no prompts in the file")
+
+    def drafts(self) -> Iterator[RowDraft | tuple[str, RowDraft]]:
+        """What :meth:`checked` yields, each request as a :class:`RowDraft` (not built yet):
+        a plan keys and checks every row as :meth:`checked` does, and builds only the requests
+        it would send. Refused, as :meth:`checked` refuses them: a row that makes no request
+        (when its draft is checked or built; at once for a row outside ``shard``), a repeated
+        key, no rows at all.
+
+        :raises PromptFileError: naming the file and line of the first bad row.
+        """
+        seeds = _SeedDeriver()
+        keys = TextSet()
+        rows = 0
+        for row in _rows(self.path, self.format):
+            key, cls, merged = self._arguments(row, seeds)
+            draft = RowDraft(cls, merged, (self.path, row.line))
+            if key is not None and not keys.add(key):
+                draft.check()  # what is wrong with the row itself is said first, as in checked()
+                raise self._error(row.line, f"duplicate key {key!r}")
+            rows += 1
+            if self.shard is not None:
+                index, count = self.shard
+                if shard_of(key if key is not None else draft.digest().hex(), count) != index:
+                    draft.check()
+                    continue
+            yield draft if key is None else (key, draft)
         if rows == 0:
             raise PromptFileError(self.path, None, "no prompts in the file")
 

@@ -24,7 +24,7 @@ import attrs
 
 from ._models import GenerationRequest, Img2Img, Inpaint, Text2Img
 
-__all__ = ["KEY_DIGEST_SIZE", "file_stem", "request_digest", "request_key"]
+__all__ = ["KEY_DIGEST_SIZE", "PartialKey", "file_stem", "request_digest", "request_key"]
 
 #: Bytes of a request's digest (its key is their hex: 20 characters).
 KEY_DIGEST_SIZE = 10
@@ -141,6 +141,64 @@ def request_digest(request: GenerationRequest) -> bytes:
     batch keeps in memory for each item, where the hex text would cost several times more."""
     text = _canonical_text(request)
     return hashlib.blake2b(text.encode("utf-8"), digest_size=KEY_DIGEST_SIZE).digest()
+
+
+class PartialKey:
+    """:func:`request_digest` of the requests of class ``cls`` (exactly one of the request
+    classes, not a subclass) whose fields are ``defaults`` but for ``names``, given as values
+    the instance would hold (converted), without building them: the text between the given
+    values is made once for each combination of their types."""
+
+    def __init__(
+        self, cls: type[GenerationRequest], names: tuple[str, ...], defaults: dict[str, Any]
+    ) -> None:
+        self._layout = _LAYOUTS[cls]
+        self.names = names
+        self._defaults = {n: defaults[n] for n in self._layout.names if n not in names}
+        self._shapes: dict[tuple[type, ...], tuple[tuple[str, ...], tuple[Any, ...]]] = {}
+
+    def _shape(self, types: tuple[type, ...]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        # _Layout.shape's text, with every field not given written in as its default is.
+        layout = self._layout
+        given = {name: i for i, name in enumerate(self.names)}
+        pieces: list[str] = []
+        holes: list[tuple[int, Callable[[Any], str]]] = []
+        pending = "{"
+        for n, name in enumerate(sorted([*layout.names, "kind"])):
+            pending += ("," if n else "") + json.dumps(name) + ":"
+            if name == "kind":
+                pending += layout.kind
+                continue
+            at = given.get(name)
+            if at is None:
+                value = self._defaults[name]
+                kind = type(value)
+                pending += "null" if value is None else _ENCODERS.get(kind, _encode_other)(value)
+                continue
+            kind = types[at]
+            if kind is type(None):
+                pending += "null"
+                continue
+            pieces.append(pending)
+            pending = ""
+            holes.append((at, _ENCODERS.get(kind, _encode_other)))
+        pieces.append(pending + "}")
+        if len(self._shapes) > 64:
+            self._shapes.clear()
+        found = (tuple(pieces), tuple(holes))
+        self._shapes[types] = found
+        return found
+
+    def digest(self, values: tuple[Any, ...]) -> bytes:
+        """The digest of the request whose fields ``names`` hold ``values``."""
+        types = tuple(map(type, values))
+        pieces, holes = self._shapes.get(types) or self._shape(types)
+        parts = [pieces[0]]
+        for (position, encode), piece in zip(holes, pieces[1:], strict=True):
+            parts.append(encode(values[position]))
+            parts.append(piece)
+        text = "".join(parts)
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=KEY_DIGEST_SIZE).digest()
 
 
 def request_key(request: GenerationRequest) -> str:

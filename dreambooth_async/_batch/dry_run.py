@@ -7,15 +7,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeAlias
 
 import attrs
 
 from .._cache import ResultCache, cache_key
 from .._manifest import ManifestIndex, index_manifest
 from .._models import ApiVersion, GenerationRequest
+from .._request_drafts import RequestDraft
 from .plan import Planner
 
-__all__ = ["RunPlan", "plan_run"]
+__all__ = ["Planned", "RunPlan", "plan_run"]
+
+#: An input of :func:`plan_run`: a request or a draft of one, with its key or not.
+Planned: TypeAlias = (
+    GenerationRequest | RequestDraft | tuple[str, GenerationRequest] | tuple[str, RequestDraft]
+)
 
 
 @attrs.frozen
@@ -37,8 +44,12 @@ class RunPlan:
         return attrs.asdict(self)
 
 
+# The manifest's statuses that cover an item, and what the plan counts them as.
+_COVERED = {"done": "done", "submitted": "in_flight"}
+
+
 def plan_run(
-    requests: Iterable[GenerationRequest | tuple[str, GenerationRequest]],
+    requests: Iterable[Planned],
     *,
     api_version: ApiVersion,
     base_url: str,
@@ -48,7 +59,9 @@ def plan_run(
 ) -> RunPlan:
     """The :class:`RunPlan` of ``client.map(requests, manifest=..., max_images=...)`` with a
     client using ``cache``: reads the files, contacts nobody. Items are keyed as the batch keys
-    them (``request_key``, repeats numbered, when no explicit key is given)."""
+    them (``request_key``, repeats numbered, when no explicit key is given). A
+    :class:`~.._request_drafts.RequestDraft` stands for the request it builds: keyed and
+    checked alike, built only when the run would send it (not when the manifest covers it)."""
     # A finished item is 32 bytes here, and its status is read without its line.
     states = index_manifest(manifest) if manifest is not None else ManifestIndex("")
     store = ResultCache(cache) if cache is not None and Path(cache).exists() else None
@@ -64,17 +77,31 @@ def plan_run(
         retry_failed=True,
     )
     status = states.status
+    # What the manifest covers is counted; drafts of it are checked, never built. With nothing
+    # in the manifest, every draft is built at once and keyed from its request.
+    consult = bool(states)
     try:
         for index, raw in enumerate(requests):
             counts["items"] += 1
-            key, request = planner.key(index, raw)
-            known = status(key) if states else None
-            if known == "done":
-                counts["done"] += 1
-                continue
-            if known == "submitted":
-                counts["in_flight"] += 1
-                continue
+            draft = raw[1] if isinstance(raw, tuple) and len(raw) == 2 else raw
+            if isinstance(draft, RequestDraft):
+                if consult:
+                    key = planner.draft_key(index, raw)  # type: ignore[arg-type]
+                    known = _COVERED.get(status(key))  # type: ignore[arg-type]
+                    if known is not None:
+                        draft.check()
+                        counts[known] += 1
+                        continue
+                    request = draft.build()
+                else:
+                    request = draft.build()
+                    planner.key(index, request if raw is draft else (raw[0], request))  # type: ignore[index]
+            else:
+                key, request = planner.key(index, raw)  # type: ignore[arg-type]
+                known = _COVERED.get(status(key)) if consult else None  # type: ignore[arg-type]
+                if known is not None:
+                    counts[known] += 1
+                    continue
             hit = cache_key(request, api_version, base_url) if store is not None else None
             if store is not None and hit is not None:
                 row = store.row(hit)

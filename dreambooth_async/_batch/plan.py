@@ -11,6 +11,7 @@ import attrs
 from .._digests import DigestCounter, TextSet
 from .._manifest import ItemState
 from .._models import GenerationRequest, Img2Img, Inpaint, Text2Img
+from .._request_drafts import RequestDraft
 from .item_keys import KEY_DIGEST_SIZE, request_digest
 from .items import BatchInput
 
@@ -122,6 +123,27 @@ class Planner:
         elif self._manifest is not None and not self._explicit_keys.add(key):
             raise ValueError(f"batch input {index}: duplicate key {key!r}")
         return key, request
+
+    def draft_key(self, index: int, raw: RequestDraft | tuple[str, RequestDraft]) -> str:
+        """The key :meth:`key` gives the request that ``raw`` drafts, with the same checks and
+        repeats numbered alike, without building it (a plan builds only what it would send)."""
+        if isinstance(raw, tuple):
+            if len(raw) != 2 or not isinstance(raw[0], str) or not raw[0]:
+                raise TypeError(f"batch input {index}: expected (key, request), got {raw!r}")
+            key = raw[0]
+        elif self._keys is not None:  # keys() is given the request itself
+            return self.key(index, raw.build())[0]
+        else:
+            digest = raw.digest()
+            key = digest.hex()  # request_key(request)
+            if self._manifest is not None:
+                seen = self._occurrences.add(digest)
+                if seen > 1:
+                    key = f"{key}.{seen}"
+            return key
+        if self._manifest is not None and not self._explicit_keys.add(key):
+            raise ValueError(f"batch input {index}: duplicate key {key!r}")
+        return key
 
     def entry(self, index: int, raw: BatchInput) -> Entry:
         key, request = self.key(index, raw)

@@ -20,6 +20,7 @@ from .._errors import (
     AuthenticationError,
     EndpointNotFound,
     InsufficientCredits,
+    PromptFileError,
     TransportError,
 )
 from .._poller import PollPolicy
@@ -367,15 +368,19 @@ def generate(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
 def _dry_run(args: argparse.Namespace, source: PromptSource, out: Path, stdout: TextIO) -> int:
     """``generate --dry-run``: what the run would submit and what is already covered, from
     the files alone; nothing is sent or written."""
-    plan = plan_run(
-        source.requests(check=True),
-        api_version=args.api_version,
-        # The embedded emulator's address is new every run: nothing cached matches it.
-        base_url="" if args.emulator else checked_base_url(args),
-        cache=args.cache,
-        manifest=Path(args.manifest) if args.manifest else out / manifest_name(args),
-        max_images=args.max_images,
-    )
+    try:
+        plan = plan_run(
+            # Drafts: an item the manifest covers is checked and keyed but never built.
+            source.drafts(),
+            api_version=args.api_version,
+            # The embedded emulator's address is new every run: nothing cached matches it.
+            base_url="" if args.emulator else checked_base_url(args),
+            cache=args.cache,
+            manifest=Path(args.manifest) if args.manifest else out / manifest_name(args),
+            max_images=args.max_images,
+        )
+    except PromptFileError as exc:  # a row's draft found it wrong when planned
+        raise InputError(str(exc)) from None
     print(
         f"dry run: {plan.submissions} submissions, {plan.images} images; covered: "
         f"{plan.done} done and {plan.in_flight} in flight (manifest), {plan.cached} cached; "

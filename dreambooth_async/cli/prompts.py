@@ -11,7 +11,7 @@ import attrs
 
 from .._batch import BatchInput
 from .._errors import PromptFileError
-from .._prompts import PromptFile, detect_format
+from .._prompts import PromptFile, RowDraft, detect_format
 from .common import InputError
 
 __all__ = ["PromptSource", "detect_format"]
@@ -59,6 +59,16 @@ class PromptSource:
         try:
             yield from self._file.checked() if check else self._file
         except PromptFileError as exc:  # the file changed since it was checked
+            raise InputError(str(exc)) from None
+
+    def drafts(self) -> Iterator[RowDraft | tuple[str, RowDraft]]:
+        """The requests as ``requests(check=True)`` gives them, each a draft that is built only
+        when asked (``plan_run`` builds only what the run would send). What is wrong with a
+        row may be raised by its draft: a PromptFileError, which the caller makes an
+        InputError."""
+        try:
+            yield from self._file.drafts()
+        except PromptFileError as exc:
             raise InputError(str(exc)) from None
 
     def line_of(self, index: int) -> int | None:
