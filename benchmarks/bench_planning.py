@@ -15,9 +15,9 @@ then, each in a fresh process of its own so that each has its own peak memory:
 
 The dry run and the rerun are measured ``--repeat`` times each (default 3), alternating, and
 the fastest of each is reported: on a shared machine a single process's time swings with the
-load by more than the difference measured (the rerun's manifest is read from the fold the
-batch saved beside it, ``.NAME.fold``, and only its status lookups remain on top of the dry
-run).
+load by more than the difference measured. (The rerun reads the manifest's fold from the
+sidecar the batch saved beside it, ``.NAME.fold``, and keys and checks each done item from a
+draft of its request, never built: the dry run builds every request it would send.)
 
 Reported: seconds, their ratio to the build, and the process's peak resident memory (the
 ``imports`` process, which only imports the command line, is the floor it starts from).

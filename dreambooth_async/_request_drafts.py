@@ -76,7 +76,6 @@ class _Spec:
             self.required <= given
             and given <= self.order.keys()
             and _NEEDS_INSTANCE.isdisjoint(given)
-            and len(given) == len(names)
         ):
             plan = _Plan(self, names)
         if len(self._plans) > 64:  # drafts of many shapes: keep the cache small

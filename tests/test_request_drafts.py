@@ -227,7 +227,12 @@ def test_a_rerun_dry_run_keys_and_checks_every_row_it_covers(tmp_path: Path) -> 
 
     # A row the manifest holds as done but that makes no valid request now (written by hand
     # here; a stricter release, say) is refused as the run would refuse it, not counted done.
-    bad = {"model_id": "midjourney", "prompt": "too many steps", "steps": 99, "seed": 7}
+    bad: dict[str, Any] = {
+        "model_id": "midjourney",
+        "prompt": "too many steps",
+        "steps": 99,
+        "seed": 7,
+    }
     with attrs.validators.disabled():
         key = dba.request_key(dba.Text2Img(**bad))
     with dba.Manifest.open(out / cli.MANIFEST_NAME, durable=False) as manifest:
