@@ -315,11 +315,12 @@ class PromptFile:
             raise PromptFileError(self.path, None, "no prompts in the file")
 
     def drafts(self) -> Iterator[RowDraft | tuple[str, RowDraft]]:
-        """What :meth:`checked` yields, each request as a :class:`RowDraft` (not built yet):
-        a plan keys and checks every row as :meth:`checked` does, and builds only the requests
-        it would send. Refused, as :meth:`checked` refuses them: a row that makes no request
-        (when its draft is checked or built; at once for a row outside ``shard``), a repeated
-        key, no rows at all.
+        """What :meth:`checked` yields, each request as a draft not built yet (its class and
+        arguments: ``digest()`` its key's, ``check()`` raises what building it would,
+        ``build()`` the request), for a plan that keys and checks every row but builds only
+        the requests it would send (the dry run). Refused as :meth:`checked` refuses them: a
+        row that makes no request (when its draft is keyed, checked or built; at once for a
+        row outside ``shard``), a repeated key, no rows at all.
 
         :raises PromptFileError: naming the file and line of the first bad row.
         """
