@@ -45,7 +45,7 @@ class RunPlan:
 
 
 # The manifest's statuses that cover an item, and what the plan counts them as.
-_COVERED = {"done": "done", "submitted": "in_flight"}
+_COVERED: dict[str | None, str] = {"done": "done", "submitted": "in_flight"}
 
 
 def plan_run(
@@ -87,7 +87,7 @@ def plan_run(
             if isinstance(draft, RequestDraft):
                 if consult:
                     key = planner.draft_key(index, raw)  # type: ignore[arg-type]
-                    known = _COVERED.get(status(key))  # type: ignore[arg-type]
+                    known = _COVERED.get(status(key))
                     if known is not None:
                         draft.check()
                         counts[known] += 1
@@ -98,7 +98,7 @@ def plan_run(
                     planner.key(index, request if raw is draft else (raw[0], request))  # type: ignore[index]
             else:
                 key, request = planner.key(index, raw)  # type: ignore[arg-type]
-                known = _COVERED.get(status(key)) if consult else None  # type: ignore[arg-type]
+                known = _COVERED.get(status(key)) if consult else None
                 if known is not None:
                     counts[known] += 1
                     continue
