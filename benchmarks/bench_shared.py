@@ -207,12 +207,16 @@ async def webapp(calls: int) -> dict[str, Any]:
 # --- 2. processes sharing a key ---------------------------------------------------------------
 
 
-async def drive(base_url: str, index: int, count: int, jobs: int, start_at: float) -> None:
+async def drive(base_url: str, index: int, count: int, jobs: int) -> None:
     """One process's part (run as ``--drive``): its shard of the prompts, through
-    ``client.map``; prints one JSON line."""
+    ``client.map``, from the start time the parent sends once every process is ready (a
+    process still importing under load would otherwise start late and count as slow); prints
+    one JSON line."""
     mine = list(dba.shard(prompts(jobs, "shared"), index, count))
     async with dba.DreamboothClient(KEY, base_url=base_url) as client:
-        await asyncio.sleep(max(0.0, start_at - time.time()))
+        print("ready", flush=True)
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await asyncio.sleep(max(0.0, float(line) - time.time()))
         started = time.time()
         done = failed = 0
         async with client.map(mine) as run:
@@ -237,7 +241,6 @@ async def drive(base_url: str, index: int, count: int, jobs: int, start_at: floa
 
 
 async def processes(base_url: str, count: int, jobs: int) -> list[dict[str, Any]]:
-    start_at = time.time() + 1.5  # every process imported and connected by then
     children = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -248,12 +251,16 @@ async def processes(base_url: str, count: int, jobs: int) -> list[dict[str, Any]
             str(index),
             str(count),
             str(jobs),
-            str(start_at),
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
         for index in range(1, count + 1)
     ]
-    outputs = [await child.communicate() for child in children]
+    for child in children:  # every process imported and connected
+        assert child.stdout is not None
+        assert (await child.stdout.readline()).strip() == b"ready"
+    start_at = f"{time.time() + 0.2!r}\n".encode()
+    outputs = await asyncio.gather(*(child.communicate(start_at) for child in children))
     return [json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outputs]
 
 
@@ -398,11 +405,11 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", choices=["burst", "webapp", *LENGTHS], help="these parts only"
     )
-    parser.add_argument("--drive", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--drive", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
-        base_url, index, count, jobs, start_at = args.drive
-        asyncio.run(drive(base_url, int(index), int(count), int(jobs), float(start_at)))
+        base_url, index, count, jobs = args.drive
+        asyncio.run(drive(base_url, int(index), int(count), int(jobs)))
         return
     results = asyncio.run(run(quick=args.quick, draws=args.draws, only=args.only))
     print(render(results))

@@ -170,6 +170,7 @@ def queue_full_wait(
     typical: float | None,
     floor: float,
     cap: float,
+    watched: bool = False,
 ) -> tuple[float, float]:
     """``(least, most)``: a submission turned away as "queue full" ``turned_away`` times in a
     row goes again once one of the client's own jobs ends, but not before ``least`` seconds,
@@ -186,14 +187,16 @@ def queue_full_wait(
     - otherwise someone else holds slots: back off from ``hint``, doubling with each refusal,
       up to about a job's length (``typical``, else ``until_next``; ten seconds when neither is
       known); an end of one of the client's own jobs ends the wait sooner (that slot was
-      ours), though never before ``hint``.
+      ours), though never before ``hint``. When the account is ``watched`` (its count of jobs
+      read for free: see ``_share``), the wait is for room seen there, or one of the client's
+      own jobs ending, up to ``cap``: each try by submission on a full account is a refusal.
 
     Without a hint, :func:`room_expected` from what the client knows of its own jobs. Every
     figure is at most ``cap`` (the retry policy's ``max_retry_after``).
     """
     room = room_expected(turned_away, until_next=until_next, typical=typical, floor=floor)
     if hint is None:
-        return min(cap, floor), min(cap, max(floor, room))
+        return min(cap, floor), cap if watched and not own_full else min(cap, max(floor, room))
     least = retry_after(max(hint, floor), cap=cap, jitter=(1.0, 1.05))
     length = typical if typical is not None else until_next
     if length is not None:
@@ -203,6 +206,8 @@ def queue_full_wait(
         least = min(least, max(floor, length))
     if own_full:
         return least, min(cap, max(least, room))
+    if watched:
+        return least, max(least, cap)
     ceiling = max(least, length if length is not None and length > 0 else _BLIND_CAP)
     grown = min(ceiling, least * 2.0 ** min(max(0, turned_away - 1), _MAX_EXPONENT))
     return least, min(cap, max(least, jittered(grown, (0.9, 1.1))))

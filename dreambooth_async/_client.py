@@ -218,6 +218,7 @@ class DreamboothClient(GenerateCalls):
                 window,
                 partial(self.request_count, key_index=index, retry=_ONE_TRY),
                 self._poller,
+                interval=self.poll_policy.account_read_interval,
             )
             for index, window in enumerate(self._slots.windows)
         ]

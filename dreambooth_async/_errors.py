@@ -157,14 +157,22 @@ class RateLimitError(APIError):
     """The account's queue is full, or the spam filter saw the same request again.
 
     ``retry_after`` is in seconds when the service said how long to wait; ``queue_full`` tells
-    the queue-slot limit (``Maximum N queued requests``) from other rate limits.
+    the queue-slot limit (``Maximum N queued requests``) from other rate limits, and
+    ``queue_limit`` is that N when the message states it (the account's limit: 5, 10 or 15).
     """
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, queue_full: bool = False, **kw: Any
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        queue_full: bool = False,
+        queue_limit: int | None = None,
+        **kw: Any,
     ) -> None:
         self.retry_after = retry_after
         self.queue_full = queue_full
+        self.queue_limit = queue_limit
         super().__init__(message, **kw)
 
 
@@ -257,6 +265,10 @@ _NO_CREDIT = ("insufficient credit", "insufficient balance", "add more credits",
 _NOT_ON_PLAN = ("premium subscription", "not available on your plan", "upgrade your plan")
 
 _WAIT_SECONDS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:seconds|secs|sec|s)\b", re.IGNORECASE)
+#: "Maximum 5 queued requests allowed": the account's limit, as the queue-full message states it.
+_STATED_LIMIT = re.compile(r"maximum\s+(\d{1,6})\s+queued\s+requests", re.IGNORECASE)
+#: A stated limit past this is not one any plan has (5, 10 or 15 today): not trusted.
+_MAX_STATED_LIMIT = 1000
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
@@ -281,6 +293,17 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         lowered = name.lower()
         value = next((v for k, v in headers.items() if k.lower() == lowered), None)
     return value
+
+
+def _stated_limit(message: str) -> int | None:
+    """The account's queue limit where a "queue full" message states it (``Maximum 5 queued
+    requests allowed``, as the rate-limits page shows); None otherwise, or for a number no
+    account has (a limit below one, or past any plan's)."""
+    match = _STATED_LIMIT.search(message)
+    if match is None:
+        return None
+    limit = int(match.group(1))
+    return limit if 0 < limit <= _MAX_STATED_LIMIT else None
 
 
 def _retry_after_header(value: str | None) -> float | None:
@@ -401,6 +424,7 @@ def error_from_response(
             message,
             retry_after=_retry_after(headers, body_map),
             queue_full="queue" in lowered,
+            queue_limit=_stated_limit(message),
             **common,
         )
     if status == "failed":

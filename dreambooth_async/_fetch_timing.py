@@ -72,11 +72,16 @@ class PollPolicy:
     #: One job in this many is a probe: fetched just before it can possibly be done, so that
     #: the ETA model keeps learning without bias (0: never).
     explore_every: int = 16
+    #: The least time, in seconds, between two reads of the account's count of jobs
+    #: (``request_count``) while callers wait for a slot of a key found full: the service
+    #: allows 30 a minute per key, for every process on it.
+    account_read_interval: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
 
     def scaled(self, factor: float) -> PollPolicy:
         """The same policy for a service whose clock runs ``factor`` times real time (an
         emulator with ``time_scale=factor``). The pacing is relative and needs no scaling; this
-        scales the absolute settings (the floor, the ceiling, the job timeout)."""
+        scales the absolute settings (the floor, the ceiling, the job timeout, the account's
+        read interval)."""
         return attrs.evolve(
             self,
             min_interval=self.min_interval * factor,
@@ -85,6 +90,7 @@ class PollPolicy:
             else self.initial_interval * factor,
             max_interval=self.max_interval * factor,
             job_timeout=None if self.job_timeout is None else self.job_timeout * factor,
+            account_read_interval=self.account_read_interval * factor,
         )
 
 

@@ -1,26 +1,32 @@
 """Watching a key's account while it is shared with other processes.
 
-A window learns the account's limit from "queue full" answers and shrinks to what this process
-can get when others hold slots; but nothing in a submission's answer says when they leave, and
-probing by submission costs a refusal each time the account is still full. The service's
-``request_count`` answer does say it, free of refusals: how many of the account's jobs hold a
-slot now. So, once the key has been found full (a process alone on its key never pays for a
-call), a watcher per key reads it now and then while callers wait for a slot:
+A window learns the account's limit from "queue full" answers (their message states it) and
+shrinks to what this process can get when others hold slots; but nothing in a submission's
+answer says when they leave, and probing by submission costs a refusal each time the account
+is still full. The service's ``request_count`` answer does say it, free of refusals: how many
+of the account's jobs hold a slot now. So, once the key has been found full (a process alone on
+its key never pays for a call), a watcher per key reads it while callers wait for a slot:
 
-- read right after a "queue full" answer, the count is the account's limit (at least as many
-  jobs were holding slots a moment before);
+- read right after a "queue full" answer whose message did not state the limit, the count is
+  the account's limit (at least as many jobs were holding slots a moment before);
 - read later, the limit minus the count is room nobody holds. Seen on two reads in a row (not
-  just jobs that ended a moment ago, which their owners will fill again), the window grows by
-  half of it (other processes on the key may see the same room) up to the measured limit,
-  never past it;
-- read while the account is full, a process that holds more than every other together gives
-  up one slot of its window (the others take it as their turned-away submissions come back):
-  several processes converge on a fair share.
+  just jobs that ended a moment ago, whose owners will fill them again), it is taken: the
+  items the service turned away go first, and the window becomes what the process has on the
+  service plus that room, up to the limit. Another process that saw the same room reads again
+  before it takes it, and by then the room is gone.
 
-Reads are at most one per job length and never more often than every two seconds (the service
-allows 30 a minute per key, for every process on it), but for the second look at room just
-seen, which comes after a share of a job (at least 0.3 s); a refused or failed read doubles the
-interval up to a minute.
+A process does not give slots up to others: for the account's makespan it does not matter
+which process runs a job, and a slot given up waits empty until another process's read sees
+it (one that has nothing left to send does not read at all). Measured, giving slots up to a
+process that held fewer lengthened the makespan of unequal shards.
+
+Reads come every ``interval`` (two seconds by default), or half a job's length for longer
+jobs; the service allows 30 a minute per key, for every process on it. The second look at room
+just seen comes after a share of a job (at least a share of the interval): room left by a
+process whose work is done is taken within about a read's spacing. (Reads stretched while
+the account stays full would keep the allowance for later, but measured, the room a finished
+shard leaves then waits longer than the reads saved are worth.) A throttled read waits as long
+as the service asks; a failed one doubles the spacing, up to 30 intervals.
 """
 
 from __future__ import annotations
@@ -31,38 +37,54 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
+from ._errors import RateLimitError
 from ._slots import JobTimes, SlotWindow
 
 __all__ = ["AccountWatch"]
 
 logger = logging.getLogger("dreambooth_async")
 
-#: The least interval between two reads: 30 a minute is the service's allowance per key.
-_MIN_INTERVAL = 2.0
-_MAX_INTERVAL = 60.0
-#: The least wait before the second look at room seen once.
-_CONFIRM_AFTER = 0.3
+#: A second look at room seen once comes after this share of a job (or of the read interval):
+#: the owner of a job that just ended sees it a moment later (its poller's lag) and fills it.
+_CONFIRM_SHARE = 0.15
+#: A failed read doubles the interval up to this many read intervals (a minute by default).
+_MAX_INTERVALS = 30
+#: How often, in read intervals, the watcher looks (no call) whether anyone waits for a slot.
+_LOOK_SHARE = 0.125
 
 
 class AccountWatch:
     """One key's watcher: ``read()`` returns the account's count of jobs holding a slot."""
 
     def __init__(
-        self, window: SlotWindow, read: Callable[[], Awaitable[int]], times: JobTimes
+        self,
+        window: SlotWindow,
+        read: Callable[[], Awaitable[int]],
+        times: JobTimes,
+        *,
+        interval: float = 2.0,
     ) -> None:
         self._window = window
         self._read = read
         self._times = times
-        #: The account's limit as measured (None until the key was first found full).
-        self.account_limit: int | None = None
+        #: The least time between two reads (the service allows 30 a minute per key).
+        self._interval = interval
         self.reads = 0
         self._full = anyio.Event()
         self._refused = False
         self._seen_free = 0
         window.on_full = self._on_full
+        # Reads start at the key's first refusal: from then on, items turned away while
+        # others hold slots wait for room seen here (until a read fails).
+        window.watched = True
 
     def __repr__(self) -> str:
         return f"<AccountWatch limit={self.account_limit} reads={self.reads}>"
+
+    @property
+    def account_limit(self) -> int | None:
+        """The account's limit as stated or measured (None until the key was found full)."""
+        return self._window.account_limit
 
     def _on_full(self) -> None:
         self._refused = True
@@ -72,72 +94,91 @@ class AccountWatch:
         """Watch until cancelled (the client's task group owns it)."""
         await self._full.wait()
         failures = 0
-        last = -_MAX_INTERVAL
+        pause = 0.0  # what a throttled or failed read asks to wait before the next
+        longest = _MAX_INTERVALS * self._interval
+        last = -longest
         while True:
-            # A second look at room just seen comes soon: a job's end is seen by its owner a
-            # moment after (the poller's lag, a share of the job), and the room is only worth
-            # taking while it lasts.
-            confirming = self._seen_free > 1 and failures == 0
             # A measured duration bounded to the longest wait here (a hostile answer may say
             # anything about a job's time).
-            typical = min(_MAX_INTERVAL, self._times.durations.typical() or _MIN_INTERVAL)
+            typical = min(longest, self._times.durations.typical() or self._interval)
+            # A second look at room just seen comes soon: the room is only worth taking
+            # while it lasts.
             spacing = (
-                max(_CONFIRM_AFTER, 0.15 * typical)
-                if confirming
-                else min(_MAX_INTERVAL, _MIN_INTERVAL * 2 ** min(failures, 16))
+                _CONFIRM_SHARE * max(self._interval, typical)
+                if self._seen_free > 0
+                else max(self._interval, 0.5 * typical)
             )
-            early = last + spacing - anyio.current_time()
-            if early > 0:
-                await anyio.sleep(early)
-            refused, self._refused = self._refused, False
-            if refused or self._window.waiting:
-                last = anyio.current_time()
-                try:
-                    count = await self._read()
-                    self._saw(count, refused=refused)
-                except Exception as error:  # a throttled or failed read: only a signal lost
-                    failures += 1
-                    logger.debug("request_count failed (%s); reading less often", error)
-                else:
-                    failures = 0
-                    self.reads += 1
-            confirming = self._seen_free > 1 and failures == 0
-            length = 0.0 if confirming else max(_MIN_INTERVAL, typical)
-            interval = min(_MAX_INTERVAL, length * 2 ** min(failures, 16))
-            with anyio.move_on_after(interval * random.uniform(0.9, 1.1)):
-                # A new refusal is read as soon as the spacing allows: it measures the limit.
-                while not self._refused:
+            due = last + max(spacing, pause) * random.uniform(0.9, 1.1)
+            with anyio.move_on_after(due - anyio.current_time()):
+                # A refusal whose message did not state the limit is read at once: the count
+                # then measures the limit.
+                while not self._to_measure():
                     await self._wait_refusal()
+            rest = last + pause - anyio.current_time()
+            if rest > 0:
+                await anyio.sleep(rest)  # a throttled read: the service's pause holds
+            measure = self._to_measure()
+            self._refused = False
+            if not (measure or self._window.waiting):
+                self._seen_free = 0  # room seen before nobody waited is old news
+                await self._waiters()
+                continue
+            last = anyio.current_time()
+            try:
+                count = await self._read()
+            except Exception as error:  # a throttled or failed read: only a signal lost
+                failures += 1
+                self._unwatched()
+                # A throttled read says how long until the next is allowed; else back off.
+                asked = error.retry_after if isinstance(error, RateLimitError) else None
+                pause = min(longest, asked or self._interval * 2 ** min(failures, 16))
+                logger.debug("request_count failed (%s); next read in %.1f s", error, pause)
+            else:
+                failures, pause = 0, 0.0
+                self.reads += 1
+                self._window.watched = True
+                self._saw(count, measure=measure)
+
+    def _unwatched(self) -> None:
+        """Reads fail: items turned away that waited for room seen here go back to asking the
+        service on their own back-off."""
+        if self._window.watched:
+            self._window.watched = False
+            self._window.room_seen(self._window.parked)
+
+    def _to_measure(self) -> bool:
+        return self._refused and self._window.account_limit is None
 
     async def _wait_refusal(self) -> None:
         self._full = anyio.Event()
         await self._full.wait()
 
-    def _saw(self, count: int, *, refused: bool) -> None:
-        if refused:
-            self.account_limit = max(self.account_limit or 0, count)
+    async def _waiters(self) -> None:
+        """Until someone waits for a slot, or the service refuses a submission: a flag is
+        looked at (no call made) a few times a second."""
+        while not (self._window.waiting or self._refused):
+            with anyio.move_on_after(_LOOK_SHARE * self._interval):
+                await self._wait_refusal()
+
+    def _saw(self, count: int, *, measure: bool) -> None:
+        window = self._window
+        if measure:
+            window.learn_limit(count, stated=False)
             self._seen_free = 0
             return
-        limit = self.account_limit
-        if limit is None:
+        if window.account_limit is None:
             return
-        self.account_limit = limit = max(limit, count)
+        window.learn_limit(count, stated=False)  # more jobs than a measured limit: it is more
+        limit = window.account_limit
         free = limit - count
-        ours = self._window.jobs
-        others = max(0, count - ours)
         # Room seen once may be jobs that ended a moment ago, whose owners (this process
         # too) have not seen it yet and will fill it again: only room seen on two reads in a
         # row is taken to be left by someone.
         confirmed = min(free, self._seen_free)
-        self._seen_free = free
-        if free > 0:
-            # Items turned away go now: a refusal is all a wrong guess costs.
-            self._window.room_seen(free)
-        if confirmed > 1 and self._window.waiting:
-            # Alone now: all of it; else half (the others may be looking at the same room).
-            self._window.grow(confirmed if others == 0 else confirmed // 2, ceiling=limit)
+        self._seen_free = max(0, free)
+        if confirmed > 0 and window.waiting:
+            # Items turned away go first (they hold their slots past the window, which grows
+            # to take them in), then as many waiting callers as there is room left.
+            window.room_seen(confirmed)
+            window.grow(confirmed, ceiling=limit)
             self._seen_free = 0
-        elif free <= 0 and others > 0 and ours > others + 1:
-            # A full account where this process holds more than everyone else together: give
-            # a slot up, so that processes on one key converge on a fair share.
-            self._window.shrink(1)

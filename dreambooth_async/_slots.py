@@ -12,10 +12,13 @@ every acceptance that filled the window with nothing else on the wire (slow star
 per round trip) until the first "queue full" answer. That
 answer bounds the limit from above by the number of jobs the client has on the service at that
 moment (the service counted at least as many), so the window drops straight to it instead of
-halving: with other processes on the key, it shrinks to what this process can get. From then
-on it probes one slot higher after a run of acceptances at a full window (six turns of it), and
-the run it waits for doubles after every probe the service refuses: the limit is found in a
-rejection or two and held with very few.
+halving: with other processes on the key, it shrinks to what this process can get. Its message
+states the account's limit ("Maximum 5 queued requests"): from then on the window never grows
+past it, and room left by others is seen by the account's watcher (``_share``), for free,
+instead of probed for by submission. Without a stated limit, it probes one slot higher after a
+run of acceptances at a full window (six turns of it), and the run it waits for doubles after
+every probe the service refuses: the limit is found in a rejection or two and held with very
+few.
 
 A rejected submission provably did not land (the transport's rule), so it is sent again, ahead
 of fresh items. ``retry_after`` is the least wait, never a promise of room (RFC 9110 §10.2.3):
@@ -24,7 +27,10 @@ of fresh items. ``retry_after`` is the least wait, never a promise of room (RFC 
   for one of them to end, and at least ``retry_after``: whichever is *later*;
 - when the service is full while the client holds fewer jobs than its window (someone else
   holds slots), the item backs off from ``retry_after``, doubling up to about a job's length,
-  or goes as soon as one of the client's own jobs ends (that slot was ours).
+  or goes as soon as one of the client's own jobs ends (that slot was ours); while the
+  account's watcher reads its count, the item waits for room seen there instead (each try by
+  submission on a full account is a refusal), and so does an item that holds a slot of a
+  window that shrank before it was sent.
 
 The numbers are :func:`dreambooth_async._backoff.queue_full_wait`'s.
 """
@@ -78,6 +84,10 @@ class SlotWindow:
         self.limit = fixed if fixed is not None else max(1, min(initial, maximum))
         self.held = 0
         self.submitting = 0
+        #: Slots held by jobs the service accepted and that have not ended (see
+        #: :meth:`Slot.running`): an item that holds a slot but waits to be sent is not one.
+        self.running = 0
+        self._job_end: anyio.Event | None = None
         self.peak = self.limit
         self.slow_start = self.adaptive
         self._streak = 0
@@ -97,6 +107,14 @@ class SlotWindow:
         self.refusals = 0
         #: Told of every "queue full" answer (the account's watcher: see ``_share``).
         self.on_full: Callable[[], None] | None = None
+        #: The account's queue limit, once known: stated by a "queue full" answer, or
+        #: measured by the account's watcher. The window never grows past it, and does not
+        #: probe for room by submission once it is known (the watcher sees room for free).
+        self.account_limit: int | None = None
+        self._stated = False
+        #: The account's count of jobs is being read (see ``_share``): an item turned away
+        #: while others hold slots waits for room seen there rather than asking again.
+        self.watched = False
 
     def __repr__(self) -> str:
         mode = "adaptive" if self.adaptive else "fixed"
@@ -172,29 +190,34 @@ class SlotWindow:
             not future.done() for queue in (self._priority, self._normal) for future in queue
         )
 
-    def grow(self, slots: int, *, ceiling: int) -> None:
-        """Room was seen on the account (others on the key left): ``slots`` more, at most
-        ``ceiling`` in all (the account's limit as measured)."""
-        if self.adaptive and self.limit < ceiling:
-            self.slow_start = False
-            self._set_limit(min(self.limit + slots, ceiling))
+    def learn_limit(self, limit: int, *, stated: bool) -> None:
+        """The account's limit: ``stated`` by the service (trusted as it is), or measured (a
+        count of jobs seen on a full account: the limit is at least that)."""
+        if stated:
+            self.account_limit, self._stated = limit, True
+        elif not self._stated:
+            self.account_limit = max(self.account_limit or 0, limit)
 
-    def room_seen(self, slots: int) -> None:
+    def grow(self, slots: int, *, ceiling: int) -> None:
+        """Room was seen on the account (others on the key left): the window becomes what
+        this client has on the service (jobs and submissions on the wire) and ``slots`` more,
+        at most ``ceiling`` (the account's limit)."""
+        self.refusals = 0  # the account is not full to us now
+        if self.adaptive:
+            self.slow_start = False
+            self._set_limit(min(self.running + self.submitting + slots, ceiling))
+
+    def room_seen(self, slots: int) -> int:
         """The account was seen with ``slots`` free: up to as many items turned away go again
-        now rather than at the end of their back-off."""
+        now rather than at the end of their back-off. Returns how many went."""
+        went = 0
         for parked in list(self._parked):
-            if slots <= 0:
+            if went >= slots:
                 break
             if not parked.done():
                 parked.set_result(None)
-                slots -= 1
-
-    def shrink(self, slots: int) -> None:
-        """Give up to ``slots`` slots to others on the key (when this process holds more of a
-        full account than all of them together): the window, not the jobs, shrinks."""
-        if self.adaptive and self.limit > 1:
-            self._streak = 0
-            self._set_limit(self.limit - slots)
+                went += 1
+        return went
 
     def _wake(self) -> None:
         while self.held < self.limit:
@@ -210,7 +233,10 @@ class SlotWindow:
             self.on_room()
 
     def _set_limit(self, limit: int) -> None:
-        self.limit = max(1, min(self.maximum, limit))
+        ceiling = (
+            self.maximum if self.account_limit is None else min(self.maximum, self.account_limit)
+        )
+        self.limit = max(1, min(ceiling, limit))
         self.peak = max(self.peak, self.limit)
         self._wake()
 
@@ -234,6 +260,8 @@ class SlotWindow:
             if self.submitting == 0 or final:
                 self._set_limit(self.limit + 1)
             return
+        if self.account_limit is not None:
+            return  # the limit is known: room left by others is the watcher's to see
         self._streak += 1
         # Probe after a run of full-window acceptances, six turns of the window (a probe the
         # service refuses costs a rejected submission); the run doubles per refused probe.
@@ -245,25 +273,54 @@ class SlotWindow:
     @property
     def jobs(self) -> int:
         """Slots held by jobs the service counts: not submissions on the wire, not items it
-        turned away."""
-        return self.held - self.submitting - self.parked
+        turned away, not items waiting to be sent."""
+        return self.running
 
-    def on_queue_full(self) -> bool:
+    def next_job_end(self) -> anyio.Event:
+        """Set when one of the window's jobs ends next (its slot given back)."""
+        if self._job_end is None or self._job_end.is_set():
+            self._job_end = anyio.Event()
+        return self._job_end
+
+    def job_ended(self) -> None:
+        self.running -= 1
+        if self._job_end is not None:
+            self._job_end.set()
+
+    @property
+    def over(self) -> bool:
+        """More slots are held by items not turned away than the window has: it shrank after
+        they took theirs (the service said the account is full), so the next to be sent
+        waits for room instead. A window is at least one slot, but one whose account was
+        found full while it held no job (and whose watcher looks for room) has none."""
+        allowed = 0 if self.refusals and not self.running and self.watched else self.limit
+        return self.held - self.parked > allowed
+
+    def on_queue_full(self, stated_limit: int | None = None) -> bool:
         """The service said the queue is full (the rejected submission still holds its slot,
         and is still counted in ``submitting``). True when the client's own jobs fill its
         window (the refusal is explained by them), False when it held fewer jobs than its
-        window: someone else holds slots of the account.
+        window: someone else holds slots of the account. ``stated_limit``: the account's
+        limit, where the answer's message states it.
 
         The service was counting at least the client's accepted jobs, so the limit is at most
         that many: drop the window there. Submissions on the wire and items already turned
         away are not jobs the service counts.
         """
         self.refusals += 1
+        if stated_limit is not None:
+            self.learn_limit(stated_limit, stated=True)
         if self.on_full is not None:
             self.on_full()
         others = self.jobs
-        # While the window still grows (slow start) nothing says anyone else is there.
-        own_full = self.slow_start or others + 1 >= self.limit
+        if self.account_limit is not None:
+            # At most this many of ours may hold slots now (submissions of ours on the wire
+            # beside the refused one may have landed): fewer than the account's limit, and
+            # someone else holds the rest.
+            own_full = others + self.submitting - 1 >= self.account_limit
+        else:
+            # While the window still grows (slow start) nothing says anyone else is there.
+            own_full = self.slow_start or others + 1 >= self.limit
         if not self.adaptive:
             return own_full
         if self._probe_level is not None:
@@ -409,26 +466,38 @@ class SlotPool:
 class Slot:
     """One item's hold on a slot of key ``index``'s window; release is idempotent."""
 
-    __slots__ = ("_held", "_pool", "index")
+    __slots__ = ("_held", "_pool", "_running", "index")
 
     def __init__(self, pool: SlotPool, index: int) -> None:
         self._pool = pool
         self.index = index
         self._held = True
+        self._running = False
 
     @property
     def window(self) -> SlotWindow:
         return self._pool.windows[self.index]
 
+    def running(self) -> None:
+        """The slot is held by a job on the service now (accepted, attached, recovered)."""
+        if self._held and not self._running:
+            self._running = True
+            self.window.running += 1
+
     def release(self) -> None:
         if self._held:
             self._held = False
-            self.window.release()
+            window = self.window
+            if self._running:
+                self._running = False
+                window.job_ended()
+            window.release()
 
     def take(self, index: int) -> None:
         # Called right after pool.acquire() returned ``index``: the slot is already counted.
         self.index = index
         self._held = True
+        self._running = False
 
 
 def room_wait(
@@ -454,6 +523,7 @@ def room_wait(
         typical=times.durations.typical(),
         floor=MIN_WAIT,
         cap=cap,
+        watched=window is not None and window.watched,
     )
 
 

@@ -69,7 +69,7 @@ async def in_turn(
                     window.submitting -= 1
                     raise  # the retry policy had its turns at it
                 # Told while the refused submission still counts as on the wire (not a job).
-                own_full = window.on_queue_full()
+                own_full = window.on_queue_full(error.queue_limit)
                 window.submitting -= 1
                 turned_away += 1
                 least, most = room_wait(
@@ -108,6 +108,7 @@ async def in_turn(
             window.on_accepted(final=final)
             if isinstance(answer, Job) and not answer.done():
                 # The job holds its slot on the service until it ends.
+                slot.running()
                 answer.add_done_callback(slot.release)
             else:
                 slot.release()

@@ -210,6 +210,7 @@ async def test_spam_filter_rate_limit(status: int) -> None:
     assert type(error) is dba.RateLimitError
     assert error.retry_after == 30
     assert error.queue_full is False
+    assert error.queue_limit is None
 
 
 @pytest.mark.parametrize("status", [200, 429])
@@ -218,6 +219,7 @@ async def test_queue_full_with_retry_after_body(status: int) -> None:
     assert type(error) is dba.RateLimitError
     assert error.retry_after == 30
     assert error.queue_full is True
+    assert error.queue_limit == 5  # the account's limit, as the message states it
     assert "Maximum 5 queued requests" in str(error)
 
 

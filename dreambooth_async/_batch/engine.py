@@ -348,6 +348,7 @@ class Engine:
         slot = Slot(self.slots, entry.key_index or 0)
         try:
             if entry.plan == "attach":
+                slot.running()  # its job is on the service (the spawner forced the slot)
                 prior = entry.prior
                 assert prior is not None and prior.job_id is not None
                 if entry.key_index is None:

@@ -122,6 +122,19 @@ class Submitter:
             if isinstance(turn, anyio.Event):
                 await turn.wait()  # the key's first answer decides whether this item goes
                 continue
+            if slot.window.over:
+                # The window shrank (the account is full) after this item took its slot: it
+                # waits for room as if turned away, rather than be turned away.
+                least, most = room_wait(
+                    None,
+                    own_full=False,
+                    turned_away=0,
+                    times=self._client.poller,
+                    cap=self._retry.max_retry_after,
+                    window=slot.window,
+                )
+                await wait_for_room(self._slots, slot, least, most)
+                continue
             attempt += 1
             if self._manifest is not None:
                 self._manifest.submitting(entry.key, attempt)
@@ -262,6 +275,7 @@ class Submitter:
         slot.take(entry.key_index)
         if job is None:
             return None
+        slot.running()
         self._tally.counts["recovered"] += 1
         if self._manifest is not None:
             self._manifest.submitted(
@@ -310,7 +324,7 @@ class Submitter:
                     if isinstance(error, RateLimitError):
                         if error.queue_full:
                             self._tally.count("rejected_queue_full", entry)
-                            own_full = window.on_queue_full()
+                            own_full = window.on_queue_full(error.queue_limit)
                         else:
                             self._tally.count("rejected_other", entry)
                     return None, error, own_full
@@ -332,6 +346,7 @@ class Submitter:
                     self._tally.count("accepted", entry)
                     self._tally.count("images", entry, entry.request.samples)
                     window.on_accepted()
+                    slot.running()
                 if self._manifest is not None:
                     self._manifest.submitted(
                         entry.key,
