@@ -74,7 +74,8 @@ class PollPolicy:
     explore_every: int = 16
     #: The least time, in seconds, between two reads of the account's count of jobs
     #: (``request_count``) while callers wait for a slot of a key found full: the service
-    #: allows 30 a minute per key, for every process on it.
+    #: allows 30 a minute per key, for every process on it (a process whose reads the others
+    #: used up probes for room by submission until it may read again).
     account_read_interval: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
 
     def scaled(self, factor: float) -> PollPolicy:

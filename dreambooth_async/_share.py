@@ -116,7 +116,9 @@ class AccountWatch:
                     await self._wait_refusal()
             rest = last + pause - anyio.current_time()
             if rest > 0:
-                await anyio.sleep(rest)  # a throttled read: the service's pause holds
+                # A throttled read: the service's pause holds (up to a minute, when other
+                # processes on the key spent its allowance), and meanwhile room is probed for.
+                await self._probe_blind(rest, typical)
             measure = self._to_measure()
             self._refused = False
             if not (measure or self._window.waiting):
@@ -138,6 +140,17 @@ class AccountWatch:
                 self.reads += 1
                 self._window.watched = True
                 self._saw(count, measure=measure)
+
+    async def _probe_blind(self, seconds: float, typical: float) -> None:
+        """While reads are refused, a window whose callers wait probes for room by
+        submission: one slot more per job length (a refusal takes it back). Without it, a
+        process whose reads the others used up would not see room for up to a minute."""
+        step = max(self._interval, typical)
+        until = anyio.current_time() + seconds
+        while (left := until - anyio.current_time()) > 0:
+            await anyio.sleep(min(step, left))
+            if left > step and self._window.waiting:
+                self._window.probe()
 
     def _unwatched(self) -> None:
         """Reads fail: items turned away that waited for room seen here go back to asking the

@@ -207,6 +207,12 @@ class SlotWindow:
             self.slow_start = False
             self._set_limit(min(self.running + self.submitting + slots, ceiling))
 
+    def probe(self) -> None:
+        """One slot more, to be found out by submission (the account's count cannot be read
+        now): a "queue full" answer takes it back."""
+        if self.adaptive:
+            self._set_limit(self.limit + 1)
+
     def room_seen(self, slots: int) -> int:
         """The account was seen with ``slots`` free: up to as many items turned away go again
         now rather than at the end of their back-off. Returns how many went."""
