@@ -136,15 +136,16 @@ class _Measured(JobTrace):
     """A job's trace while nothing records spans: what its measurements carry, and its place
     as the current trace; no span, no OpenTelemetry context to switch."""
 
-    __slots__ = ("_ends_with_job", "job_attributes", "metered")
+    __slots__ = ("_ends_with_job", "metered", "model_id")
 
-    def __init__(self, *, ends_with_job: bool, job_attributes: dict[str, AttributeValue]) -> None:
+    def __init__(self, *, ends_with_job: bool, model_id: str | None) -> None:
         self._ends_with_job = ends_with_job
         #: Whether the job's start was counted in the up-down counters, so that its end is
         #: taken off them exactly when its start was put on (an SDK may arrive in between).
         self.metered = False
-        #: The attributes of this job's measurements.
-        self.job_attributes = job_attributes
+        #: The request's model (None: a job attached by id), for its measurements: their
+        #: attributes are made only when they are recorded.
+        self.model_id = model_id
 
     def active(self) -> _Current:
         return _Current(self)
@@ -164,9 +165,9 @@ class _Trace(_Measured):
         context: Context,
         *,
         ends_with_job: bool,
-        job_attributes: dict[str, AttributeValue],
+        model_id: str | None,
     ) -> None:
-        super().__init__(ends_with_job=ends_with_job, job_attributes=job_attributes)
+        super().__init__(ends_with_job=ends_with_job, model_id=model_id)
         self.telemetry = telemetry
         self.span = span
         self.context = context
@@ -226,6 +227,7 @@ class OtelTelemetry(Telemetry):
         "_context",
         "_duration",
         "_fetches",
+        "_meter_globals",
         "_meter_placeholder",
         "_metrics_api",
         "_options",
@@ -237,6 +239,7 @@ class OtelTelemetry(Telemetry):
         "_slots",
         "_status",
         "_trace_api",
+        "_trace_globals",
         "_tracer",
     )
 
@@ -246,6 +249,7 @@ class OtelTelemetry(Telemetry):
         # opentelemetry-api is the optional [otel] extra: imported when a client is made, not
         # when the library is, so that without it the library imports and runs as before.
         from opentelemetry import context, metrics, trace
+        from opentelemetry.metrics import _internal as metrics_internal
 
         self._options = options
         self._api_version = api_version
@@ -272,6 +276,15 @@ class OtelTelemetry(Telemetry):
             else None
         )
         self._metrics_api = metrics
+        # Whether an SDK is set up is asked on every call (one may be set up after the client
+        # is made). The API's getters look up an environment variable each time; the module
+        # globals they return (None until a provider is set up) are what the proxy tracer and
+        # meters we hold read themselves, and cost a tenth as much. Should a later API release
+        # rename them, the getters are asked as before.
+        self._trace_globals: Any = trace if hasattr(trace, "_TRACER_PROVIDER") else None
+        self._meter_globals: Any = (
+            metrics_internal if hasattr(metrics_internal, "_METER_PROVIDER") else None
+        )
         self._status = trace.Status
         tracer_provider: Any = options.tracer_provider
         meter_provider: Any = options.meter_provider
@@ -327,18 +340,30 @@ class OtelTelemetry(Telemetry):
     def _tracing(self) -> bool:
         """False while the global tracer provider is the API's placeholder (no SDK set up
         yet): every span would be a no-op, so none is made. Asked each time, as an SDK may be
-        set up after the client is made."""
-        return self._placeholder is None or (
-            self._trace_api.get_tracer_provider() is not self._placeholder
-        )
+        set up after the client is made; once one is, for good (the API sets it once)."""
+        if self._placeholder is None:
+            return True
+        if self._trace_globals is not None:
+            if self._trace_globals._TRACER_PROVIDER is None:  # noqa: SLF001 (see __init__)
+                return False
+        elif self._trace_api.get_tracer_provider() is self._placeholder:
+            return False
+        self._placeholder = None
+        return True
 
     def _metering(self) -> bool:
         """False while the global meter provider is the API's placeholder: every measurement
         would be dropped, and making them costs a tenth of a plain ``generate()``. Asked each
         time, like :meth:`_tracing`."""
-        return self._meter_placeholder is None or (
-            self._metrics_api.get_meter_provider() is not self._meter_placeholder
-        )
+        if self._meter_placeholder is None:
+            return True
+        if self._meter_globals is not None:
+            if self._meter_globals._METER_PROVIDER is None:  # noqa: SLF001 (see __init__)
+                return False
+        elif self._metrics_api.get_meter_provider() is self._meter_placeholder:
+            return False
+        self._meter_placeholder = None
+        return True
 
     def error_status(self, description: str) -> Any:
         return self._status(self._trace_api.StatusCode.ERROR, description)
@@ -353,11 +378,9 @@ class OtelTelemetry(Telemetry):
         index: int | None = None,
         ends_with_job: bool = False,
     ) -> JobTrace:
-        job_attributes: dict[str, AttributeValue] = {"dreambooth.api_version": self._api_version}
-        if request is not None:
-            job_attributes["dreambooth.model_id"] = request.model_id
+        model_id = None if request is None else request.model_id
         if not self._tracing():
-            return _Measured(ends_with_job=ends_with_job, job_attributes=job_attributes)
+            return _Measured(ends_with_job=ends_with_job, model_id=model_id)
         span = self._tracer.start_span(_SPAN_NAMES[operation])
         if span.is_recording():
             attributes: dict[str, AttributeValue] = {
@@ -375,9 +398,7 @@ class OtelTelemetry(Telemetry):
                 attributes["dreambooth.batch.index"] = index
             span.set_attributes(attributes)
         context = self._trace_api.set_span_in_context(span)
-        return _Trace(
-            self, span, context, ends_with_job=ends_with_job, job_attributes=job_attributes
-        )
+        return _Trace(self, span, context, ends_with_job=ends_with_job, model_id=model_id)
 
     def http(
         self, operation: str, url: str, attempt: int, redact: Callable[[str], str]
@@ -484,14 +505,10 @@ class OtelTelemetry(Telemetry):
                         span.add_event("dreambooth.webhook.resolved")
         if not self._metering():
             return
-        attributes: dict[str, AttributeValue]
-        if isinstance(trace, _Measured):
-            attributes = {**trace.job_attributes, "dreambooth.outcome": outcome}
-        else:
-            attributes = {
-                "dreambooth.api_version": self._api_version,
-                "dreambooth.outcome": outcome,
-            }
+        attributes: dict[str, AttributeValue] = {"dreambooth.api_version": self._api_version}
+        if isinstance(trace, _Measured) and trace.model_id is not None:
+            attributes["dreambooth.model_id"] = trace.model_id
+        attributes["dreambooth.outcome"] = outcome
         if resolved_by is not None:
             attributes["dreambooth.resolved_by"] = resolved_by
         if duration is not None:

@@ -425,6 +425,41 @@ async def test_a_meter_provider_set_up_after_the_client_counts_from_then_on() ->
     assert points["dreambooth.client.job.fetches"] == 2
 
 
+TRACER_PROVIDER_SET_UP_LATE = """
+import asyncio, json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import dreambooth_async as dba
+from dreambooth_async.emulator import CostModel, EmulatorConfig, serve
+
+exporter = InMemorySpanExporter()
+
+async def main():
+    # Each job answered in its submission's answer: one POST per generate().
+    cost = CostModel(base=10, per_step=0, per_sample=0, per_megapixel=0, noise=0)
+    config = EmulatorConfig(time_scale=0.001, sync_window=1_000_000, cost=cost)
+    async with serve(config) as base_url:
+        async with dba.DreamboothClient("emulator-key", base_url=base_url) as client:
+            await client.generate(dba.Text2Img(model_id="midjourney", prompt="early"))
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            trace.set_tracer_provider(provider)
+            await client.generate(dba.Text2Img(model_id="midjourney", prompt="late"))
+
+asyncio.run(main())
+print(json.dumps(sorted(span.name for span in exporter.get_finished_spans())))
+"""
+
+
+async def test_a_tracer_provider_set_up_after_the_client_traces_from_then_on() -> None:
+    # Until an SDK is set up the client makes no spans; the client notices one set up later.
+    done = await anyio.to_thread.run_sync(run_python, TRACER_PROVIDER_SET_UP_LATE)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["POST", "dreambooth generate"]
+
+
 WITHOUT_OPENTELEMETRY = """
 import asyncio, sys
 
