@@ -45,6 +45,8 @@ __all__ = ["GenerateCalls"]
 
 # The usual generate(): no timeout of its own. One frozen instance serves every such call.
 _PLAIN = Sending()
+# A tuple, not a union: ``A | B | C`` would make a new union object on every call.
+_REQUESTS = (Text2Img, Img2Img, Inpaint)
 
 
 class GenerateCalls(JobCalls):
@@ -157,28 +159,22 @@ class GenerateCalls(JobCalls):
         """Submit ``request``: the result when the answer is final, else the tracked job.
         In the caller's turn in the slot window unless it holds a slot already."""
         self._check_open()
-        if not isinstance(request, Text2Img | Img2Img | Inpaint):
+        if not isinstance(request, _REQUESTS):
             raise RequestValidationError(
                 "request", request, "a Text2Img, Img2Img or Inpaint instance"
             )
         if not sending.in_turn:
-            return await self._send_now(request, sending)
+            return await self._send_now(
+                request, sending.key_index, sending.retry, sending.on_retry, sending.timeout
+            )
         policy = sending.retry or self._transport.retry
         # "Queue full" is the window's to wait out; every other retry stays the policy's.
         once = _window_policy(policy)
         timeout = sending.timeout if sending.timeout is not None else self.poll_policy.job_timeout
+        on_retry = sending.on_retry
 
         def send(key_index: int, left: float | None) -> Awaitable[GenerationResult | Job]:
-            # Built directly: attrs.evolve costs a tenth of an instant call, and this is the
-            # path of every generate().
-            chosen = Sending(
-                timeout=left,
-                retry=once,
-                key_index=key_index,
-                on_retry=sending.on_retry,
-                in_turn=False,
-            )
-            return self._send_now(request, chosen)
+            return self._send_now(request, key_index, once, on_retry, left)
 
         return await in_turn(
             self._slots,
@@ -202,9 +198,16 @@ class GenerateCalls(JobCalls):
         self._on_retry(attempt, error, delay)
 
     async def _send_now(
-        self, request: GenerationRequest, sending: Sending
+        self,
+        request: GenerationRequest,
+        key_index: int | None,
+        retry: RetryPolicy | None,
+        on_retry: RetryHook | None,
+        timeout: float | None,
     ) -> GenerationResult | Job:
-        """Submit ``request`` at once (the caller holds a slot, or does not count them)."""
+        """Submit ``request`` at once (the caller holds a slot, or does not count them), as
+        :class:`Sending` says (its fields passed one by one: this is the path of every
+        ``generate()``, and building one for each call would cost more than the rest of it)."""
         body = to_wire(request, self.api_version)
         token = None
         if self._webhooks is not None and request.webhook is None:
@@ -215,7 +218,7 @@ class GenerateCalls(JobCalls):
         trace = current_trace() or NO_TRACE
         sent_at = time.monotonic()
         try:
-            answer, key_index = await self._submit_with_a_key(url, body, sending)
+            answer, paid_by = await self._submit_with_a_key(url, body, key_index, retry, on_retry)
         except (TransportError, APIError) as error:
             if token is not None and self._webhooks is not None:
                 if error.may_have_landed:
@@ -235,11 +238,11 @@ class GenerateCalls(JobCalls):
                 self._answered_at_once(answer, time.monotonic() - sent_at)
             return answer
         # Bound before the poller's first fetch: the job is fetched with the key that paid.
-        self._keys.bind(answer.id, key_index)
+        self._keys.bind(answer.id, paid_by)
         job = self._poller.track(
             answer,
             request=request,
-            timeout=sending.timeout,
+            timeout=timeout,
             webhook=token is not None,
             trace=trace,
         )
@@ -256,32 +259,38 @@ class GenerateCalls(JobCalls):
         self._telemetry.job_answered(trace, duration)
 
     async def _submit_with_a_key(
-        self, url: str, body: Mapping[str, Any], sending: Sending
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        key_index: int | None,
+        retry: RetryPolicy | None,
+        on_retry: RetryHook | None,
     ) -> tuple[GenerationResult | Processing, int]:
-        """POST a submission with the key chosen for it; (the answer, the key's index).
+        """POST a submission with key ``key_index`` (None: the one chosen for it); (the answer,
+        the key's index).
 
         With several keys, a key refused (401) or unable to pay (402) is retired; a submission
         the caller did not send with that key then goes to the next live key (nothing was
         accepted, so nothing is paid twice)."""
         while True:
-            key_index = self._keys.choose() if sending.key_index is None else sending.key_index
+            chosen = self._keys.choose() if key_index is None else key_index
             try:
                 answer = await self._transport.call(
                     url,
                     body,
                     idempotent=False,
                     parse=self._parse,
-                    retry=sending.retry,
-                    key_index=key_index,
-                    on_retry=sending.on_retry,
+                    retry=retry,
+                    key_index=chosen,
+                    on_retry=on_retry,
                     operation="submit",
                 )
             except (AuthenticationError, InsufficientCredits) as error:
-                others = self._keys.retire(key_index, error)
-                if others and sending.key_index is None:
+                others = self._keys.retire(chosen, error)
+                if others and key_index is None:
                     continue
                 raise
-            return answer, key_index
+            return answer, chosen
 
     async def text2img(self, **fields: Unpack[Text2ImgFields]) -> GenerationResult:
         """``generate(Text2Img(**fields))``."""

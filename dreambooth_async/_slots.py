@@ -406,10 +406,11 @@ class SlotPool:
             return None
         return min(room, key=lambda index: (self.windows[index].held, index))
 
-    def try_acquire(self, key_index: int | None = None) -> int | None:
+    def try_acquire(self, key_index: int | None = None, *, priority: bool = False) -> int | None:
         """A slot at once, on key ``key_index``'s window (any key's when None), if one is free
-        and nobody waits ahead; None otherwise. The common case costs no wait and no timer."""
-        if self._priority or self._normal:
+        and nobody waits ahead (``priority``: it may pass the pool's waiters that are not);
+        None otherwise. The common case costs no wait and no timer."""
+        if self._priority or (self._normal and not priority):
             return None
         if key_index is not None or self.single:
             index = 0 if key_index is None else key_index
@@ -426,14 +427,12 @@ class SlotPool:
 
     async def acquire(self, *, priority: bool = False) -> int:
         """Wait for a slot on some key; returns the key's index."""
+        index = self.try_acquire(priority=priority)
+        if index is not None:
+            return index
         if self.single:
             await self.windows[0].acquire(priority=priority)
             return self._took(0)
-        if not self._priority and (priority or not self._normal):
-            index = self._free()
-            if index is not None:
-                self.windows[index].held += 1
-                return self._took(index)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         queue = self._priority if priority else self._normal
         queue.append(future)

@@ -52,22 +52,88 @@ async def in_turn(
     # The loop's clock (asyncio's is time.monotonic), read directly: anyio.current_time()
     # looks up the backend on each call, and this runs on every submission.
     started = time.monotonic()
+    index = pool.try_acquire(key_index)
+    if index is None:
+        return await _taking_turns(
+            pool, send, key_index, timeout, started, times, cap, on_wait, resend_when_full
+        )
+    # The common case, a free slot and an answer the service accepted, costs no more than
+    # this: no wait, no timer. Anything else goes on in the loop below, which owns the slot.
+    window = pool.windows[index]
+    window.submitting += 1
+    try:
+        answer = await send(index, timeout)  # no time went by waiting
+    except BaseException as error:
+        return await _taking_turns(
+            pool,
+            send,
+            key_index,
+            timeout,
+            started,
+            times,
+            cap,
+            on_wait,
+            resend_when_full,
+            slot=Slot(pool, index),
+            refused=error,
+        )
+    window.submitting -= 1
+    return _accepted(pool, index, answer)
+
+
+def _accepted(pool: SlotPool, index: int, answer: GenerationResult | Job) -> GenerationResult | Job:
+    """The service accepted the submission sent on key ``index``'s slot (no longer counted as
+    on the wire): the job holds the slot until it ends; a final answer gives it back now."""
+    window = pool.windows[index]
+    if isinstance(answer, Job) and not answer.done():
+        window.on_accepted(final=False)
+        # The job holds its slot on the service until it ends.
+        slot = Slot(pool, index)
+        slot.running()
+        answer.add_done_callback(slot.release)
+    else:
+        window.on_accepted(final=True)
+        window.release()
+    return answer
+
+
+async def _taking_turns(
+    pool: SlotPool,
+    send: SendWith,
+    key_index: int | None,
+    timeout: float | None,
+    started: float,
+    times: JobTimes,
+    cap: float,
+    on_wait: Callable[[int, Exception, float], None],
+    resend_when_full: bool,
+    *,
+    slot: Slot | None = None,
+    refused: BaseException | None = None,
+) -> GenerationResult | Job:
+    """:func:`in_turn` past its common case: wait for a slot (none given), or go on from the
+    first sending's error ``refused`` on ``slot`` (still counted as on the wire)."""
 
     def left() -> float | None:
         return None if timeout is None else timeout - (time.monotonic() - started)
 
-    slot = Slot(pool, await _acquire(pool, key_index, left()))
+    if slot is None:
+        slot = Slot(pool, await _acquire(pool, key_index, left()))
     turned_away = 0
     try:
         while True:
             window = slot.window
-            window.submitting += 1
-            try:
-                answer = await send(slot.index, left())
-            except RateLimitError as error:
-                if not error.queue_full:
+            if refused is None:
+                window.submitting += 1
+                try:
+                    answer = await send(slot.index, left())
+                except BaseException as caught:
+                    refused = caught
+                else:
                     window.submitting -= 1
-                    raise  # the retry policy had its turns at it
+                    return _accepted(pool, slot.index, answer)
+            error, refused = refused, None
+            if isinstance(error, RateLimitError) and error.queue_full:
                 # Told while the refused submission still counts as on the wire (not a job).
                 own_full = window.on_queue_full(error.queue_limit)
                 window.submitting -= 1
@@ -82,37 +148,25 @@ async def in_turn(
                 )
                 remaining = left()
                 if not resend_when_full:
-                    raise
+                    raise error
                 if remaining is not None and remaining <= least:
-                    raise  # the call's own timeout does not allow another try
+                    raise error  # the call's own timeout does not allow another try
                 on_wait(turned_away, error, most)
                 with anyio.move_on_after(remaining) as scope:
                     await wait_for_room(pool, slot, least, most)
                 if scope.cancelled_caught:
-                    raise
+                    raise error
                 continue
-            except (AuthenticationError, InsufficientCredits):
-                window.submitting -= 1
+            window.submitting -= 1
+            if isinstance(error, AuthenticationError | InsufficientCredits):
                 # The key was retired by the send (with several keys): another may take it.
                 if key_index is not None or not pool.any_live(slot.index):
-                    raise
+                    raise error
                 slot.release()
                 pool.wake()
                 slot.take(await _acquire(pool, None, left()))
                 continue
-            except BaseException:
-                window.submitting -= 1
-                raise
-            window.submitting -= 1
-            final = not isinstance(answer, Job) or answer.done()
-            window.on_accepted(final=final)
-            if isinstance(answer, Job) and not answer.done():
-                # The job holds its slot on the service until it ends.
-                slot.running()
-                answer.add_done_callback(slot.release)
-            else:
-                slot.release()
-            return answer
+            raise error  # other rate limits included: the retry policy had its turns at it
     except BaseException:
         slot.release()
         raise
