@@ -38,7 +38,7 @@ from ._sending import Sending
 from ._slots import SlotPool
 from ._telemetry import NO_TRACE, current_trace, outcome_of
 from ._transport import RetryHook, RetryPolicy, logger
-from ._turns import in_turn
+from ._turns import in_turn, try_turn, turn_taken
 from ._wire import to_wire
 
 __all__ = ["GenerateCalls"]
@@ -172,19 +172,36 @@ class GenerateCalls(JobCalls):
         once = _window_policy(policy)
         timeout = sending.timeout if sending.timeout is not None else self.poll_policy.job_timeout
         on_retry = sending.on_retry
+        pool = self._slots
+        started = time.monotonic()
+        # The common case (a free slot, an answer the service accepted) in line: this is the
+        # path of every generate(). Anything else is in_turn's, which goes on from there.
+        held = try_turn(pool, sending.key_index)
+        refused = None
+        if held is not None:
+            try:
+                # No time went by waiting: the job gets the whole timeout.
+                answer = await self._send_now(request, held, once, on_retry, timeout)
+            except BaseException as error:
+                refused = error
+            else:
+                return turn_taken(pool, held, answer)
 
         def send(key_index: int, left: float | None) -> Awaitable[GenerationResult | Job]:
             return self._send_now(request, key_index, once, on_retry, left)
 
         return await in_turn(
-            self._slots,
+            pool,
             send,
             key_index=sending.key_index,
             timeout=timeout,
             times=self._poller,
             cap=policy.max_retry_after,
-            on_wait=partial(self._heard_retry, sending.on_retry),
+            on_wait=partial(self._heard_retry, on_retry),
             resend_when_full=policy.retry_rate_limited and policy.max_retries > 0,
+            started=started,
+            held=held,
+            refused=refused,
         )
 
     def _heard_retry(

@@ -21,70 +21,31 @@ from ._job import Job
 from ._models import GenerationResult
 from ._slots import JobTimes, Slot, SlotPool, room_wait, wait_for_room
 
-__all__ = ["in_turn"]
+__all__ = ["in_turn", "try_turn", "turn_taken"]
 
 #: Sends the submission with key ``index``, the job bounded by ``timeout`` seconds (None:
 #: the poll policy's bound); raises what the service answered.
 SendWith = Callable[[int, float | None], Awaitable[GenerationResult | Job]]
 
 
-async def in_turn(
-    pool: SlotPool,
-    send: SendWith,
-    *,
-    key_index: int | None,
-    timeout: float | None,
-    times: JobTimes,
-    cap: float,
-    on_wait: Callable[[int, Exception, float], None],
-    resend_when_full: bool = True,
-) -> GenerationResult | Job:
-    """Send one submission in its turn: wait for a slot (on key ``key_index``'s window, or the
-    pool's choice), send, and on "queue full" wait for room and send again.
-
-    ``timeout`` bounds the whole call: the wait for a slot counts against it, and the job gets
-    what is left. When it passes before a slot came free, :class:`RateLimitError` (queue full)
-    says so; nothing was sent. Other rate limits (the spam filter) are the retry policy's.
-    ``on_wait(attempt, error, delay)`` hears of each wait for room, as of a retry.
-    ``resend_when_full=False`` (a retry policy that allows no retries) raises the first "queue
-    full" answer instead: the caller asked for no second sending.
-    """
-    # The loop's clock (asyncio's is time.monotonic), read directly: anyio.current_time()
-    # looks up the backend on each call, and this runs on every submission.
-    started = time.monotonic()
+def try_turn(pool: SlotPool, key_index: int | None) -> int | None:
+    """The common case of a turn: a slot free at once (on key ``key_index``'s window, or the
+    pool's choice), its index; None when the caller must wait its turn in :func:`in_turn`.
+    The submission the caller now sends counts as on the wire until :func:`turn_taken` (or
+    :func:`in_turn`, given the error) hears of its answer."""
     index = pool.try_acquire(key_index)
-    if index is None:
-        return await _taking_turns(
-            pool, send, key_index, timeout, started, times, cap, on_wait, resend_when_full
-        )
-    # The common case, a free slot and an answer the service accepted, costs no more than
-    # this: no wait, no timer. Anything else goes on in the loop below, which owns the slot.
+    if index is not None:
+        pool.windows[index].submitting += 1
+    return index
+
+
+def turn_taken(
+    pool: SlotPool, index: int, answer: GenerationResult | Job
+) -> GenerationResult | Job:
+    """The service accepted the submission sent on key ``index``'s slot: the job holds the slot
+    until it ends; a final answer gives it back now. Returns ``answer``."""
     window = pool.windows[index]
-    window.submitting += 1
-    try:
-        answer = await send(index, timeout)  # no time went by waiting
-    except BaseException as error:
-        return await _taking_turns(
-            pool,
-            send,
-            key_index,
-            timeout,
-            started,
-            times,
-            cap,
-            on_wait,
-            resend_when_full,
-            slot=Slot(pool, index),
-            refused=error,
-        )
     window.submitting -= 1
-    return _accepted(pool, index, answer)
-
-
-def _accepted(pool: SlotPool, index: int, answer: GenerationResult | Job) -> GenerationResult | Job:
-    """The service accepted the submission sent on key ``index``'s slot (no longer counted as
-    on the wire): the job holds the slot until it ends; a final answer gives it back now."""
-    window = pool.windows[index]
     if isinstance(answer, Job) and not answer.done():
         window.on_accepted(final=False)
         # The job holds its slot on the service until it ends.
@@ -97,28 +58,42 @@ def _accepted(pool: SlotPool, index: int, answer: GenerationResult | Job) -> Gen
     return answer
 
 
-async def _taking_turns(
+async def in_turn(
     pool: SlotPool,
     send: SendWith,
+    *,
     key_index: int | None,
     timeout: float | None,
-    started: float,
     times: JobTimes,
     cap: float,
     on_wait: Callable[[int, Exception, float], None],
-    resend_when_full: bool,
-    *,
-    slot: Slot | None = None,
+    resend_when_full: bool = True,
+    started: float | None = None,
+    held: int | None = None,
     refused: BaseException | None = None,
 ) -> GenerationResult | Job:
-    """:func:`in_turn` past its common case: wait for a slot (none given), or go on from the
-    first sending's error ``refused`` on ``slot`` (still counted as on the wire)."""
+    """Send one submission in its turn: wait for a slot (on key ``key_index``'s window, or the
+    pool's choice), send, and on "queue full" wait for room and send again.
+
+    ``timeout`` bounds the whole call, from ``started`` (the loop's clock; default now): the
+    wait for a slot counts against it, and the job gets what is left. When it passes before a
+    slot came free, :class:`RateLimitError` (queue full) says so; nothing was sent. Other rate
+    limits (the spam filter) are the retry policy's. ``on_wait(attempt, error, delay)`` hears
+    of each wait for room, as of a retry. ``resend_when_full=False`` (a retry policy that
+    allows no retries) raises the first "queue full" answer instead: the caller asked for no
+    second sending.
+
+    ``held`` and ``refused``: the caller took key ``held``'s slot with :func:`try_turn` and
+    its sending raised ``refused``; the turn goes on from there (the slot is this call's).
+    """
+    # The loop's clock (asyncio's is time.monotonic), read directly: anyio.current_time()
+    # looks up the backend on each call, and this runs on every submission.
+    began = time.monotonic() if started is None else started
 
     def left() -> float | None:
-        return None if timeout is None else timeout - (time.monotonic() - started)
+        return None if timeout is None else timeout - (time.monotonic() - began)
 
-    if slot is None:
-        slot = Slot(pool, await _acquire(pool, key_index, left()))
+    slot = Slot(pool, await _acquire(pool, key_index, left()) if held is None else held)
     turned_away = 0
     try:
         while True:
@@ -130,8 +105,7 @@ async def _taking_turns(
                 except BaseException as caught:
                     refused = caught
                 else:
-                    window.submitting -= 1
-                    return _accepted(pool, slot.index, answer)
+                    return turn_taken(pool, slot.index, answer)
             error, refused = refused, None
             if isinstance(error, RateLimitError) and error.queue_full:
                 # Told while the refused submission still counts as on the wire (not a job).
