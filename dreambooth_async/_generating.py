@@ -252,7 +252,10 @@ class GenerateCalls(JobCalls):
             if token is not None and self._webhooks is not None:
                 self._webhooks.forget(token)
             if self._telemetry.enabled:
-                self._answered_at_once(answer, time.monotonic() - sent_at)
+                # No poller saw this job: its trace hears of it here.
+                if answer.id:
+                    trace.job(answer.id)
+                self._telemetry.job_answered(trace, time.monotonic() - sent_at)
             return answer
         # Bound before the poller's first fetch: the job is fetched with the key that paid.
         self._keys.bind(answer.id, paid_by)
@@ -267,13 +270,6 @@ class GenerateCalls(JobCalls):
             self._webhooks.bind(token, job.id)
         logger.debug("job %s queued, eta %s", job.id, job.eta)
         return job
-
-    def _answered_at_once(self, result: GenerationResult, duration: float) -> None:
-        """Report a job whose submission answer was its result: no poller saw it."""
-        trace = current_trace() or NO_TRACE
-        if result.id:
-            trace.job(result.id)
-        self._telemetry.job_answered(trace, duration)
 
     async def _submit_with_a_key(
         self,

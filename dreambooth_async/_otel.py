@@ -28,6 +28,7 @@ Metrics (meter ``dreambooth_async``): ``dreambooth.client.jobs.pending`` and
 
 from __future__ import annotations
 
+import contextlib
 import urllib.parse
 from collections.abc import Callable, Mapping
 from contextvars import Token
@@ -134,12 +135,16 @@ class _Active(_Current):
 
 class _Measured(JobTrace):
     """A job's trace while nothing records spans: what its measurements carry, and its place
-    as the current trace; no span, no OpenTelemetry context to switch."""
+    as the current trace; no span, no OpenTelemetry context to switch.
 
-    __slots__ = ("_ends_with_job", "metered", "model_id")
+    Its own ``with`` block (:meth:`active` returns it) unless it is current already: one
+    object fewer on every call."""
+
+    __slots__ = ("_ends_with_job", "_token", "metered", "model_id")
 
     def __init__(self, *, ends_with_job: bool, model_id: str | None) -> None:
         self._ends_with_job = ends_with_job
+        self._token: Token[JobTrace | None] | None = None
         #: Whether the job's start was counted in the up-down counters, so that its end is
         #: taken off them exactly when its start was put on (an SDK may arrive in between).
         self.metered = False
@@ -147,8 +152,23 @@ class _Measured(JobTrace):
         #: attributes are made only when they are recorded.
         self.model_id = model_id
 
-    def active(self) -> _Current:
-        return _Current(self)
+    def active(self) -> contextlib.AbstractContextManager[object]:
+        # Entered while its own block is open (a submit() inside joins it): a block of its own.
+        return self if self._token is None else _Current(self)
+
+    def __enter__(self) -> _Measured:
+        self._token = set_current(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            reset_current(token)
 
     @property
     def ends_with_job(self) -> bool:

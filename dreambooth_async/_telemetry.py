@@ -224,19 +224,15 @@ def outcome_of(error: BaseException | None) -> Outcome:
 _CURRENT: ContextVar[JobTrace | None] = ContextVar("dreambooth_trace", default=None)
 
 
-def current_trace() -> JobTrace | None:
-    """The trace made current by :meth:`JobTrace.active`, if any."""
-    return _CURRENT.get()
+# The context variable's own methods, not functions around them: every generate() calls them.
 
-
-def set_current(trace: JobTrace | None) -> Token[JobTrace | None]:
-    """Make ``trace`` current; returns what :func:`reset_current` takes to undo it."""
-    return _CURRENT.set(trace)
-
-
-def reset_current(token: Token[JobTrace | None]) -> None:
-    """Undo :func:`set_current`."""
-    _CURRENT.reset(token)
+#: ``current_trace()``: the trace made current by :meth:`JobTrace.active`, if any.
+current_trace: Callable[[], JobTrace | None] = _CURRENT.get
+#: ``set_current(trace)``: make ``trace`` current; returns what :func:`reset_current` takes to
+#: undo it.
+set_current: Callable[[JobTrace | None], Token[JobTrace | None]] = _CURRENT.set
+#: ``reset_current(token)``: undo :func:`set_current`.
+reset_current: Callable[[Token[JobTrace | None]], None] = _CURRENT.reset
 
 
 _NOTHING: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
