@@ -62,6 +62,11 @@ class Scheduler(enum.StrEnum):
 # Each one raises RequestValidationError naming the field, the value and the limit.
 
 
+# Tuples, not unions: ``int | float`` makes a new union object each time it is evaluated, and
+# these checks run for every request built.
+_NUMBERS = (int, float)
+
+
 @attrs.frozen
 class _Range:
     """A number from ``lo`` to ``hi``: a validator that can say its limit (``--help`` does)."""
@@ -78,11 +83,11 @@ class _Range:
     def __call__(self, _inst: object, attr: attrs.Attribute[Any], value: object) -> None:
         if value is None and self.optional:
             return
-        kinds: type | tuple[type, ...] = int if self.integer else (int, float)
+        kinds: type | tuple[type, ...] = int if self.integer else _NUMBERS
         if isinstance(value, bool) or not isinstance(value, kinds):
             kind = "an integer" if self.integer else "a number"
             raise RequestValidationError(attr.name, value, f"{kind} {self.limit}")
-        assert isinstance(value, int | float)
+        assert isinstance(value, _NUMBERS)
         if not self.lo <= value <= self.hi:  # also rejects NaN
             raise RequestValidationError(attr.name, value, self.limit)
 

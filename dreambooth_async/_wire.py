@@ -211,9 +211,13 @@ def decode_json(body: bytes) -> Any:
         return None
 
 
+# A tuple, not a union: ``str | int | float`` would make a new union object on every answer.
+_ID_TYPES = (str, int, float)
+
+
 def _job_id(value: Any) -> str | None:
     # An int or a string in practice; anything else is not an id worth polling.
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if isinstance(value, bool) or not isinstance(value, _ID_TYPES):
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return None
