@@ -90,6 +90,7 @@ class _Redactor:
         secrets = [secret] if isinstance(secret, str) else list(secret)
         # Longest first: a key that contains another is masked whole, not around the other.
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._encoded = [secret.encode() for secret in self._secrets]
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
@@ -101,8 +102,8 @@ class _Redactor:
         result, error message or log line built from it can carry a key."""
         if not self._secrets:
             return raw
-        for secret in self._secrets:
-            raw = raw.replace(secret.encode(), b"***")
+        for encoded in self._encoded:
+            raw = raw.replace(encoded, b"***")
         if b"\\" not in raw:
             return raw
         # A JSON escape ("\u0073k-...") spells a key in other bytes, and decoding would
@@ -263,7 +264,8 @@ class Transport:
     async def _post_once(
         self, url: str, payload: Mapping[str, Any], operation: str, attempt: int
     ) -> tuple[int, Mapping[str, str], bytes]:
-        if logger.isEnabledFor(logging.DEBUG):
+        debug = logger.isEnabledFor(logging.DEBUG)
+        if debug:
             logger.debug("POST %s %s", url, self.redact.payload(payload))
         # The key travels in the body, never in a URL; a URL the service gave (fetch_result)
         # is masked all the same before it is reported.
@@ -305,7 +307,7 @@ class Transport:
             exchange.failed(exc)
             exchange.end()
             raise
-        if logger.isEnabledFor(logging.DEBUG):
+        if debug:
             logger.debug(
                 "HTTP %d from %s: %s",
                 status,
