@@ -5,9 +5,9 @@ receiver. A base class of :class:`DreamboothClient`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from functools import partial
-from typing import Any, Unpack
+from typing import Unpack
 
 import attrs
 
@@ -30,7 +30,6 @@ from ._models import (
     Img2ImgFields,
     Inpaint,
     InpaintFields,
-    Processing,
     Text2Img,
     Text2ImgFields,
 )
@@ -235,7 +234,29 @@ class GenerateCalls(JobCalls):
         trace = current_trace() or NO_TRACE
         sent_at = time.monotonic()
         try:
-            answer, paid_by = await self._submit_with_a_key(url, body, key_index, retry, on_retry)
+            # In line, not a coroutine of its own: every await on the way down is resumed
+            # through each frame above it, twice per call.
+            while True:
+                paid_by = self._keys.choose() if key_index is None else key_index
+                try:
+                    answer = await self._transport.call(
+                        url,
+                        body,
+                        idempotent=False,
+                        parse=self._parse,
+                        retry=retry,
+                        key_index=paid_by,
+                        on_retry=on_retry,
+                        operation="submit",
+                    )
+                    break
+                except (AuthenticationError, InsufficientCredits) as error:
+                    # With several keys, a key refused (401) or unable to pay (402) is
+                    # retired; a submission the caller did not send with that key then goes
+                    # to the next live key (nothing was accepted: nothing is paid twice).
+                    if self._keys.retire(paid_by, error) and key_index is None:
+                        continue
+                    raise
         except (TransportError, APIError) as error:
             if token is not None and self._webhooks is not None:
                 if error.may_have_landed:
@@ -270,40 +291,6 @@ class GenerateCalls(JobCalls):
             self._webhooks.bind(token, job.id)
         logger.debug("job %s queued, eta %s", job.id, job.eta)
         return job
-
-    async def _submit_with_a_key(
-        self,
-        url: str,
-        body: Mapping[str, Any],
-        key_index: int | None,
-        retry: RetryPolicy | None,
-        on_retry: RetryHook | None,
-    ) -> tuple[GenerationResult | Processing, int]:
-        """POST a submission with key ``key_index`` (None: the one chosen for it); (the answer,
-        the key's index).
-
-        With several keys, a key refused (401) or unable to pay (402) is retired; a submission
-        the caller did not send with that key then goes to the next live key (nothing was
-        accepted, so nothing is paid twice)."""
-        while True:
-            chosen = self._keys.choose() if key_index is None else key_index
-            try:
-                answer = await self._transport.call(
-                    url,
-                    body,
-                    idempotent=False,
-                    parse=self._parse,
-                    retry=retry,
-                    key_index=chosen,
-                    on_retry=on_retry,
-                    operation="submit",
-                )
-            except (AuthenticationError, InsufficientCredits) as error:
-                others = self._keys.retire(chosen, error)
-                if others and key_index is None:
-                    continue
-                raise
-            return answer, chosen
 
     async def text2img(self, **fields: Unpack[Text2ImgFields]) -> GenerationResult:
         """``generate(Text2Img(**fields))``."""
