@@ -505,7 +505,10 @@ class OtelTelemetry(Telemetry):
             trace.finish(outcome, error)
 
     def job_answered(self, trace: JobTrace, duration: float) -> None:
-        self._measure(trace, "success", duration, 0, "submission")
+        # Asked here first: without an SDK this is every generate()'s only telemetry call
+        # after its answer, and there is nothing to record.
+        if isinstance(trace, _Trace) or self._metering():
+            self._measure(trace, "success", duration, 0, "submission")
 
     def _measure(
         self,

@@ -412,7 +412,7 @@ class SlotPool:
         None otherwise. The common case costs no wait and no timer."""
         if self._priority or (self._normal and not priority):
             return None
-        if key_index is not None or self.single:
+        if key_index is not None or len(self.windows) == 1:
             index = 0 if key_index is None else key_index
             window = self.windows[index]
             if window.held >= window.limit or window.has_waiters:
