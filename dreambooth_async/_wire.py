@@ -244,7 +244,8 @@ def _urls(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,) if value.strip() else ()
     if isinstance(value, list):
-        return tuple(str(item) for item in value if isinstance(item, str) and item.strip())
+        # A list, not a generator: tuple() of a generator costs more, on every answer.
+        return tuple([str(item) for item in value if isinstance(item, str) and item.strip()])
     return ()
 
 
