@@ -160,12 +160,7 @@ class _Measured(JobTrace):
         self._token = set_current(self)
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         token, self._token = self._token, None
         if token is not None:
             reset_current(token)
@@ -237,6 +232,44 @@ class _Http(HttpTrace):
         self._span.end()
 
 
+class _SetUp:
+    """Whether a global provider (tracer or meter) is set up, asked on every call: one may be
+    set up after the client is made, and until then the API's placeholder makes every span and
+    measurement a no-op, so none is made.
+
+    The API's getter looks up an environment variable each time it is asked. The module global
+    it returns (None until a provider is set up) is what the API's proxy tracer and meters read
+    themselves, and costs a tenth as much: it is read instead while the module has it (should a
+    later API release rename it, the getter is asked as before). Once a provider is set up, for
+    good: the API sets it once."""
+
+    __slots__ = ("_getter", "_globals", "_name", "_placeholder")
+
+    def __init__(
+        self, placeholder: object, module: object, name: str, getter: Callable[[], object]
+    ) -> None:
+        #: The API's placeholder provider while no SDK is set up (None: one is, or the
+        #: options name a provider of their own).
+        self._placeholder = placeholder
+        # The module's own namespace (live: a provider set up later is seen in it).
+        namespace: dict[str, object] = vars(module)
+        self._globals = namespace if name in namespace else None
+        self._name = name
+        self._getter = getter
+
+    def set_up(self) -> bool:
+        """True once a provider is set up (or the options named one)."""
+        if self._placeholder is None:
+            return True
+        if self._globals is not None:
+            if self._globals[self._name] is None:
+                return False
+        elif self._getter() is self._placeholder:
+            return False
+        self._placeholder = None
+        return True
+
+
 class OtelTelemetry(Telemetry):
     """Spans and metrics through OpenTelemetry's API (raises ImportError without it)."""
 
@@ -247,20 +280,17 @@ class OtelTelemetry(Telemetry):
         "_context",
         "_duration",
         "_fetches",
-        "_meter_globals",
-        "_meter_placeholder",
-        "_metrics_api",
+        "_metering",
         "_options",
         "_pending",
-        "_placeholder",
         "_queue_full",
         "_retries",
         "_servers",
         "_slots",
         "_status",
         "_trace_api",
-        "_trace_globals",
         "_tracer",
+        "_tracing",
     )
 
     enabled = True
@@ -279,32 +309,28 @@ class OtelTelemetry(Telemetry):
         # The API's placeholder provider, while no SDK is set up (None: one is, or the options
         # name a provider of their own).
         global_provider = trace.get_tracer_provider()
-        self._placeholder = (
+        self._tracing = _SetUp(
             global_provider
             if options.tracer_provider is None
             and isinstance(global_provider, trace.ProxyTracerProvider)
-            else None
-        )
+            else None,
+            trace,
+            "_TRACER_PROVIDER",
+            trace.get_tracer_provider,
+        ).set_up
         # Likewise for metrics. The API's stand-in meter provider has no public name; it is
         # known by its module. Should that change, metrics are simply always recorded.
         global_meters = metrics.get_meter_provider()
-        self._meter_placeholder = (
+        self._metering = _SetUp(
             global_meters
             if options.meter_provider is None
             and type(global_meters).__module__.startswith("opentelemetry.metrics")
             and type(global_meters).__name__.startswith("_Proxy")
-            else None
-        )
-        self._metrics_api = metrics
-        # Whether an SDK is set up is asked on every call (one may be set up after the client
-        # is made). The API's getters look up an environment variable each time; the module
-        # globals they return (None until a provider is set up) are what the proxy tracer and
-        # meters we hold read themselves, and cost a tenth as much. Should a later API release
-        # rename them, the getters are asked as before.
-        self._trace_globals: Any = trace if hasattr(trace, "_TRACER_PROVIDER") else None
-        self._meter_globals: Any = (
-            metrics_internal if hasattr(metrics_internal, "_METER_PROVIDER") else None
-        )
+            else None,
+            metrics_internal,
+            "_METER_PROVIDER",
+            metrics.get_meter_provider,
+        ).set_up
         self._status = trace.Status
         tracer_provider: Any = options.tracer_provider
         meter_provider: Any = options.meter_provider
@@ -356,34 +382,6 @@ class OtelTelemetry(Telemetry):
 
     def detach(self, token: object) -> None:
         self._context.detach(token)  # type: ignore[arg-type]
-
-    def _tracing(self) -> bool:
-        """False while the global tracer provider is the API's placeholder (no SDK set up
-        yet): every span would be a no-op, so none is made. Asked each time, as an SDK may be
-        set up after the client is made; once one is, for good (the API sets it once)."""
-        if self._placeholder is None:
-            return True
-        if self._trace_globals is not None:
-            if self._trace_globals._TRACER_PROVIDER is None:  # noqa: SLF001 (see __init__)
-                return False
-        elif self._trace_api.get_tracer_provider() is self._placeholder:
-            return False
-        self._placeholder = None
-        return True
-
-    def _metering(self) -> bool:
-        """False while the global meter provider is the API's placeholder: every measurement
-        would be dropped, and making them costs a tenth of a plain ``generate()``. Asked each
-        time, like :meth:`_tracing`."""
-        if self._meter_placeholder is None:
-            return True
-        if self._meter_globals is not None:
-            if self._meter_globals._METER_PROVIDER is None:  # noqa: SLF001 (see __init__)
-                return False
-        elif self._metrics_api.get_meter_provider() is self._meter_placeholder:
-            return False
-        self._meter_placeholder = None
-        return True
 
     def error_status(self, description: str) -> Any:
         return self._status(self._trace_api.StatusCode.ERROR, description)
