@@ -263,7 +263,7 @@ class SlotWindow:
             # A final answer held no queue slot: growing on it cannot overshoot the account,
             # and without it a client of fast jobs would keep every call waiting in a window of
             # its first size (its submissions are always on the wire together).
-            if self.submitting == 0 or final:
+            if (self.submitting == 0 or final) and self.limit < self.maximum:
                 self._set_limit(self.limit + 1)
             return
         if self.account_limit is not None:
