@@ -87,7 +87,6 @@ class SlotWindow:
         #: Slots held by jobs the service accepted and that have not ended (see
         #: :meth:`Slot.running`): an item that holds a slot but waits to be sent is not one.
         self.running = 0
-        self._job_end: anyio.Event | None = None
         self.peak = self.limit
         self.slow_start = self.adaptive
         self._streak = 0
@@ -281,17 +280,6 @@ class SlotWindow:
         """Slots held by jobs the service counts: not submissions on the wire, not items it
         turned away, not items waiting to be sent."""
         return self.running
-
-    def next_job_end(self) -> anyio.Event:
-        """Set when one of the window's jobs ends next (its slot given back)."""
-        if self._job_end is None or self._job_end.is_set():
-            self._job_end = anyio.Event()
-        return self._job_end
-
-    def job_ended(self) -> None:
-        self.running -= 1
-        if self._job_end is not None:
-            self._job_end.set()
 
     @property
     def over(self) -> bool:
@@ -495,7 +483,7 @@ class Slot:
             window = self.window
             if self._running:
                 self._running = False
-                window.job_ended()
+                window.running -= 1
             window.release()
 
     def take(self, index: int) -> None:
