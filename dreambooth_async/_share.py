@@ -26,7 +26,9 @@ just seen comes after a share of a job (at least a share of the interval): room 
 process whose work is done is taken within about a read's spacing. (Reads stretched while
 the account stays full would keep the allowance for later, but measured, the room a finished
 shard leaves then waits longer than the reads saved are worth.) A throttled read waits as long
-as the service asks; a failed one doubles the spacing, up to 30 intervals.
+as the service asks (up to a minute, when other processes used the allowance up), and
+meanwhile a window whose callers wait probes for room by submission, one slot per job length;
+a failed read doubles the spacing, up to 30 intervals.
 """
 
 from __future__ import annotations
