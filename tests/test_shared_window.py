@@ -145,8 +145,10 @@ async def test_processes_on_one_key_share_it_without_racing(processes: int) -> N
         assert emu.stats.submissions_accepted == 42  # every prompt accepted once
         assert emu.stats.duplicate_submissions() == {}
         assert rejected_share(emu) < 0.10
-        # Each found the account full at least once and read its limit from the answer.
-        assert {limit for _, limit in parts} == {7}
+        # Those the service refused read the account's limit from the answer (a shard that
+        # got all its slots before the account filled was never refused, and knows none).
+        limits = [limit for _, limit in parts]
+        assert 7 in limits and set(limits) <= {0, 7}
 
 
 def load_webapp() -> ModuleType:
