@@ -48,7 +48,7 @@ logger = logging.getLogger("dreambooth_async")
 
 #: A second look at room seen once comes after this share of a job (or of the read interval):
 #: the owner of a job that just ended sees it a moment later (its poller's lag) and fills it.
-_CONFIRM_SHARE = 0.15
+_CONFIRM_SHARE = 0.1
 #: A failed read doubles the interval up to this many read intervals (a minute by default).
 _MAX_INTERVALS = 30
 #: How often, in read intervals, the watcher looks (no call) whether anyone waits for a slot.
@@ -98,7 +98,10 @@ class AccountWatch:
         failures = 0
         pause = 0.0  # what a throttled or failed read asks to wait before the next
         longest = _MAX_INTERVALS * self._interval
-        last = -longest
+        # A refusal that stated the limit needs no read to measure it: the first read comes a
+        # spacing later, when the jobs that filled the account may have moved (the key's
+        # allowance is shared, and three processes reading at once spent it too early).
+        last = -longest if self._window.account_limit is None else anyio.current_time()
         while True:
             # A measured duration bounded to the longest wait here (a hostile answer may say
             # anything about a job's time).
@@ -145,8 +148,9 @@ class AccountWatch:
 
     async def _probe_blind(self, seconds: float, typical: float) -> None:
         """While reads are refused, a window whose callers wait probes for room by
-        submission: one slot more per job length (a refusal takes it back). Without it, a
-        process whose reads the others used up would not see room for up to a minute."""
+        submission, once per job length: it grows again one slot per accepted round trip
+        until a refusal ends it (slow start). Without it, a process whose reads the others
+        used up would not see room for up to a minute."""
         step = max(self._interval, typical)
         until = anyio.current_time() + seconds
         while (left := until - anyio.current_time()) > 0:

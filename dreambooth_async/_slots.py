@@ -207,9 +207,11 @@ class SlotWindow:
             self._set_limit(min(self.running + self.submitting + slots, ceiling))
 
     def probe(self) -> None:
-        """One slot more, to be found out by submission (the account's count cannot be read
-        now): a "queue full" answer takes it back."""
+        """Room to be found out by submission (the account's count cannot be read now): one
+        slot more, and one more per acceptance after it (slow start) until a "queue full"
+        answer takes the window back to the jobs it holds."""
         if self.adaptive:
+            self.slow_start = True
             self._set_limit(self.limit + 1)
 
     def room_seen(self, slots: int) -> int:
