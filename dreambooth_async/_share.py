@@ -71,6 +71,8 @@ class AccountWatch:
         self._times = times
         #: The least time between two reads (the service allows 30 a minute per key).
         self._interval = interval
+        #: When the window last probed for room by submission (reads refused).
+        self._probed_at = -float("inf")
         self.reads = 0
         self._full = anyio.Event()
         self._refused = False
@@ -150,13 +152,19 @@ class AccountWatch:
         """While reads are refused, a window whose callers wait probes for room by
         submission, once per job length: it grows again one slot per accepted round trip
         until a refusal ends it (slow start). Without it, a process whose reads the others
-        used up would not see room for up to a minute."""
+        used up would not see room for up to a minute. A throttle that asks for a short wait
+        again and again (the key's reads age out one by one) still probes once per job
+        length."""
         step = max(self._interval, typical)
         until = anyio.current_time() + seconds
-        while (left := until - anyio.current_time()) > 0:
-            await anyio.sleep(min(step, left))
-            if left > step and self._window.waiting:
+        while True:
+            now = anyio.current_time()
+            if self._window.waiting and now - self._probed_at >= step:
+                self._probed_at = now
                 self._window.probe()
+            if until <= now:
+                return
+            await anyio.sleep(min(step, until - now))
 
     def _unwatched(self) -> None:
         """Reads fail: items turned away that waited for room seen here go back to asking the

@@ -213,6 +213,7 @@ class SlotWindow:
         if self.adaptive:
             self.slow_start = True
             self._set_limit(self.limit + 1)
+            self.room_seen(1)  # an item turned away goes too: it may be all that waits
 
     def room_seen(self, slots: int) -> int:
         """The account was seen with ``slots`` free: up to as many items turned away go again
