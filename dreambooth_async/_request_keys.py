@@ -72,41 +72,68 @@ _ENCODERS: dict[type, Callable[[Any], str]] = {
 }
 
 
+#: The text around a request's values: literal pieces, and between them an encoder per value
+#: (the value's position, and how it is written).
+_Shape = tuple[tuple[str, ...], tuple[tuple[int, Callable[[Any], str]], ...]]
+
+
 class _Layout:
     """One request class's canonical text, precomputed: the field names in sorted order (with
-    ``kind``), a getter reading every field at once, and for each combination of value types
-    seen (the fields left None, mostly) the text between the values."""
+    ``kind``) and a getter reading every field at once; ``texts`` writes the text of a value
+    for every field."""
 
     def __init__(self, cls: type[GenerationRequest]) -> None:
         self.names = tuple(sorted(a.name for a in attrs.fields(cls)))
         self.kind = json.dumps(cls.kind)
         self.get = attrgetter(*self.names)
-        self._shapes: dict[tuple[type, ...], tuple[tuple[str, ...], tuple[Any, ...]]] = {}
+        self.texts = _Texts(self, self.names, {})
 
-    def shape(self, types: tuple[type, ...]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-        """The text around the values of these types: literal pieces (the names, and the
-        values that are None), and an encoder per value in between (its position and how)."""
-        found = self._shapes.get(types)
-        if found is not None:
-            return found
+
+class _Texts:
+    """The canonical text of a layout's requests whose fields ``given`` hold the values passed
+    (in that order), every other field its value in ``defaults``: for each combination of the
+    given values' types (the fields left None, mostly) the text between them is made once."""
+
+    def __init__(self, layout: _Layout, given: tuple[str, ...], defaults: dict[str, Any]) -> None:
+        self._layout = layout
+        self._given = {name: i for i, name in enumerate(given)}
+        self._defaults = defaults
+        self._shapes: dict[tuple[type, ...], _Shape] = {}
+
+    def text(self, values: tuple[Any, ...]) -> str:
+        types = tuple(map(type, values))
+        pieces, holes = self._shapes.get(types) or self._shape(types)
+        parts = [pieces[0]]
+        for (position, encode), piece in zip(holes, pieces[1:], strict=True):
+            parts.append(encode(values[position]))
+            parts.append(piece)
+        return "".join(parts)
+
+    def _shape(self, types: tuple[type, ...]) -> _Shape:
+        """The literal pieces (the names, the values that are None, the defaults) and the
+        holes between them for values of these types."""
+        layout = self._layout
         pieces: list[str] = []
         holes: list[tuple[int, Callable[[Any], str]]] = []
         pending = "{"
-        names = sorted([*self.names, "kind"])
-        fields = {name: i for i, name in enumerate(self.names)}
-        for n, name in enumerate(names):
+        for n, name in enumerate(sorted([*layout.names, "kind"])):
             pending += ("," if n else "") + json.dumps(name) + ":"
             if name == "kind":
-                pending += self.kind
+                pending += layout.kind
                 continue
-            position = fields[name]
-            kind = types[position]
+            at = self._given.get(name)
+            if at is None:
+                value = self._defaults[name]
+                kind = type(value)
+                pending += "null" if value is None else _ENCODERS.get(kind, _encode_other)(value)
+                continue
+            kind = types[at]
             if kind is type(None):
                 pending += "null"
                 continue
             pieces.append(pending)
             pending = ""
-            holes.append((position, _ENCODERS.get(kind, _encode_other)))
+            holes.append((at, _ENCODERS.get(kind, _encode_other)))
         pieces.append(pending + "}")
         if len(self._shapes) > 64:  # requests of many shapes: keep the cache small
             self._shapes.clear()
@@ -127,20 +154,17 @@ def _canonical_text(request: GenerationRequest) -> str:
         fields = attrs.asdict(request, recurse=False)
         canonical = {"kind": request.kind, **{k: _canonical_value(v) for k, v in fields.items()}}
         return json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
-    values = layout.get(request)
-    pieces, holes = layout.shape(tuple(map(type, values)))
-    parts = [pieces[0]]
-    for (position, encode), piece in zip(holes, pieces[1:], strict=True):
-        parts.append(encode(values[position]))
-        parts.append(piece)
-    return "".join(parts)
+    return layout.texts.text(layout.get(request))
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=KEY_DIGEST_SIZE).digest()
 
 
 def request_digest(request: GenerationRequest) -> bytes:
     """The raw digest behind :func:`request_key` (:data:`KEY_DIGEST_SIZE` bytes): what a
     batch keeps in memory for each item, where the hex text would cost several times more."""
-    text = _canonical_text(request)
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=KEY_DIGEST_SIZE).digest()
+    return _digest(_canonical_text(request))
 
 
 class PartialKey:
@@ -152,53 +176,15 @@ class PartialKey:
     def __init__(
         self, cls: type[GenerationRequest], names: tuple[str, ...], defaults: dict[str, Any]
     ) -> None:
-        self._layout = _LAYOUTS[cls]
+        layout = _LAYOUTS[cls]
         self.names = names
-        self._defaults = {n: defaults[n] for n in self._layout.names if n not in names}
-        self._shapes: dict[tuple[type, ...], tuple[tuple[str, ...], tuple[Any, ...]]] = {}
-
-    def _shape(self, types: tuple[type, ...]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-        # _Layout.shape's text, with every field not given written in as its default is.
-        layout = self._layout
-        given = {name: i for i, name in enumerate(self.names)}
-        pieces: list[str] = []
-        holes: list[tuple[int, Callable[[Any], str]]] = []
-        pending = "{"
-        for n, name in enumerate(sorted([*layout.names, "kind"])):
-            pending += ("," if n else "") + json.dumps(name) + ":"
-            if name == "kind":
-                pending += layout.kind
-                continue
-            at = given.get(name)
-            if at is None:
-                value = self._defaults[name]
-                kind = type(value)
-                pending += "null" if value is None else _ENCODERS.get(kind, _encode_other)(value)
-                continue
-            kind = types[at]
-            if kind is type(None):
-                pending += "null"
-                continue
-            pieces.append(pending)
-            pending = ""
-            holes.append((at, _ENCODERS.get(kind, _encode_other)))
-        pieces.append(pending + "}")
-        if len(self._shapes) > 64:
-            self._shapes.clear()
-        found = (tuple(pieces), tuple(holes))
-        self._shapes[types] = found
-        return found
+        self._texts = _Texts(
+            layout, names, {n: defaults[n] for n in layout.names if n not in names}
+        )
 
     def digest(self, values: tuple[Any, ...]) -> bytes:
         """The digest of the request whose fields ``names`` hold ``values``."""
-        types = tuple(map(type, values))
-        pieces, holes = self._shapes.get(types) or self._shape(types)
-        parts = [pieces[0]]
-        for (position, encode), piece in zip(holes, pieces[1:], strict=True):
-            parts.append(encode(values[position]))
-            parts.append(piece)
-        text = "".join(parts)
-        return hashlib.blake2b(text.encode("utf-8"), digest_size=KEY_DIGEST_SIZE).digest()
+        return _digest(self._texts.text(values))
 
 
 def request_key(request: GenerationRequest) -> str:
