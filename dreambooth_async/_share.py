@@ -207,5 +207,5 @@ class AccountWatch:
             # Items turned away go first (they hold their slots past the window, which grows
             # to take them in), then as many waiting callers as there is room left.
             window.room_seen(confirmed)
-            window.grow(confirmed, ceiling=limit)
+            window.grow(confirmed)
             self._seen_free = 0

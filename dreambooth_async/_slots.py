@@ -197,14 +197,14 @@ class SlotWindow:
         elif not self._stated:
             self.account_limit = max(self.account_limit or 0, limit)
 
-    def grow(self, slots: int, *, ceiling: int) -> None:
+    def grow(self, slots: int) -> None:
         """Room was seen on the account (others on the key left): the window becomes what
         this client has on the service (jobs and submissions on the wire) and ``slots`` more,
-        at most ``ceiling`` (the account's limit)."""
+        at most the account's limit."""
         self.refusals = 0  # the account is not full to us now
         if self.adaptive:
             self.slow_start = False
-            self._set_limit(min(self.running + self.submitting + slots, ceiling))
+            self._set_limit(self.running + self.submitting + slots)
 
     def probe(self) -> None:
         """Room to be found out by submission (the account's count cannot be read now): one
@@ -215,17 +215,15 @@ class SlotWindow:
             self._set_limit(self.limit + 1)
             self.room_seen(1)  # an item turned away goes too: it may be all that waits
 
-    def room_seen(self, slots: int) -> int:
+    def room_seen(self, slots: int) -> None:
         """The account was seen with ``slots`` free: up to as many items turned away go again
-        now rather than at the end of their back-off. Returns how many went."""
-        went = 0
+        now rather than at the end of their back-off."""
         for parked in list(self._parked):
-            if went >= slots:
+            if slots <= 0:
                 break
             if not parked.done():
                 parked.set_result(None)
-                went += 1
-        return went
+                slots -= 1
 
     def _wake(self) -> None:
         while self.held < self.limit:
@@ -279,12 +277,6 @@ class SlotWindow:
             self._set_limit(self.limit + 1)
 
     @property
-    def jobs(self) -> int:
-        """Slots held by jobs the service counts: not submissions on the wire, not items it
-        turned away, not items waiting to be sent."""
-        return self.running
-
-    @property
     def over(self) -> bool:
         """More slots are held by items not turned away than the window has: it shrank after
         they took theirs (the service said the account is full), so the next to be sent
@@ -309,7 +301,7 @@ class SlotWindow:
             self.learn_limit(stated_limit, stated=True)
         if self.on_full is not None:
             self.on_full()
-        others = self.jobs
+        others = self.running
         if self.account_limit is not None:
             # At most this many of ours may hold slots now (submissions of ours on the wire
             # beside the refused one may have landed): fewer than the account's limit, and
