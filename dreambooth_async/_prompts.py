@@ -268,22 +268,8 @@ class PromptFile:
 
         :raises PromptFileError: naming the file and line of the first bad row.
         """
-        seeds = _SeedDeriver()
-        keys = TextSet()
-        count = 0
-        lines = array.array("L")
-        rows = 0
-        for row in _rows(self.path, self.format):
-            key, request = self._request(row, seeds)
-            if key is not None and not keys.add(key):
-                raise self._error(row.line, f"duplicate key {key!r}")
-            rows += 1
-            if self._in_shard(key, request):
-                count += 1
-                lines.append(row.line)
-        if rows == 0:
-            raise PromptFileError(self.path, None, "no prompts in the file")
-        self._count, self._lines = count, lines
+        lines = array.array("L", (line for line, _ in self._checked_rows()))
+        self._count, self._lines = len(lines), lines
 
     def __iter__(self) -> Iterator[BatchInput]:
         seeds = _SeedDeriver()
@@ -301,6 +287,12 @@ class PromptFile:
 
         :raises PromptFileError: naming the file and line of the first bad row.
         """
+        for _, item in self._checked_rows():
+            yield item
+
+    def _checked_rows(self) -> Iterator[tuple[int, BatchInput]]:
+        """(line, request or (key, request)) of each row in the shard, every row checked as
+        it is read; what :meth:`check` refuses, refused."""
         seeds = _SeedDeriver()
         keys = TextSet()
         rows = 0
@@ -310,7 +302,7 @@ class PromptFile:
                 raise self._error(row.line, f"duplicate key {key!r}")
             rows += 1
             if self._in_shard(key, request):
-                yield request if key is None else (key, request)
+                yield row.line, request if key is None else (key, request)
         if rows == 0:
             raise PromptFileError(self.path, None, "no prompts in the file")
 
