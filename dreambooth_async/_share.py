@@ -115,20 +115,24 @@ class AccountWatch:
                 if self._seen_free > 0
                 else max(self._interval, 0.5 * typical)
             )
-            due = last + max(spacing, pause) * random.uniform(0.9, 1.1)
-            with anyio.move_on_after(due - anyio.current_time()):
-                # A refusal whose message did not state the limit is read at once: the count
-                # then measures the limit.
-                while not self._to_measure():
-                    await self._wait_refusal()
-            rest = last + pause - anyio.current_time()
-            if rest > 0:
-                # A throttled read: the service's pause holds (up to a minute, when other
-                # processes on the key spent its allowance), and meanwhile room is probed for.
-                await self._probe_blind(rest, typical)
+            # Wide jitter on a second look: two processes that saw the same room at once do
+            # not both take it.
+            spread = (0.5, 1.5) if self._seen_free > 0 else (0.9, 1.1)
+            due = last + max(spacing, pause) * random.uniform(*spread)
+            if pause > 0:
+                # A throttled or failed read: the service's pause holds (up to a minute, when
+                # other processes on the key spent its allowance), and meanwhile room is
+                # probed for by submission.
+                await self._probe_blind(due - anyio.current_time(), typical)
+            else:
+                with anyio.move_on_after(due - anyio.current_time()):
+                    # A refusal whose message did not state the limit is read at once: the
+                    # count then measures the limit.
+                    while not self._to_measure():
+                        await self._wait_refusal()
             measure = self._to_measure()
             self._refused = False
-            if not (measure or self._window.waiting):
+            if not (measure or self._window.wants_room):
                 self._seen_free = 0  # room seen before nobody waited is old news
                 await self._waiters()
                 continue
@@ -159,7 +163,7 @@ class AccountWatch:
         until = anyio.current_time() + seconds
         while True:
             now = anyio.current_time()
-            if self._window.waiting and now - self._probed_at >= step:
+            if self._window.wants_room and now - self._probed_at >= step:
                 self._probed_at = now
                 self._window.probe()
             if until <= now:
@@ -183,7 +187,7 @@ class AccountWatch:
     async def _waiters(self) -> None:
         """Until someone waits for a slot, or the service refuses a submission: a flag is
         looked at (no call made) a few times a second."""
-        while not (self._window.waiting or self._refused):
+        while not (self._window.wants_room or self._refused):
             with anyio.move_on_after(_LOOK_SHARE * self._interval):
                 await self._wait_refusal()
 
@@ -203,7 +207,7 @@ class AccountWatch:
         # row is taken to be left by someone.
         confirmed = min(free, self._seen_free)
         self._seen_free = max(0, free)
-        if confirmed > 0 and window.waiting:
+        if confirmed > 0 and window.wants_room:
             # Items turned away go first (they hold their slots past the window, which grows
             # to take them in), then as many waiting callers as there is room left.
             window.room_seen(confirmed)

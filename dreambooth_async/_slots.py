@@ -114,6 +114,9 @@ class SlotWindow:
         #: The account's count of jobs is being read (see ``_share``): an item turned away
         #: while others hold slots waits for room seen there rather than asking again.
         self.watched = False
+        #: The service said the account is full while none of the window's jobs held a slot
+        #: (and none was accepted since): the window has no slot of its own on the account.
+        self._shut_out = False
 
     def __repr__(self) -> str:
         mode = "adaptive" if self.adaptive else "fixed"
@@ -189,6 +192,15 @@ class SlotWindow:
             not future.done() for queue in (self._priority, self._normal) for future in queue
         )
 
+    @property
+    def wants_room(self) -> bool:
+        """Callers wait for a slot (or turned-away items for room) while the window's own jobs
+        do not fill the account: room left by others on the key would serve them. (Once its
+        own jobs fill the account, the next slot is the one its next job to end gives back.)"""
+        if not self.waiting:
+            return False
+        return self.account_limit is None or self.running + self.submitting < self.account_limit
+
     def learn_limit(self, limit: int, *, stated: bool) -> None:
         """The account's limit: ``stated`` by the service (trusted as it is), or measured (a
         count of jobs seen on a full account: the limit is at least that)."""
@@ -202,6 +214,7 @@ class SlotWindow:
         this client has on the service (jobs and submissions on the wire) and ``slots`` more,
         at most the account's limit."""
         self.refusals = 0  # the account is not full to us now
+        self._shut_out = False
         if self.adaptive:
             self.slow_start = False
             self._set_limit(self.running + self.submitting + slots)
@@ -210,6 +223,7 @@ class SlotWindow:
         """Room to be found out by submission (the account's count cannot be read now): one
         slot more, and one more per acceptance after it (slow start) until a "queue full"
         answer takes the window back to the jobs it holds."""
+        self._shut_out = False
         if self.adaptive:
             self.slow_start = True
             self._set_limit(self.limit + 1)
@@ -250,6 +264,7 @@ class SlotWindow:
         """A submission was accepted (its slot is still counted in ``held``). ``final``: the
         answer was the result itself, so the job never sat in the account's queue."""
         self.refusals = 0
+        self._shut_out = False
         if not self.adaptive or self.held < self.limit:
             return  # only an acceptance at a full window says anything about a bigger one
         if self._probe_level is not None and self.held >= self._probe_level:
@@ -281,8 +296,9 @@ class SlotWindow:
         """More slots are held by items not turned away than the window has: it shrank after
         they took theirs (the service said the account is full), so the next to be sent
         waits for room instead. A window is at least one slot, but one whose account was
-        found full while it held no job (and whose watcher looks for room) has none."""
-        allowed = 0 if self.refusals and not self.running and self.watched else self.limit
+        found full while it held no job (and whose watcher looks for room) has none: one
+        that held jobs keeps the slot each of them gives back (the room was its own)."""
+        allowed = 0 if self._shut_out and self.watched else self.limit
         return self.held - self.parked > allowed
 
     def on_queue_full(self, stated_limit: int | None = None) -> bool:
@@ -297,6 +313,8 @@ class SlotWindow:
         away are not jobs the service counts.
         """
         self.refusals += 1
+        if not self.running:
+            self._shut_out = True
         if stated_limit is not None:
             self.learn_limit(stated_limit, stated=True)
         if self.on_full is not None:
