@@ -83,8 +83,10 @@ __all__ = [
     "api_keys_from_env",
 ]
 
-#: Where each key's shared slot window starts before it has learned the account's limit.
-_INITIAL_SLOTS = 2
+#: Where each key's shared slot window starts before it has learned the account's limit. One:
+#: the key's first answer goes alone anyway, and slow start then keeps one submission on the
+#: wire past the window's jobs, so a key that other processes filled refuses one, not two.
+_INITIAL_SLOTS = 1
 #: The account watcher's reads are not retried: a lost read is only a signal lost.
 _ONE_TRY = RetryPolicy(max_retries=0)
 
