@@ -151,6 +151,36 @@ async def test_processes_on_one_key_share_it_without_racing(processes: int) -> N
         assert 7 in limits and set(limits) <= {0, 7}
 
 
+async def test_a_window_whose_reads_are_throttled_probes_for_room() -> None:
+    # Other processes spent the key's reads of the account's count (30 a minute) and filled
+    # the account: this client is refused, shrinks to one slot and cannot read when the others
+    # leave. It probes by submission meanwhile (slow start, once per job length), so it grows
+    # before the minute is up. Before, the throttled read's pause was spent waiting, and the
+    # window stayed at one slot until the next read was allowed.
+    scale = 0.05
+    async with Emulator(
+        config(7, FOUR_SECONDS, queue_full_retry_after=0.2, time_scale=scale)
+    ) as emu:
+        policy = dba.PollPolicy().scaled(scale)
+        async with dba.DreamboothClient(emu.key, base_url=emu.base_url, poll=policy) as others:
+            for _ in range(30):
+                await others.request_count()
+            with pytest.raises(dba.RateLimitError):
+                # the allowance is spent for a minute
+                await others.request_count(retry=dba.RetryPolicy(max_retries=0))
+            held = await asyncio.gather(*(others.submit(r) for r in requests(7, "others")))
+            assert len(held) == 7
+            async with dba.DreamboothClient(emu.key, base_url=emu.base_url, poll=policy) as client:
+                # Eight jobs at one slot take 32 s, well inside the minute the reads wait.
+                items = await client.gather(requests(8, "mine"))
+                window = client.slot_pool.windows[0]
+        assert all(item.ok for item in items)
+        assert emu.stats.rejected_queue_full >= 1  # the account was full to this client
+        assert window.account_limit == 7
+        assert emu.stats.request_count_throttled >= 2  # its own read was throttled too
+        assert window.peak >= 4
+
+
 def load_webapp() -> ModuleType:
     spec = importlib.util.spec_from_file_location("example_webapp", EXAMPLES / "webapp.py")
     assert spec is not None and spec.loader is not None
@@ -242,6 +272,49 @@ def test_the_window_tells_its_own_jobs_from_someone_elses() -> None:
     window = SlotWindow(fixed=None, initial=8, maximum=64)
     window.held, window.submitting, window.running = 8, 1, 7
     assert window.on_queue_full(stated_limit=7) is True  # seven of ours fill the account
+
+
+def test_a_window_keeps_the_slot_its_own_job_gives_back() -> None:
+    # Refused while one of its jobs ran: when that job ends, the slot was this window's, and
+    # the item turned away takes it at once. Before, a window whose jobs had all ended since a
+    # refusal counted as shut out, and the slot waited for another process to see it.
+    window = SlotWindow(fixed=None, initial=3, maximum=64)
+    window.watched = True  # the account's count is read
+    window.held, window.submitting, window.running = 3, 1, 1
+    window.on_queue_full(stated_limit=7)
+    window.on_queue_full(stated_limit=7)
+    assert window.limit == 1
+    window.submitting, window.parked = 0, 2  # both items turned away wait with their slots
+    assert not window.over
+    window.running, window.held, window.parked = 0, 2, 1  # the job ended; one item woke
+    assert not window.over  # it goes
+    # Refused while it held no job, a window has no slot of its own on the account: its item
+    # waits for room the watcher sees.
+    window = SlotWindow(fixed=None, initial=1, maximum=64)
+    window.watched = True
+    window.held, window.submitting, window.running = 1, 1, 0
+    window.on_queue_full(stated_limit=7)
+    window.submitting = 0
+    assert window.over
+
+
+async def test_no_reads_of_the_account_while_its_own_jobs_fill_it() -> None:
+    # The key's reads (30 a minute) are shared by every process on it: a window whose own
+    # jobs fill the account cannot use room seen there, so its watcher does not read.
+    window = SlotWindow(fixed=None, initial=7, maximum=64)
+    for _ in range(7):
+        await window.acquire()
+    window.learn_limit(7, stated=True)
+    waiting = asyncio.ensure_future(window.acquire())
+    await asyncio.sleep(0)  # the eighth caller is in line
+    assert window.waiting
+    window.running = 6
+    assert window.wants_room  # one slot of the account is someone else's
+    window.running = 7
+    assert not window.wants_room
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
 
 
 async def test_answers_that_are_the_result_at_once_grow_the_window() -> None:
