@@ -5,7 +5,8 @@ shrinks to what this process can get when others hold slots; but nothing in a su
 answer says when they leave, and probing by submission costs a refusal each time the account
 is still full. The service's ``request_count`` answer does say it, free of refusals: how many
 of the account's jobs hold a slot now. So, once the key has been found full (a process alone on
-its key never pays for a call), a watcher per key reads it while callers wait for a slot:
+its key never pays for a call), a watcher per key reads it while callers wait for a slot and
+the process's own jobs do not fill the account (room seen then could serve nobody):
 
 - read right after a "queue full" answer whose message did not state the limit, the count is
   the account's limit (at least as many jobs were holding slots a moment before);
@@ -26,9 +27,11 @@ just seen comes after a share of a job (at least a share of the interval): room 
 process whose work is done is taken within about a read's spacing. (Reads stretched while
 the account stays full would keep the allowance for later, but measured, the room a finished
 shard leaves then waits longer than the reads saved are worth.) A throttled read waits as long
-as the service asks (up to a minute, when other processes used the allowance up), and
-meanwhile a window whose callers wait probes for room by submission, one slot per job length;
-a failed read doubles the spacing, up to 30 intervals.
+as the service asks (up to a minute, when other processes used the allowance up); a failed
+read doubles the spacing, up to 30 intervals. Meanwhile a window whose callers wait probes for
+room by submission, once per job length (slow start: it grows one slot per accepted round
+trip until a refusal): blind, it would otherwise stay as small as the account's fullest
+moment left it.
 """
 
 from __future__ import annotations
