@@ -174,11 +174,11 @@ class AccountWatch:
             await anyio.sleep(min(step, until - now))
 
     def _unwatched(self) -> None:
-        """Reads fail: items turned away that waited for room seen here go back to asking the
-        service on their own back-off."""
-        if self._window.watched:
-            self._window.watched = False
-            self._window.room_seen(self._window.parked)
+        """Reads fail: items turned away from now on ask the service on their own back-off.
+        Those already waiting for room seen here stay parked: the probe that follows wakes
+        one, and each of the process's own jobs that ends wakes one (woken all at once, each
+        went into the account the last read saw full: a refusal each)."""
+        self._window.watched = False
 
     def _to_measure(self) -> bool:
         return self._refused and self._window.account_limit is None

@@ -122,33 +122,41 @@ async def test_one_process_with_a_short_hint_is_rarely_refused() -> None:
 
 @pytest.mark.parametrize("processes", [2, 3])
 async def test_processes_on_one_key_share_it_without_racing(processes: int) -> None:
-    # Shards in separate processes: each a client of its own (its own window and watcher) on
+    # Shards of separate processes: each a client of its own (its own window and watcher) on
     # one key, started together, an undisclosed limit and a short hint. Before the account
     # was shared, 85-92% of all submissions were refused.
     # A slower clock than the other tests': a second look at room comes a share of a job
     # after the first, and that share must stay longer than the event loop's own latency.
+    # The refused share is a draw's (the three processes' start alone costs three refusals of
+    # 45, and a probe while reads are throttled may cost one more): two draws are pooled.
     scale = 0.25
     hint = config(7, FOUR_SECONDS, queue_full_retry_after=0.2, time_scale=scale)
     prompts = requests(42, "shard")
-    async with Emulator(hint) as emu:
+    accepted = refused = 0
+    for _ in range(2):
+        async with Emulator(hint) as emu:
 
-        async def shard(index: int) -> tuple[list[dba.BatchItem], int]:
-            policy = dba.PollPolicy().scaled(scale)
-            async with dba.DreamboothClient(emu.key, base_url=emu.base_url, poll=policy) as client:
-                items = await client.gather(list(dba.shard(prompts, index, processes)))
-                assert client.slot_pool.held == 0
-                return items, client.slot_pool.windows[0].account_limit or 0
+            async def shard(index: int, emu: Emulator = emu) -> tuple[list[dba.BatchItem], int]:
+                policy = dba.PollPolicy().scaled(scale)
+                async with dba.DreamboothClient(
+                    emu.key, base_url=emu.base_url, poll=policy
+                ) as client:
+                    items = await client.gather(list(dba.shard(prompts, index, processes)))
+                    assert client.slot_pool.held == 0
+                    return items, client.slot_pool.windows[0].account_limit or 0
 
-        parts = await asyncio.gather(*(shard(i) for i in range(1, processes + 1)))
-        assert all(item.ok for items, _ in parts for item in items)
-        assert sum(len(items) for items, _ in parts) == 42
-        assert emu.stats.submissions_accepted == 42  # every prompt accepted once
-        assert emu.stats.duplicate_submissions() == {}
-        assert rejected_share(emu) < 0.10
-        # Those the service refused read the account's limit from the answer (a shard that
-        # got all its slots before the account filled was never refused, and knows none).
-        limits = [limit for _, limit in parts]
-        assert 7 in limits and set(limits) <= {0, 7}
+            parts = await asyncio.gather(*(shard(i) for i in range(1, processes + 1)))
+            assert all(item.ok for items, _ in parts for item in items)
+            assert sum(len(items) for items, _ in parts) == 42
+            assert emu.stats.submissions_accepted == 42  # every prompt accepted once
+            assert emu.stats.duplicate_submissions() == {}
+            accepted += emu.stats.submissions_accepted
+            refused += emu.stats.rejected_queue_full
+            # Those the service refused read the account's limit from the answer (a shard
+            # that got all its slots before the account filled was never refused).
+            limits = [limit for _, limit in parts]
+            assert 7 in limits and set(limits) <= {0, 7}
+    assert refused / (accepted + refused) < 0.10
 
 
 async def test_a_window_whose_reads_are_throttled_probes_for_room() -> None:
