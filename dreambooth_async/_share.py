@@ -188,8 +188,10 @@ class AccountWatch:
         await self._full.wait()
 
     async def _waiters(self) -> None:
-        """Until someone waits for a slot, or the service refuses a submission: a flag is
-        looked at (no call made) a few times a second."""
+        """Until callers wait for room that others on the key could leave (see
+        :attr:`SlotWindow.wants_room`: one of the window's own jobs ending may make it so),
+        or the service refuses a submission: a flag is looked at (no call made) a few times
+        a second."""
         while not (self._window.wants_room or self._refused):
             with anyio.move_on_after(_LOOK_SHARE * self._interval):
                 await self._wait_refusal()
