@@ -15,11 +15,14 @@ from types import ModuleType
 from typing import Any
 
 import aiohttp
+import anyio
+import attrs
 import pytest
 from aiohttp import web
 
 import dreambooth_async as dba
 from dreambooth_async._backoff import queue_full_wait
+from dreambooth_async._share import AccountWatch
 from dreambooth_async._slots import SlotWindow
 from dreambooth_async.emulator import CostModel, Emulator, EmulatorConfig
 
@@ -323,6 +326,46 @@ async def test_no_reads_of_the_account_while_its_own_jobs_fill_it() -> None:
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+class _Unmeasured:
+    """Job times of a client that has measured none of its jobs yet."""
+
+    @attrs.frozen
+    class _Durations:
+        def typical(self) -> float | None:
+            return None
+
+    durations = _Durations()
+
+    def next_finish(self) -> float | None:
+        return None
+
+
+async def test_a_throttled_read_sends_one_waiting_item_not_all() -> None:
+    # Items turned away wait with their slots for room the watcher sees. When its read is
+    # throttled, the probe sends one; the rest wait for the window's own jobs to end (or the
+    # next probe). Before, all of them went at once into the account the last read saw full:
+    # a refusal each.
+    window = SlotWindow(fixed=None, initial=4, maximum=64)
+    window.held, window.submitting, window.running = 4, 1, 1  # one job of ours runs
+
+    async def throttled() -> int:
+        raise dba.RateLimitError("30 calls a minute", retry_after=60.0)
+
+    watch = AccountWatch(window, throttled, _Unmeasured(), interval=0.5)
+    window.on_queue_full(stated_limit=7)  # someone else holds the other six slots
+    window.submitting = 0
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch.run)
+        parked = [asyncio.ensure_future(window.park(60.0)) for _ in range(3)]
+        await parked[0]  # the probe after the throttled read sent the first
+        assert window.parked == 2
+        assert not window.watched  # the rest ask the service on their own back-off now
+        group.cancel_scope.cancel()
+    for item in parked[1:]:
+        item.cancel()
+    await asyncio.gather(*parked[1:], return_exceptions=True)
 
 
 async def test_answers_that_are_the_result_at_once_grow_the_window() -> None:
