@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import aiohttp
 import anyio
-import attrs
 import pytest
 from aiohttp import web
 
@@ -179,8 +179,8 @@ async def test_a_window_whose_reads_are_throttled_probes_for_room() -> None:
             with pytest.raises(dba.RateLimitError):
                 # the allowance is spent for a minute
                 await others.request_count(retry=dba.RetryPolicy(max_retries=0))
-            held = await asyncio.gather(*(others.submit(r) for r in requests(7, "others")))
-            assert len(held) == 7
+            await asyncio.gather(*(others.submit(r) for r in requests(7, "others")))
+            assert emu.stats.submissions_accepted == 7  # the others fill the account
             async with dba.DreamboothClient(emu.key, base_url=emu.base_url, poll=policy) as client:
                 # Eight jobs at one slot take 32 s, well inside the minute the reads wait.
                 items = await client.gather(requests(8, "mine"))
@@ -309,37 +309,17 @@ def test_a_window_keeps_the_slot_its_own_job_gives_back() -> None:
     assert window.over
 
 
-async def test_no_reads_of_the_account_while_its_own_jobs_fill_it() -> None:
+def test_no_reads_of_the_account_while_its_own_jobs_fill_it() -> None:
     # The key's reads (30 a minute) are shared by every process on it: a window whose own
     # jobs fill the account cannot use room seen there, so its watcher does not read.
     window = SlotWindow(fixed=None, initial=7, maximum=64)
-    for _ in range(7):
-        await window.acquire()
     window.learn_limit(7, stated=True)
-    waiting = asyncio.ensure_future(window.acquire())
-    await asyncio.sleep(0)  # the eighth caller is in line
+    window.held, window.parked = 8, 1  # an eighth item, turned away, waits with its slot
     assert window.waiting
     window.running = 6
     assert window.wants_room  # one slot of the account is someone else's
     window.running = 7
     assert not window.wants_room
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
-
-
-class _Unmeasured:
-    """Job times of a client that has measured none of its jobs yet."""
-
-    @attrs.frozen
-    class _Durations:
-        def typical(self) -> float | None:
-            return None
-
-    durations = _Durations()
-
-    def next_finish(self) -> float | None:
-        return None
 
 
 async def test_a_throttled_read_sends_one_waiting_item_not_all() -> None:
@@ -347,25 +327,27 @@ async def test_a_throttled_read_sends_one_waiting_item_not_all() -> None:
     # throttled, the probe sends one; the rest wait for the window's own jobs to end (or the
     # next probe). Before, all of them went at once into the account the last read saw full:
     # a refusal each.
-    window = SlotWindow(fixed=None, initial=4, maximum=64)
-    window.held, window.submitting, window.running = 4, 1, 1  # one job of ours runs
-
-    async def throttled() -> int:
-        raise dba.RateLimitError("30 calls a minute", retry_after=60.0)
-
-    watch = AccountWatch(window, throttled, _Unmeasured(), interval=0.5)
-    window.on_queue_full(stated_limit=7)  # someone else holds the other six slots
-    window.submitting = 0
-    async with anyio.create_task_group() as group:
-        group.start_soon(watch.run)
-        parked = [asyncio.ensure_future(window.park(60.0)) for _ in range(3)]
-        await parked[0]  # the probe after the throttled read sent the first
-        assert window.parked == 2
-        assert not window.watched  # the rest ask the service on their own back-off now
-        group.cancel_scope.cancel()
-    for item in parked[1:]:
-        item.cancel()
-    await asyncio.gather(*parked[1:], return_exceptions=True)
+    async with Emulator(config(7, FOUR_SECONDS, time_scale=1.0)) as emu:
+        async with client_for(emu) as client:
+            for _ in range(30):
+                await client.request_count()  # the key's reads are spent for a minute
+            window = SlotWindow(fixed=None, initial=4, maximum=64)
+            window.held, window.submitting, window.running = 4, 1, 1  # one job of ours runs
+            read = partial(client.request_count, retry=dba.RetryPolicy(max_retries=0))
+            watch = AccountWatch(window, read, client.poller, interval=0.5)
+            window.on_queue_full(stated_limit=7)  # someone else holds the other six slots
+            window.submitting = 0
+            async with anyio.create_task_group() as group:
+                group.start_soon(watch.run)
+                parked = [asyncio.ensure_future(window.park(60.0)) for _ in range(3)]
+                await parked[0]  # the probe after the throttled read sent the first
+                assert window.parked == 2
+                assert not window.watched  # the rest ask the service on their own back-off
+                group.cancel_scope.cancel()
+            for item in parked[1:]:
+                item.cancel()
+            await asyncio.gather(*parked[1:], return_exceptions=True)
+        assert emu.stats.request_count_throttled == 1  # the watcher's one read
 
 
 async def test_answers_that_are_the_result_at_once_grow_the_window() -> None:
